@@ -1,0 +1,463 @@
+"""Per-subscription delivery: inline for sync callbacks, an ordered bounded worker for async ones.
+
+The reader never awaits user code (DESIGN rule 1). A subscription whose callbacks are plain
+functions is called inline by the reader: nothing is buffered, and a callback that raises is
+logged and skipped. A subscription with any ``async`` callback gets its own worker task fed by
+a bounded buffer; messages and events (activation, disconnect) keep their order in it, and
+when the buffer is full the subscription's overflow policy decides:
+
+* ``drop_oldest``: the oldest pending message is dropped for the new one;
+* ``drop_newest``: the new message is dropped;
+* ``close``: the subscription is closed, ``close_reason`` says why, and ``on_disconnect``
+  receives a :class:`SubscriptionClosed` carrying the reason;
+* ``latest_per_channel``: at most one message per channel is pending; a newer one replaces
+  it (counted as a drop). When more channels than ``max_buffer`` are pending, the oldest goes.
+
+Drops are counted in ``dropped`` and reported through ``on_drop(count)``, at most once per
+event-loop turn. Memory bound: at most ``max_buffer`` pending messages per subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from .errors import InvalidArgument, InvalidArgumentType, SubscriptionClosed
+
+if TYPE_CHECKING:
+    from .multiplexer import Multiplexer
+
+logger = logging.getLogger("redismpx.delivery")
+
+OverflowPolicy = Literal["drop_oldest", "drop_newest", "close", "latest_per_channel"]
+OVERFLOW_POLICIES: Final = ("drop_oldest", "drop_newest", "close", "latest_per_channel")
+DEFAULT_MAX_BUFFER: Final = 1000
+
+OnMessage = Callable[[bytes, bytes], "Awaitable[Any] | Any"]
+OnDisconnect = Callable[[BaseException], "Awaitable[Any] | Any"]
+OnActivation = Callable[[bytes], "Awaitable[Any] | Any"]
+OnDrop = Callable[[int], "Awaitable[Any] | Any"]
+
+# Event tags in the buffer.
+ACTIVATION: Final = 0
+DISCONNECT: Final = 1
+AWAITABLE: Final = 2
+DROPPED: Final = 3
+CLOSED: Final = 4
+
+
+class Event:
+    """A non-message item in a delivery buffer (kept in order with the messages)."""
+
+    __slots__ = ("arg", "tag")
+
+    def __init__(self, tag: int, arg: Any) -> None:
+        self.tag = tag
+        self.arg = arg
+
+
+def check_callback(name: str, fn: Any, *, optional: bool) -> None:
+    if fn is None:
+        if optional:
+            return
+        raise InvalidArgumentType(f"{name} is required and cannot be None")
+    if not callable(fn):
+        raise InvalidArgumentType(f"{name} must be callable, not {type(fn).__name__}")
+
+
+def check_buffer(max_buffer: Any, overflow: Any) -> None:
+    if isinstance(max_buffer, bool) or not isinstance(max_buffer, int):
+        raise InvalidArgumentType(f"max_buffer must be an int, not {type(max_buffer).__name__}")
+    if max_buffer < 1:
+        raise InvalidArgument(f"max_buffer must be >= 1, not {max_buffer}")
+    if overflow not in OVERFLOW_POLICIES:
+        raise InvalidArgument(
+            f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}; not {overflow!r}"
+        )
+
+
+def is_async(fn: Any) -> bool:
+    return fn is not None and (
+        inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    )
+
+
+class Subscriber:
+    """Base of every subscription: callbacks, delivery mode, buffer, worker, closing."""
+
+    __slots__ = (
+        "__weakref__",
+        "_buf",
+        "_drop_scheduled",
+        "_dropped_reported",
+        "_err_count",
+        "_err_time",
+        "_latest",
+        "_max",
+        "_mpx",
+        "_nmsgs",
+        "_on_activation",
+        "_on_disconnect",
+        "_on_drop",
+        "_on_message",
+        "_policy",
+        "_wake",
+        "_worker",
+        "close_reason",
+        "closed",
+        "deliver",
+        "dropped",
+    )
+
+    def __init__(
+        self,
+        mpx: Multiplexer,
+        on_message: OnMessage | None,
+        on_disconnect: OnDisconnect | None,
+        on_activation: OnActivation | None,
+        *,
+        max_buffer: int,
+        overflow: OverflowPolicy,
+        on_drop: OnDrop | None,
+        queued: bool = False,
+    ) -> None:
+        check_callback("on_disconnect", on_disconnect, optional=True)
+        check_callback("on_activation", on_activation, optional=True)
+        check_callback("on_drop", on_drop, optional=True)
+        check_buffer(max_buffer, overflow)
+        self._mpx = mpx
+        self._on_message = on_message
+        self._on_disconnect = on_disconnect
+        self._on_activation = on_activation
+        self._on_drop = on_drop
+        self._max = max_buffer
+        self._policy = overflow
+        self.closed = False
+        self.close_reason: str | None = None
+        self.dropped = 0
+        self._dropped_reported = 0
+        self._drop_scheduled = False
+        self._err_count = 0
+        self._err_time = 0.0
+        self._buf: deque[Any] | None = None
+        self._latest: dict[bytes, list[bytes]] | None = None
+        self._nmsgs = 0
+        self._wake: asyncio.Future[None] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self.deliver: Callable[[bytes, bytes], Any] = on_message  # type: ignore[assignment]
+        if queued or any(is_async(f) for f in (on_message, on_disconnect, on_activation)):
+            self._become_queued()
+
+    # -- naming (for logs) -------------------------------------------------------------------
+
+    def _label(self) -> str:
+        return f"{type(self).__name__}@{id(self):#x}"
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<{self._label()} {state}>"
+
+    # -- modes -------------------------------------------------------------------------------
+
+    def _become_queued(self) -> None:
+        if self._buf is not None:
+            return
+        self._buf = deque()
+        if self._policy == "latest_per_channel":
+            self._latest = {}
+            self.deliver = self._enqueue_latest
+        else:
+            self.deliver = self._enqueue
+
+    def _refresh_registrations(self) -> None:
+        """Our ``deliver`` changed: the registry must rebuild the dispatch lists we are in."""
+
+    # -- called by the link (reader context) -------------------------------------------------
+
+    def _enqueue(self, channel: bytes, data: bytes) -> None:
+        if self._nmsgs >= self._max:
+            self._overflow(channel, data)
+            return
+        self._buf.append((channel, data))  # type: ignore[union-attr]
+        self._nmsgs += 1
+        if self._wake is not None:
+            self._kick()
+
+    def _enqueue_latest(self, channel: bytes, data: bytes) -> None:
+        latest = self._latest
+        assert latest is not None and self._buf is not None
+        entry = latest.get(channel)
+        if entry is not None:
+            entry[1] = data
+            self._count_drop(1)
+            return
+        if self._nmsgs >= self._max:
+            self._drop_oldest_message()
+            self._count_drop(1)
+        entry = latest[channel] = [channel, data]
+        self._buf.append(entry)
+        self._nmsgs += 1
+        if self._wake is not None:
+            self._kick()
+
+    def _overflow(self, channel: bytes, data: bytes) -> None:
+        policy = self._policy
+        if policy == "drop_newest":
+            self._count_drop(1)
+        elif policy == "drop_oldest":
+            self._drop_oldest_message()
+            self._buf.append((channel, data))  # type: ignore[union-attr]
+            self._nmsgs += 1
+            self._count_drop(1)
+        else:  # "close"
+            self._count_drop(1)
+            self._fail(f"delivery buffer overflow ({self._max} messages pending)")
+
+    def _drop_oldest_message(self) -> None:
+        buf = self._buf
+        assert buf is not None
+        if buf and buf[0].__class__ is not Event:
+            item = buf.popleft()
+        else:
+            for i, item in enumerate(buf):
+                if item.__class__ is not Event:
+                    del buf[i]
+                    break
+            else:  # pragma: no cover - only called with messages pending
+                return
+        self._nmsgs -= 1
+        if self._latest is not None:
+            self._latest.pop(item[0], None)
+
+    def _count_drop(self, n: int) -> None:
+        self.dropped += n
+        if not self._drop_scheduled:
+            self._drop_scheduled = True
+            asyncio.get_running_loop().call_soon(self._report_drops)
+
+    def _report_drops(self) -> None:
+        self._drop_scheduled = False
+        n = self.dropped - self._dropped_reported
+        if n <= 0 or self.closed and self.close_reason is None:
+            return
+        self._dropped_reported = self.dropped
+        self._mpx._count_dropped(n)
+        logger.warning("%s: dropped %d message(s) (slow consumer, total %d)", self._label(),
+                       n, self.dropped)
+        if self._buf is not None and self._on_message is None:
+            self._push_event(DROPPED, n)  # iterators report drops in their event stream
+        if self._on_drop is not None:
+            self._call("on_drop", self._on_drop, n)
+
+    def _push_event(self, tag: int, arg: Any) -> None:
+        assert self._buf is not None
+        self._buf.append(Event(tag, arg))
+        if self._wake is not None:
+            self._kick()
+
+    def _kick(self) -> None:
+        wake = self._wake
+        self._wake = None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def _activated(self, name: bytes) -> None:
+        """Redis confirmed ``name`` for us."""
+        if self.closed:
+            return
+        if self._buf is not None:
+            self._ensure_consumer()
+            self._push_event(ACTIVATION, name)
+        elif self._on_activation is not None:
+            self._call("on_activation", self._on_activation, name)
+
+    def _disconnected(self, error: BaseException) -> None:
+        """The connection carrying our names was lost (once per outage)."""
+        if self.closed:
+            return
+        if self._buf is not None:
+            self._ensure_consumer()
+            self._push_event(DISCONNECT, error)
+        elif self._on_disconnect is not None:
+            self._call("on_disconnect", self._on_disconnect, error)
+
+    def _refused(self, error: BaseException) -> None:
+        """Redis refused one of our names (ACL): told through ``on_disconnect``."""
+        self._disconnected(error)
+
+    def _callback_failed(self, exc: Exception) -> None:
+        self._log_error("on_message", exc)
+
+    def _callback_returned(self, result: Any) -> None:
+        """A sync ``on_message`` returned something: await it if it is awaitable (B34)."""
+        if not inspect.isawaitable(result):
+            return
+        if self._buf is None:
+            self._become_queued()
+            self._refresh_registrations()
+        self._ensure_consumer()
+        self._push_event(AWAITABLE, result)
+
+    # -- calling user code -------------------------------------------------------------------
+
+    def _call(self, which: str, fn: Callable[[Any], Any], arg: Any) -> None:
+        """Call a callback inline; an awaitable result is handed to the worker (B34)."""
+        try:
+            result = fn(arg)
+        except Exception as exc:
+            self._log_error(which, exc)
+            return
+        if result is not None and inspect.isawaitable(result):
+            if self._buf is None:
+                self._become_queued()
+                self._refresh_registrations()
+            self._ensure_consumer()
+            self._push_event(AWAITABLE, result)
+
+    def _log_error(self, which: str, exc: BaseException) -> None:
+        # Rate-limited: a callback that raises on every message must not flood the log.
+        self._err_count += 1
+        now = time.monotonic()
+        if now - self._err_time >= 1.0:
+            suppressed = self._err_count - 1
+            self._err_time = now
+            self._err_count = 0
+            extra = f" ({suppressed} more errors in the last second)" if suppressed > 0 else ""
+            logger.error("%s: %s raised%s", self._label(), which, extra, exc_info=exc)
+        self._mpx._count_callback_error()
+
+    def _ensure_consumer(self) -> None:
+        if self._worker is None and self._on_message is not None and not self.closed:
+            self._worker = self._mpx._spawn(self._work(), f"redismpx worker {self._label()}")
+
+    def _wants(self, channel: bytes) -> bool:
+        return not self.closed
+
+    async def _work(self) -> None:
+        buf = self._buf
+        assert buf is not None
+        on_message = self._on_message
+        assert on_message is not None
+        latest = self._latest
+        loop = asyncio.get_running_loop()
+        while True:
+            if not buf:
+                self._wake = wake = loop.create_future()
+                await wake
+                continue
+            item = buf.popleft()
+            if item.__class__ is Event:
+                await self._run_event(item)
+                continue
+            self._nmsgs -= 1
+            channel = item[0]
+            if latest is not None:
+                latest.pop(channel, None)
+            if not self._wants(channel):
+                continue
+            try:
+                result = on_message(channel, item[1])
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                self._log_error("on_message", exc)
+
+    async def _run_event(self, event: Event) -> None:
+        tag = event.tag
+        fn: Callable[[Any], Any] | None
+        which = "on_message"
+        if tag == AWAITABLE:
+            try:
+                await event.arg
+            except Exception as exc:
+                self._log_error(which, exc)
+            return
+        if tag == ACTIVATION:
+            fn, which = self._on_activation, "on_activation"
+        elif tag == DISCONNECT:
+            fn, which = self._on_disconnect, "on_disconnect"
+        else:
+            return
+        if fn is None:
+            return
+        try:
+            result = fn(event.arg)
+            if result is not None and inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            self._log_error(which, exc)
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise SubscriptionClosed(f"{type(self).__name__} is closed", self.close_reason)
+
+    def _detach(self) -> None:
+        """Remove every registration of ours (subclasses)."""
+
+    def close(self) -> None:
+        """Close the subscription: unsubscribe its names (reference counted) and stop delivery.
+
+        No callback of this subscription runs after ``close()`` returns. Closing twice is a
+        harmless no-op.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self._detach()
+        self._mpx._forget(self)
+        self._stop()
+
+    def _shutdown(self) -> None:
+        """The multiplexer is closing: stop without telling Redis (the socket goes too)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+        if self._buf is not None:
+            self._buf.clear()
+            self._nmsgs = 0
+        if self._latest is not None:
+            self._latest.clear()
+        self._kick()
+
+    def _fail(self, reason: str) -> None:
+        """Close on the library's initiative; tell the user why, once."""
+        if self.closed:
+            return
+        self.close_reason = reason
+        logger.warning("%s closed: %s", self._label(), reason)
+        self.closed = True
+        self._detach()
+        self._mpx._forget(self)
+        self._stop()
+        error = SubscriptionClosed(f"{type(self).__name__} was closed", reason)
+        if self._buf is not None and self._on_message is None:
+            self._push_event(CLOSED, error)  # an iterator raises it after the pending items
+        if self._on_disconnect is not None:
+            fn = self._on_disconnect
+            # The worker may be the thing that is stuck: run the notice on its own.
+            try:
+                result = fn(error)
+            except Exception as exc:
+                self._log_error("on_disconnect", exc)
+                return
+            if result is not None and inspect.isawaitable(result):
+                self._mpx._spawn(_await_logged(self, result), "redismpx close notice")
+
+
+async def _await_logged(sub: Subscriber, awaitable: Awaitable[Any]) -> None:
+    try:
+        await awaitable
+    except Exception as exc:
+        sub._log_error("on_disconnect", exc)

@@ -1,0 +1,287 @@
+"""The supervisor of one Redis node: connect -> serve -> lost -> backoff -> connect, forever.
+
+A ``Link`` owns a registry (what this node must be subscribed to) and, while up, one
+connection. It turns the registry's commands into writes, once per event-loop turn, and the
+connection's frames into registry events and user notifications. Its owner (a multiplexer)
+decides who hears about an outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._backoff import Backoff
+from ._connection import Connection, connect
+from ._options import ConnectOptions
+from ._protocol import KIND_NAMES, encode_names
+from ._registry import Command, Listener, Registry
+from .errors import ConnectError, ConnectionLost, SubscribeRefused
+
+if TYPE_CHECKING:
+    from ._delivery import Subscriber
+
+logger = logging.getLogger("redismpx.connection")
+
+# A connection must stay up this long before the backoff starts over (B5: a connection that
+# opens and dies at once must not reconnect in a hot loop).
+STABLE_AFTER = 1.0
+_PING = b"*1\r\n$4\r\nPING\r\n"
+
+
+class State(str, Enum):
+    """The life of a link (and of a standalone multiplexer), in order.
+
+    ``connecting`` -> ``connected`` -> ``disconnected`` -> ``connecting`` ... -> ``closed``.
+    """
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    CLOSED = "closed"
+
+
+class LinkOwner(Protocol):
+    def _link_up(self, link: Link) -> None: ...
+    def _link_lost(self, link: Link, error: BaseException) -> None: ...
+    def _names_lost(self, link: Link, kind: int, name: bytes, listeners: list[Listener]) -> None: ...
+    def _count_message(self) -> None: ...
+
+
+class Link:
+    """One node's supervisor, registry and connection."""
+
+    def __init__(
+        self,
+        owner: LinkOwner,
+        options: ConnectOptions,
+        *,
+        backoff: Backoff,
+        health_check_interval: float,
+        health_check_timeout: float,
+        chunk_size: int,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self.owner = owner
+        self.options = options
+        self.registry = Registry(chunk_size=chunk_size)
+        self.backoff = backoff
+        self.hc_interval = health_check_interval
+        self.hc_timeout = health_check_timeout
+        self._sleep = sleep
+        self.state = State.CONNECTING
+        self.conn: Connection | None = None
+        self.epoch = 0  # bumped on every connection: late activations check it
+        self.last_error: BaseException | None = None
+        self.reconnects = 0
+        self.connects = 0
+        self._logged_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._flush_handle: asyncio.Handle | None = None
+        self._closing = False
+        self.up = asyncio.Event() if _has_loop() else None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None and not self._closing:
+            if self.up is None:
+                self.up = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"redismpx link {self.options.describe()}"
+            )
+
+    def close(self) -> None:
+        """Stop now: no reconnect, the socket is closed, the task cancelled."""
+        self._closing = True
+        self.state = State.CLOSED
+        self.registry.clear()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn.abort(ConnectionLost("multiplexer closed"))
+        if self._task is not None:
+            self._task.cancel()
+
+    async def wait_closed(self) -> None:
+        if self._task is not None:
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._closing:
+                self.state = State.CONNECTING
+                try:
+                    conn = await connect(self.options)
+                except ConnectError as exc:
+                    self._connect_failed(exc)
+                    await self._sleep(self.backoff.next_delay())
+                    continue
+                if self._closing:
+                    conn.close()
+                    break
+                started = loop.time()
+                self._serve(conn)
+                error = await conn.closed
+                self._lost(error)
+                if self._closing:
+                    break
+                if loop.time() - started >= STABLE_AFTER:
+                    self.backoff.reset()
+                await self._sleep(self.backoff.next_delay())
+        finally:
+            if self.conn is not None:
+                self.conn.abort(ConnectionLost("multiplexer closed"))
+                self.conn = None
+            self.registry.on_disconnected()
+
+    def _connect_failed(self, exc: ConnectError) -> None:
+        self.last_error = exc
+        text = str(exc)
+        if text != self._logged_error:  # once per distinct error, not once per attempt
+            self._logged_error = text
+            logger.warning("%s; retrying with backoff", text)
+        else:
+            logger.debug("%s; retrying", text)
+
+    def _serve(self, conn: Connection) -> None:
+        self.conn = conn
+        self.epoch += 1
+        self.connects += 1
+        self.state = State.CONNECTED
+        if self._logged_error is not None:
+            logger.info("connected to %s", self.options.describe())
+        self._logged_error = None
+        conn.start_pubsub(self, self.hc_interval, self.hc_timeout)
+        self._write(self.registry.on_connected())
+        if self.up is not None:
+            self.up.set()
+        self.owner._link_up(self)
+
+    def _lost(self, error: BaseException) -> None:
+        self.conn = None
+        self.registry.on_disconnected()
+        if self.up is not None:
+            self.up.clear()
+        if self._closing:
+            return
+        self.state = State.DISCONNECTED
+        self.last_error = error
+        self.reconnects += 1
+        logger.warning("lost %s: %s; reconnecting", self.options.describe(), error)
+        self.owner._link_lost(self, error)
+
+    # -- commands out ------------------------------------------------------------------------
+
+    def schedule_flush(self) -> None:
+        """Coalesce every add/remove of this loop turn into one write (B23)."""
+        if self._flush_handle is None and self.conn is not None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if self.conn is not None:
+            self._write(self.registry.commands())
+
+    def _write(self, commands: list[Command]) -> None:
+        if commands and self.conn is not None:
+            self.conn.write(b"".join([encode_names(c.encode_name(), c.names) for c in commands]))
+
+    def send_ping(self) -> None:
+        if self.conn is not None:
+            self.registry.ping()
+            self.conn.write(_PING)
+
+    # -- frames in (called by the connection) ------------------------------------------------
+
+    def dispatch(self, kind: int, name: bytes, channel: bytes, data: bytes) -> None:
+        st = self.registry.tables[kind].get(name)
+        if st is None:
+            return
+        for deliver in st.snapshot or st.build():
+            try:
+                r = deliver(channel, data)
+            except Exception as exc:
+                self.callback_failed(kind, name, deliver, exc)
+            else:
+                if r is not None:
+                    self.callback_returned(kind, name, deliver, r)
+
+    def _listener_of(self, kind: int, name: bytes, deliver: Any) -> Subscriber | None:
+        st = self.registry.tables[kind].get(name)
+        if st is not None:
+            for listener in st.listeners:
+                if listener.deliver == deliver:
+                    return listener  # type: ignore[return-value]
+        return None
+
+    def callback_failed(self, kind: int, name: bytes, deliver: Any, exc: Exception) -> None:
+        sub = self._listener_of(kind, name, deliver)
+        if sub is not None:
+            sub._callback_failed(exc)
+        else:
+            logger.error("on_message raised", exc_info=exc)
+
+    def callback_returned(self, kind: int, name: bytes, deliver: Any, result: Any) -> None:
+        sub = self._listener_of(kind, name, deliver)
+        if sub is not None:
+            sub._callback_returned(result)
+
+    def on_ack(self, kind: int, subscribe: bool, name: bytes) -> None:
+        result = self.registry.on_ack(kind, subscribe, name)
+        if result is None:
+            return
+        if result.activate:
+            for listener in result.activate:
+                listener._activated(name)  # type: ignore[attr-defined]
+        if result.lost is not None:
+            self.owner._names_lost(self, kind, name, result.lost)
+
+    def on_pong(self) -> None:
+        if not self.registry.on_pong():
+            self.on_unexpected(b"PONG")
+
+    def on_error(self, message: str) -> None:
+        failed = self.registry.on_error()
+        if failed is None:
+            self._protocol_error(f"error reply with no command pending: {message}")
+            return
+        cmd, refused = failed
+        command = cmd.encode_name().decode()
+        if not refused:
+            logger.warning("%s failed: %s", command, message)
+            return
+        for name, listeners in refused:
+            error = SubscribeRefused(message, command, name)
+            logger.warning(
+                "Redis refused %s %r: %s", KIND_NAMES[cmd.kind], name, message
+            )
+            for listener in listeners:
+                listener._refused(error)  # type: ignore[attr-defined]
+
+    def on_unexpected(self, frame: Any) -> None:
+        logger.debug("ignored unexpected frame %r", frame)
+
+    def _protocol_error(self, text: str) -> None:
+        logger.error("protocol out of step with %s: %s", self.options.describe(), text)
+        if self.conn is not None:
+            self.conn.abort(ConnectionLost(text))
+
+
+def _has_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

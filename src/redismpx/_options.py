@@ -1,0 +1,176 @@
+"""Where and how to connect: URL parsing and validation, with the password kept out of reprs."""
+
+from __future__ import annotations
+
+import math
+import ssl as _ssl
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .errors import InvalidArgument, InvalidArgumentType
+
+_SCHEMES = ("redis", "rediss", "unix", "valkey", "valkeys")
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    """Connection settings of one Redis node. ``repr`` never shows the password."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    unix_path: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    db: int = 0
+    client_name: str | None = None
+    ssl: _ssl.SSLContext | None = None
+    server_hostname: str | None = None
+    connect_timeout: float = 5.0
+    protocol: int | None = None  # None: RESP3 when the server speaks it, else RESP2
+
+    def describe(self) -> str:
+        """The address for logs and errors (never the password)."""
+        if self.unix_path is not None:
+            where = f"unix://{self.unix_path}"
+        else:
+            where = f"{'rediss' if self.ssl else 'redis'}://{self.host}:{self.port}"
+        return where if not self.db else f"{where}/{self.db}"
+
+    def with_address(self, host: str, port: int) -> ConnectOptions:
+        """The same settings for another node (a cluster shard)."""
+        return replace(self, host=host, port=port, unix_path=None, server_hostname=None)
+
+
+def _check_timeout(name: str, value: Any, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgumentType(f"{name} must be a number of seconds, not {value!r}")
+    if math.isnan(value) or value <= 0:
+        raise InvalidArgument(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def check_seconds(name: str, value: Any, *, allow_none: bool = False) -> float | None:
+    """Validate a duration argument: a positive, finite-or-infinite number (or None)."""
+    return _check_timeout(name, value, allow_none=allow_none)
+
+
+def _default_ssl_context(
+    ca_certs: str | None, certfile: str | None, keyfile: str | None, check_hostname: bool
+) -> _ssl.SSLContext:
+    ctx = _ssl.create_default_context(cafile=ca_certs)
+    ctx.check_hostname = check_hostname
+    if certfile is not None:
+        ctx.load_cert_chain(certfile, keyfile)
+    return ctx
+
+
+def parse_options(
+    url: str | None = None,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    unix_socket_path: str | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    db: int | None = None,
+    client_name: str | None = None,
+    ssl: _ssl.SSLContext | bool | None = None,
+    ssl_ca_certs: str | None = None,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+    ssl_check_hostname: bool = True,
+    connect_timeout: float = 5.0,
+    protocol: int | None = None,
+) -> ConnectOptions:
+    """Build :class:`ConnectOptions` from a URL and keyword overrides (keywords win).
+
+    URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS, certificate
+    verification on), ``unix:///path/to/socket[?db=N]``; the query may give ``db``,
+    ``client_name`` and ``protocol``.
+    """
+    values: dict[str, Any] = {}
+    use_tls = False
+    if url is not None:
+        if not isinstance(url, str):
+            raise InvalidArgumentType(f"url must be a str, not {type(url).__name__}")
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in _SCHEMES:
+            raise InvalidArgument(
+                f"unsupported URL scheme {parts.scheme!r}: use redis://, rediss:// or unix://"
+            )
+        if parts.username:
+            values["username"] = unquote(parts.username)
+        if parts.password is not None:
+            values["password"] = unquote(parts.password)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        if scheme == "unix":
+            if not parts.path:
+                raise InvalidArgument("a unix:// URL needs a socket path")
+            values["unix_path"] = unquote(parts.path)
+        else:
+            use_tls = scheme in ("rediss", "valkeys")
+            try:
+                parsed_port = parts.port
+            except ValueError as exc:
+                raise InvalidArgument(f"bad port in URL: {exc}") from None
+            if parts.hostname:
+                values["host"] = parts.hostname
+            if parsed_port is not None:
+                values["port"] = parsed_port
+            path = parts.path.strip("/")
+            if path:
+                if not path.isdigit():
+                    raise InvalidArgument(f"the URL path must be a db number, not {path!r}")
+                values["db"] = int(path)
+        for key in ("db", "protocol"):
+            if key in query:
+                if not query[key].isdigit():
+                    raise InvalidArgument(f"{key} in the URL must be a number")
+                values[key] = int(query[key])
+        for key in ("client_name", "username", "password"):
+            if key in query:
+                values[key] = query[key]
+    overrides = {
+        "host": host,
+        "port": port,
+        "unix_path": unix_socket_path,
+        "username": username,
+        "password": password,
+        "db": db,
+        "client_name": client_name,
+        "protocol": protocol,
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+
+    for key in ("host", "unix_path", "username", "password", "client_name"):
+        if key in values and not isinstance(values[key], str):
+            raise InvalidArgumentType(f"{key} must be a str")
+    for key in ("port", "db"):
+        if key in values and (isinstance(values[key], bool) or not isinstance(values[key], int)):
+            raise InvalidArgumentType(f"{key} must be an int")
+    if not 0 < values.get("port", 6379) < 65536:
+        raise InvalidArgument(f"port out of range: {values['port']}")
+    if values.get("db", 0) < 0:
+        raise InvalidArgument(f"db must be >= 0, not {values['db']}")
+    if values.get("protocol") not in (None, 2, 3):
+        raise InvalidArgument(f"protocol must be 2 or 3, not {values['protocol']!r}")
+    name = values.get("client_name")
+    if name is not None and (not name or any(c in name for c in " \n\r")):
+        raise InvalidArgument("client_name must be non-empty and contain no spaces or newlines")
+
+    context: _ssl.SSLContext | None
+    if isinstance(ssl, _ssl.SSLContext):
+        context = ssl
+    elif ssl is True or (ssl is None and use_tls):
+        context = _default_ssl_context(ssl_ca_certs, ssl_certfile, ssl_keyfile, ssl_check_hostname)
+    elif ssl is None or ssl is False:
+        context = None
+    else:
+        raise InvalidArgumentType("ssl must be an ssl.SSLContext or a bool")
+    timeout = _check_timeout("connect_timeout", connect_timeout)
+    assert timeout is not None
+    return ConnectOptions(ssl=context, connect_timeout=timeout, **values)

@@ -1,0 +1,63 @@
+"""RESP command encoding and the names of the Pub/Sub frames we read.
+
+Parsing itself is hiredis's ``Reader``; RESP3 pushes arrive as ``hiredis.PushNotification``
+(a ``list`` subclass) and RESP2 Pub/Sub frames as plain lists, so both normalise to
+``[kind, *args]`` with ``kind`` one of the byte strings below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+# The three kinds of Pub/Sub names, used as indexes into per-kind tables.
+CHANNEL = 0
+PATTERN = 1
+SHARD = 2
+KINDS = (CHANNEL, PATTERN, SHARD)
+KIND_NAMES = ("channel", "pattern", "shard channel")
+
+SUBSCRIBE_COMMANDS = (b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE")
+UNSUBSCRIBE_COMMANDS = (b"UNSUBSCRIBE", b"PUNSUBSCRIBE", b"SUNSUBSCRIBE")
+
+# Acknowledgement frames: kind name -> (name kind, is a subscribe).
+ACKS: dict[bytes, tuple[int, bool]] = {
+    b"subscribe": (CHANNEL, True),
+    b"unsubscribe": (CHANNEL, False),
+    b"psubscribe": (PATTERN, True),
+    b"punsubscribe": (PATTERN, False),
+    b"ssubscribe": (SHARD, True),
+    b"sunsubscribe": (SHARD, False),
+}
+MESSAGE = b"message"
+PMESSAGE = b"pmessage"
+SMESSAGE = b"smessage"
+PONG = b"pong"
+
+
+def _bulk(arg: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(arg), arg)
+
+
+def encode_command(*args: bytes) -> bytes:
+    """One RESP command (an array of bulk strings)."""
+    return b"*%d\r\n" % len(args) + b"".join([_bulk(a) for a in args])
+
+
+def encode_names(command: bytes, names: Iterable[bytes]) -> bytes:
+    """``command name1 name2 ...`` as one RESP array."""
+    parts = [_bulk(command)]
+    parts.extend([_bulk(n) for n in names])
+    return b"*%d\r\n" % len(parts) + b"".join(parts)
+
+
+def to_bytes(value: str | bytes, what: str) -> bytes:
+    """Accept a ``str`` (encoded as UTF-8) or ``bytes``-like name; anything else is a TypeError."""
+    from .errors import InvalidArgumentType
+
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise InvalidArgumentType(f"{what} must be str or bytes, not {type(value).__name__}")

@@ -1,0 +1,373 @@
+"""The sans-I/O core: who wants which name, and what Redis must be told.
+
+No sockets, tasks or clocks in here. The registry takes calls (``add``, ``remove``) and
+server events (``on_ack``, ``on_error``, ``on_connected``, ``on_disconnected``) and answers
+with commands to send and with the listeners to activate or notify. The reader reads its
+per-name ``snapshot`` lists directly: that is the dispatch table of the hot path.
+
+Per name the server state is tracked with two facts (rule 2 of DESIGN.md, behaviour B31):
+
+* ``subscribed``: the *last* command sent for the name was a subscribe;
+* ``inflight``: how many commands for the name still await their acknowledgement.
+
+A name is *active* once ``subscribed`` and ``inflight == 0``; a stale acknowledgement (one
+for an earlier subscribe that an unsubscribe followed) therefore never activates anything.
+
+The registry keeps the FIFO of commands whose replies are due. Redis answers in order, so
+an acknowledgement that does not match the head of the FIFO was pushed unasked (a shard
+channel moved to another node: ``sunsubscribe``), and an error reply belongs to the head.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from typing import Any, Final, Protocol
+
+from ._protocol import KINDS, SUBSCRIBE_COMMANDS, UNSUBSCRIBE_COMMANDS
+
+Deliver = Callable[[bytes, bytes], Any]
+
+
+class Listener(Hashable, Protocol):
+    """What the registry needs of a subscription: a stable delivery callable."""
+
+    deliver: Deliver
+
+
+def _noop(channel: bytes, data: bytes) -> None:
+    """Stands in for a listener removed while its name is being dispatched."""
+
+
+class NameState:
+    """Everything known about one name (channel, pattern or shard channel)."""
+
+    __slots__ = ("active", "inflight", "listeners", "refused", "snapshot", "subscribed")
+
+    def __init__(self) -> None:
+        self.listeners: dict[Listener, None] = {}
+        # The dispatch list, built lazily by ``build`` and dropped when listeners change.
+        self.snapshot: list[Deliver] | None = None
+        self.inflight = 0
+        self.subscribed = False
+        self.active = False
+        self.refused = False
+
+    def build(self) -> list[Deliver]:
+        snap = [listener.deliver for listener in self.listeners]
+        self.snapshot = snap
+        return snap
+
+    def invalidate(self, listener: Listener | None = None) -> None:
+        snap = self.snapshot
+        if snap is None:
+            return
+        self.snapshot = None
+        if listener is not None:
+            # The reader may be iterating this very list (a callback removed a listener of
+            # the message being dispatched): neutralise the entry in place so that nothing
+            # reaches the listener after ``remove`` returned (B17).
+            try:
+                snap[snap.index(listener.deliver)] = _noop
+            except ValueError:
+                pass
+
+
+class Command:
+    """A (un)subscribe command sent and not yet fully acknowledged, or a PING."""
+
+    __slots__ = ("acked", "kind", "names", "subscribe")
+
+    def __init__(self, kind: int, subscribe: bool, names: list[bytes]) -> None:
+        self.kind = kind  # -1 for PING
+        self.subscribe = subscribe
+        self.names = names
+        self.acked = 0
+
+    def encode_name(self) -> bytes:
+        if self.kind < 0:
+            return b"PING"
+        return (SUBSCRIBE_COMMANDS if self.subscribe else UNSUBSCRIBE_COMMANDS)[self.kind]
+
+    def __repr__(self) -> str:
+        return f"<Command {self.encode_name().decode()} {len(self.names)} names>"
+
+
+PING: Final = -1
+
+
+class AckResult:
+    """What an acknowledgement means for the listeners."""
+
+    __slots__ = ("activate", "lost")
+
+    def __init__(
+        self, activate: list[Listener] | None = None, lost: list[Listener] | None = None
+    ) -> None:
+        # Listeners to tell ``on_activation(name)``.
+        self.activate = activate
+        # The server dropped the name unasked (slot migration): listeners to tell.
+        self.lost = lost
+
+
+class Registry:
+    """Reference counts and per-name server state for one Redis connection.
+
+    ``chunk_size`` bounds the names in one command, ``chunk_bytes`` their total size.
+    """
+
+    def __init__(self, chunk_size: int = 1000, chunk_bytes: int = 1 << 20) -> None:
+        # One table per kind (CHANNEL, PATTERN, SHARD): name -> state.
+        self.tables: tuple[dict[bytes, NameState], ...] = tuple({} for _ in KINDS)
+        self._dirty: tuple[dict[bytes, None], ...] = tuple({} for _ in KINDS)
+        self.pending: deque[Command] = deque()
+        self.connected = False
+        self.chunk_size = chunk_size
+        self.chunk_bytes = chunk_bytes
+
+    # -- calls from subscriptions ------------------------------------------------------------
+
+    def add(self, kind: int, name: bytes, listener: Listener) -> bool:
+        """Register ``listener`` for ``name``; True if the name is already active.
+
+        The caller then reports the activation to this joiner alone (B29); otherwise the
+        joiner is activated with everyone else when the acknowledgement arrives (B30).
+        """
+        table = self.tables[kind]
+        st = table.get(name)
+        if st is None:
+            st = table[name] = NameState()
+        elif listener in st.listeners:
+            return False
+        st.listeners[listener] = None
+        st.snapshot = None
+        if st.refused:
+            # A new request for a refused name earns one more try (not a retry loop).
+            st.refused = False
+        if not st.subscribed:
+            self._dirty[kind][name] = None
+        return st.active
+
+    def remove(self, kind: int, name: bytes, listener: Listener) -> None:
+        """Unregister ``listener``; the last one out makes the name dirty."""
+        table = self.tables[kind]
+        st = table.get(name)
+        if st is None or listener not in st.listeners:
+            return
+        del st.listeners[listener]
+        st.invalidate(listener)
+        if not st.listeners:
+            if st.subscribed:
+                self._dirty[kind][name] = None
+            elif st.inflight == 0:
+                del table[name]
+                self._dirty[kind].pop(name, None)
+
+    def refresh(self, kind: int, name: bytes) -> None:
+        """A listener changed its ``deliver`` callable: rebuild the dispatch list."""
+        st = self.tables[kind].get(name)
+        if st is not None:
+            st.snapshot = None
+
+    def has_dirty(self) -> bool:
+        return any(self._dirty)
+
+    # -- commands out ------------------------------------------------------------------------
+
+    def commands(self) -> list[Command]:
+        """Turn the names changed since the last call into (un)subscribe commands.
+
+        Call it once per event-loop turn (B23: coalesced). While disconnected the dirty set is
+        just dropped: ``on_connected`` resubscribes whatever is wanted then.
+        """
+        out: list[Command] = []
+        for kind in KINDS:
+            dirty = self._dirty[kind]
+            if not dirty:
+                continue
+            table = self.tables[kind]
+            if not self.connected:
+                dirty.clear()
+                continue
+            subs: list[bytes] = []
+            unsubs: list[bytes] = []
+            for name in dirty:
+                st = table.get(name)
+                if st is None:
+                    continue
+                want = bool(st.listeners) and not st.refused
+                if want and not st.subscribed:
+                    subs.append(name)
+                elif not want and st.subscribed:
+                    unsubs.append(name)
+                elif not want and st.inflight == 0:
+                    del table[name]
+            dirty.clear()
+            # Unsubscribes first: they free server memory before new names take it.
+            self._emit(kind, False, unsubs, out)
+            self._emit(kind, True, subs, out)
+        return out
+
+    def _emit(self, kind: int, subscribe: bool, names: list[bytes], out: list[Command]) -> None:
+        if not names:
+            return
+        table = self.tables[kind]
+        for chunk in self._chunks(names):
+            for name in chunk:
+                st = table[name]
+                st.inflight += 1
+                st.subscribed = subscribe
+                st.active = False
+            cmd = Command(kind, subscribe, chunk)
+            self.pending.append(cmd)
+            out.append(cmd)
+
+    def _chunks(self, names: list[bytes]) -> Iterator[list[bytes]]:
+        size, limit, budget = self.chunk_size, self.chunk_bytes, 0
+        chunk: list[bytes] = []
+        for name in names:
+            if chunk and (len(chunk) >= size or budget + len(name) > limit):
+                yield chunk
+                chunk, budget = [], 0
+            chunk.append(name)
+            budget += len(name)
+        if chunk:
+            yield chunk
+
+    def ping(self) -> Command:
+        """Record a PING whose reply is due (it is answered in order with the rest)."""
+        cmd = Command(PING, False, [])
+        self.pending.append(cmd)
+        return cmd
+
+    # -- connection events -------------------------------------------------------------------
+
+    def on_connected(self) -> list[Command]:
+        """A fresh connection: subscribe everything wanted, busiest names first (B32)."""
+        self.connected = True
+        out: list[Command] = []
+        for kind in KINDS:
+            self._dirty[kind].clear()
+            table = self.tables[kind]
+            wanted = [name for name, st in table.items() if st.listeners]
+            wanted.sort(key=lambda n: len(table[n].listeners), reverse=True)
+            self._emit(kind, True, wanted, out)
+        return out
+
+    def on_disconnected(self) -> None:
+        """The connection is gone: Redis holds nothing of ours any more."""
+        self.connected = False
+        self.pending.clear()
+        for kind in KINDS:
+            self._dirty[kind].clear()
+            table = self.tables[kind]
+            for name in [n for n, st in table.items() if not st.listeners]:
+                del table[name]
+            for st in table.values():
+                st.subscribed = st.active = st.refused = False
+                st.inflight = 0
+
+    def on_ack(self, kind: int, subscribe: bool, name: bytes) -> AckResult | None:
+        """An acknowledgement frame ``(p|s)(un)subscribe name count`` arrived."""
+        head = self.pending[0] if self.pending else None
+        if (
+            head is None
+            or head.kind != kind
+            or head.subscribe != subscribe
+            or head.names[head.acked] != name
+        ):
+            return self._unsolicited(kind, subscribe, name)
+        head.acked += 1
+        if head.acked == len(head.names):
+            self.pending.popleft()
+        table = self.tables[kind]
+        st = table.get(name)
+        if st is None:  # pragma: no cover - every name in flight has a state
+            return None
+        st.inflight -= 1
+        if st.inflight:
+            return None
+        if st.subscribed:
+            st.active = True
+            return AckResult(activate=list(st.listeners))
+        if not st.listeners:
+            del table[name]
+            self._dirty[kind].pop(name, None)
+        return None
+
+    def _unsolicited(self, kind: int, subscribe: bool, name: bytes) -> AckResult | None:
+        if subscribe:
+            return None  # nothing asks for this; ignore rather than guess
+        # The server dropped the name by itself (a shard channel's slot moved away).
+        st = self.tables[kind].get(name)
+        if st is None or not st.subscribed:
+            return None
+        st.subscribed = st.active = False
+        lost = list(st.listeners)
+        if not lost and st.inflight == 0:
+            del self.tables[kind][name]
+        return AckResult(lost=lost)
+
+    def on_pong(self) -> bool:
+        """A PING reply arrived; False if none was due (a protocol error)."""
+        if self.pending and self.pending[0].kind == PING:
+            self.pending.popleft()
+            return True
+        return False
+
+    def on_error(self) -> tuple[Command, list[tuple[bytes, list[Listener]]]] | None:
+        """An error reply arrived: the head command failed as a whole.
+
+        Returns the command and, for a refused subscribe, each refused name with the
+        listeners to tell. Refused names are not retried until a listener joins again.
+        """
+        if not self.pending:
+            return None
+        cmd = self.pending.popleft()
+        refused: list[tuple[bytes, list[Listener]]] = []
+        if cmd.kind == PING:
+            return cmd, refused
+        table = self.tables[cmd.kind]
+        for name in cmd.names[cmd.acked :]:
+            st = table.get(name)
+            if st is None:  # pragma: no cover
+                continue
+            st.inflight -= 1
+            if cmd.subscribe and st.subscribed:
+                st.subscribed = st.active = False
+                st.refused = True
+                refused.append((name, list(st.listeners)))
+            if not st.listeners and st.inflight == 0 and not st.subscribed:
+                del table[name]
+        return cmd, refused
+
+    def clear(self) -> None:
+        """Forget everything (the multiplexer closed); in-flight dispatch sees no listener."""
+        for table in self.tables:
+            for st in table.values():
+                if st.snapshot is not None:
+                    st.snapshot[:] = [_noop] * len(st.snapshot)
+                    st.snapshot = None
+            table.clear()
+        for dirty in self._dirty:
+            dirty.clear()
+        self.pending.clear()
+        self.connected = False
+
+    # -- questions ---------------------------------------------------------------------------
+
+    def wanted(self, kind: int) -> Iterable[bytes]:
+        """Names of ``kind`` that some listener wants."""
+        return (name for name, st in self.tables[kind].items() if st.listeners)
+
+    def is_active(self, kind: int, name: bytes) -> bool:
+        st = self.tables[kind].get(name)
+        return st is not None and st.active
+
+    def holds(self, kind: int, name: bytes, listener: Listener) -> bool:
+        st = self.tables[kind].get(name)
+        return st is not None and listener in st.listeners
+
+    def counts(self) -> tuple[int, int, int]:
+        """Names wanted per kind (channels, patterns, shard channels)."""
+        return tuple(sum(1 for st in t.values() if st.listeners) for t in self.tables)  # type: ignore[return-value]

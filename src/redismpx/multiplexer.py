@@ -1,0 +1,450 @@
+"""``Multiplexer``: many subscriptions over one Redis Pub/Sub connection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl as _ssl
+from collections.abc import Callable, Coroutine
+from types import TracebackType
+from typing import Any
+
+from ._backoff import Backoff
+from ._delivery import (
+    DEFAULT_MAX_BUFFER,
+    OnActivation,
+    OnDisconnect,
+    OnDrop,
+    OnMessage,
+    OverflowPolicy,
+    Subscriber,
+    check_buffer,
+)
+from ._link import Link, State
+from ._options import ConnectOptions, check_seconds, parse_options
+from ._protocol import PATTERN
+from ._registry import Listener
+from .errors import InvalidArgument, InvalidArgumentType, SubscriptionClosed
+from .promises import PromiseSubscription
+from .subscriptions import ChannelSubscription, PatternSubscription
+
+logger = logging.getLogger("redismpx")
+
+
+class Multiplexer:
+    """Many subscriptions over one Redis Pub/Sub connection.
+
+    The connection starts in the background at the first use inside a running event loop
+    (constructing needs no loop), reconnects forever with full-jitter exponential backoff
+    (``backoff_base`` doubling up to ``backoff_cap`` seconds), and resubscribes everything.
+    Every subscription hears ``on_disconnect(error)`` once per outage and ``on_activation``
+    once per name when Redis confirms it again.
+
+    Connection: ``url`` (``redis://``, ``rediss://`` with certificate verification,
+    ``unix://``) and/or ``host``, ``port``, ``unix_socket_path``, ``username``, ``password``,
+    ``db``, ``client_name``, ``ssl`` (an :class:`ssl.SSLContext` or ``True``),
+    ``ssl_ca_certs``/``ssl_certfile``/``ssl_keyfile``/``ssl_check_hostname``,
+    ``connect_timeout`` (seconds, per attempt), ``protocol`` (2, 3, or None for RESP3 where
+    the server speaks it).
+
+    Health: after ``health_check_interval`` seconds without traffic a PING is sent; if
+    nothing arrives within ``health_check_timeout`` more, the connection is declared dead.
+    A silent dead link is therefore detected within ``2 * interval + timeout`` (15 s by
+    default).
+
+    Delivery defaults for subscriptions: ``max_buffer`` pending messages per subscription with
+    async callbacks (the memory bound is ``max_buffer`` messages each) and the ``overflow``
+    policy (see :mod:`redismpx._delivery`). ``chunk_size`` bounds the names per command.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        unix_socket_path: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        db: int | None = None,
+        client_name: str | None = None,
+        ssl: _ssl.SSLContext | bool | None = None,
+        ssl_ca_certs: str | None = None,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+        ssl_check_hostname: bool = True,
+        connect_timeout: float = 5.0,
+        protocol: int | None = None,
+        health_check_interval: float = 5.0,
+        health_check_timeout: float = 5.0,
+        backoff_base: float = 0.008,
+        backoff_cap: float = 0.512,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
+        overflow: OverflowPolicy = "drop_oldest",
+        chunk_size: int = 1000,
+        random_source: Callable[[], float] = random.random,
+    ) -> None:
+        options = parse_options(
+            url,
+            host=host,
+            port=port,
+            unix_socket_path=unix_socket_path,
+            username=username,
+            password=password,
+            db=db,
+            client_name=client_name,
+            ssl=ssl,
+            ssl_ca_certs=ssl_ca_certs,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
+            ssl_check_hostname=ssl_check_hostname,
+            connect_timeout=connect_timeout,
+            protocol=protocol,
+        )
+        self._init(
+            options,
+            health_check_interval=health_check_interval,
+            health_check_timeout=health_check_timeout,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            max_buffer=max_buffer,
+            overflow=overflow,
+            chunk_size=chunk_size,
+            random_source=random_source,
+        )
+
+    def _init(
+        self,
+        options: ConnectOptions,
+        *,
+        health_check_interval: float,
+        health_check_timeout: float,
+        backoff_base: float,
+        backoff_cap: float,
+        max_buffer: int,
+        overflow: OverflowPolicy,
+        chunk_size: int,
+        random_source: Callable[[], float],
+    ) -> None:
+        self._hc = (
+            check_seconds("health_check_interval", health_check_interval),
+            check_seconds("health_check_timeout", health_check_timeout),
+        )
+        base = check_seconds("backoff_base", backoff_base)
+        cap = check_seconds("backoff_cap", backoff_cap)
+        assert base is not None and cap is not None
+        if cap < base:
+            raise InvalidArgument("backoff_cap must be >= backoff_base")
+        check_buffer(max_buffer, overflow)
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+            raise InvalidArgumentType("chunk_size must be an int")
+        if chunk_size < 1:
+            raise InvalidArgument("chunk_size must be >= 1")
+        if not callable(random_source):
+            raise InvalidArgumentType("random_source must be callable")
+        self._options = options
+        self._max_buffer = max_buffer
+        self._overflow: OverflowPolicy = overflow
+        self._backoff = (base, cap, random_source)
+        self._chunk_size = chunk_size
+        self._subs: dict[Subscriber, None] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self._counters = {"dropped": 0, "callback_errors": 0}
+        self._link = self._new_link(options)
+        self._maybe_start()
+
+    def _new_link(self, options: ConnectOptions) -> Link:
+        base, cap, rand = self._backoff
+        interval, timeout = self._hc
+        assert interval is not None and timeout is not None
+        return Link(
+            self,
+            options,
+            backoff=Backoff(base, cap, rand),
+            health_check_interval=interval,
+            health_check_timeout=timeout,
+            chunk_size=self._chunk_size,
+        )
+
+    @classmethod
+    def from_redis(cls, client: Any, **kwargs: Any) -> Multiplexer:
+        """A multiplexer with the connection settings of a ``redis.asyncio.Redis`` client."""
+        try:
+            ck = dict(client.connection_pool.connection_kwargs)
+        except AttributeError:
+            raise InvalidArgumentType("from_redis needs a redis.asyncio.Redis client") from None
+        settings: dict[str, Any] = {}
+        if "path" in ck:
+            settings["unix_socket_path"] = ck["path"]
+        else:
+            settings["host"] = ck.get("host", "localhost")
+            settings["port"] = int(ck.get("port", 6379))
+        for key in ("username", "password", "db", "client_name"):
+            if ck.get(key) is not None:
+                settings[key] = ck[key]
+        if ck.get("ssl_context") is not None:
+            settings["ssl"] = ck["ssl_context"]
+        if ck.get("socket_connect_timeout"):
+            settings["connect_timeout"] = ck["socket_connect_timeout"]
+        settings.update(kwargs)
+        return cls(**settings)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _maybe_start(self) -> None:
+        if self._closed:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # started at the first use inside a loop
+        self._link.start()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SubscriptionClosed("the multiplexer is closed")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def state(self) -> State:
+        """``connecting``, ``connected``, ``disconnected`` or ``closed``."""
+        return State.CLOSED if self._closed else self._link.state
+
+    @property
+    def last_error(self) -> BaseException | None:
+        """The most recent connection error (a failed attempt or a lost connection)."""
+        return self._link.last_error
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until the connection is up (raises ``TimeoutError`` after ``timeout``)."""
+        self._check_open()
+        self._maybe_start()
+        up = self._link.up
+        assert up is not None
+        async with asyncio.timeout(timeout):
+            await up.wait()
+
+    def close(self) -> None:
+        """Close now: the socket, every subscription (pending promises fail with
+        :class:`SubscriptionClosed`) and every task. Nothing is called after it returns.
+        Idempotent. ``await aclose()`` also waits for the tasks to finish.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for sub in list(self._subs):
+            sub._shutdown()
+        self._subs.clear()
+        self._close_links()
+        for task in self._tasks:
+            task.cancel()
+
+    def _close_links(self) -> None:
+        self._link.close()
+
+    async def _wait_links(self) -> None:
+        await self._link.wait_closed()
+
+    async def aclose(self) -> None:
+        """Close (see :meth:`close`) and wait until every task of the multiplexer has ended."""
+        self.close()
+        await self._wait_links()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def __aenter__(self) -> Multiplexer:
+        self._check_open()
+        self._maybe_start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<Multiplexer {self._options.describe()} {self.state.value}>"
+
+    # -- subscription factories --------------------------------------------------------------
+
+    def _delivery(
+        self, max_buffer: int | None, overflow: OverflowPolicy | None
+    ) -> tuple[int, OverflowPolicy]:
+        return (
+            self._max_buffer if max_buffer is None else max_buffer,
+            self._overflow if overflow is None else overflow,
+        )
+
+    def new_channel_subscription(
+        self,
+        on_message: OnMessage,
+        on_disconnect: OnDisconnect | None = None,
+        on_activation: OnActivation | None = None,
+        *,
+        max_buffer: int | None = None,
+        overflow: OverflowPolicy | None = None,
+        on_drop: OnDrop | None = None,
+        sharded: bool = False,
+    ) -> ChannelSubscription:
+        """A subscription to a set of channels managed with ``add``/``remove``."""
+        self._check_open()
+        size, policy = self._delivery(max_buffer, overflow)
+        sub = ChannelSubscription(
+            self,
+            on_message,
+            on_disconnect,
+            on_activation,
+            max_buffer=size,
+            overflow=policy,
+            on_drop=on_drop,
+            sharded=sharded,
+        )
+        self._register(sub)
+        return sub
+
+    def new_pattern_subscription(
+        self,
+        pattern: str | bytes,
+        on_message: OnMessage,
+        on_disconnect: OnDisconnect | None = None,
+        on_activation: OnActivation | None = None,
+        *,
+        max_buffer: int | None = None,
+        overflow: OverflowPolicy | None = None,
+        on_drop: OnDrop | None = None,
+    ) -> PatternSubscription:
+        """A subscription to one glob-style pattern (``PSUBSCRIBE``)."""
+        self._check_open()
+        size, policy = self._delivery(max_buffer, overflow)
+        sub = PatternSubscription(
+            self,
+            pattern,
+            on_message,
+            on_disconnect,
+            on_activation,
+            max_buffer=size,
+            overflow=policy,
+            on_drop=on_drop,
+        )
+        self._register(sub)
+        sub._attach()
+        return sub
+
+    def new_promise_subscription(self, prefix: str | bytes) -> PromiseSubscription:
+        """A networked promise system on the channels ``prefix + suffix``."""
+        self._check_open()
+        sub = PromiseSubscription(self, prefix)
+        self._register(sub)
+        sub._attach()
+        return sub
+
+    def _register(self, sub: Subscriber) -> None:
+        self._maybe_start()
+        self._subs[sub] = None
+        if sub._buf is not None:
+            sub._ensure_consumer()
+
+    # -- plumbing used by subscriptions ------------------------------------------------------
+
+    def _link_for(self, kind: int, name: bytes) -> Link:
+        return self._link
+
+    def _add(self, kind: int, name: bytes, listener: Listener) -> None:
+        link = self._link_for(kind, name)
+        if link.registry.add(kind, name, listener):
+            epoch = link.epoch
+            asyncio.get_running_loop().call_soon(
+                self._late_activation, link, kind, name, listener, epoch
+            )
+        else:
+            self._maybe_start()
+            if link.registry.has_dirty():
+                link.schedule_flush()
+
+    def _late_activation(
+        self, link: Link, kind: int, name: bytes, listener: Listener, epoch: int
+    ) -> None:
+        # B29: a joiner of an already-active name is told in a later loop turn, if it still
+        # holds the name and nothing happened to the connection in between.
+        if link.epoch == epoch and link.registry.is_active(kind, name):
+            if link.registry.holds(kind, name, listener):
+                listener._activated(name)  # type: ignore[attr-defined]
+
+    def _remove(self, kind: int, name: bytes, listener: Listener) -> None:
+        link = self._link_for(kind, name)
+        link.registry.remove(kind, name, listener)
+        if link.registry.has_dirty():
+            link.schedule_flush()
+
+    def _refresh(self, kind: int, name: bytes) -> None:
+        self._link_for(kind, name).registry.refresh(kind, name)
+
+    def _forget(self, sub: Subscriber) -> None:
+        self._subs.pop(sub, None)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _count_dropped(self, n: int) -> None:
+        self._counters["dropped"] += n
+
+    def _count_callback_error(self) -> None:
+        self._counters["callback_errors"] += 1
+
+    def _count_message(self) -> None:
+        pass
+
+    # -- link events -------------------------------------------------------------------------
+
+    def _link_up(self, link: Link) -> None:
+        pass
+
+    def _link_lost(self, link: Link, error: BaseException) -> None:
+        # B6/B7: every live subscription hears of the outage once, before any reconnect.
+        for sub in list(self._subs):
+            sub._disconnected(error)
+
+    def _names_lost(self, link: Link, kind: int, name: bytes, listeners: list[Listener]) -> None:
+        # The server dropped a name by itself (a shard channel moved): subscribe again.
+        from .errors import ConnectionLost
+
+        error = ConnectionLost(f"Redis dropped {name!r} (its slot moved); resubscribing")
+        for listener in listeners:
+            listener._disconnected(error)  # type: ignore[attr-defined]
+        st = link.registry.tables[kind].get(name)
+        if st is not None and st.listeners:
+            link.registry._dirty[kind][name] = None
+            link.schedule_flush()
+
+    # -- introspection -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and state, for logs and metrics (see the README for each key)."""
+        link = self._link
+        channels, patterns, shard_channels = link.registry.counts()
+        return {
+            "state": self.state.value,
+            "subscriptions": len(self._subs),
+            "channels": channels,
+            "patterns": patterns,
+            "shard_channels": shard_channels,
+            "connects": link.connects,
+            "reconnects": link.reconnects,
+            "dropped": self._counters["dropped"],
+            "callback_errors": self._counters["callback_errors"],
+            "last_error": None if link.last_error is None else str(link.last_error),
+        }
+
+    def _pattern_count(self) -> int:
+        return sum(1 for _ in self._link.registry.wanted(PATTERN))
