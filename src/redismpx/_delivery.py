@@ -95,8 +95,7 @@ class Subscriber:
         "_buf",
         "_drop_scheduled",
         "_dropped_reported",
-        "_err_count",
-        "_err_time",
+        "_errors",
         "_latest",
         "_max",
         "_mpx",
@@ -142,8 +141,7 @@ class Subscriber:
         self.dropped = 0
         self._dropped_reported = 0
         self._drop_scheduled = False
-        self._err_count = 0
-        self._err_time = 0.0
+        self._errors: dict[str, tuple[float, int]] | None = None
         self._buf: deque[Any] | None = None
         self._latest: dict[bytes, list[bytes]] | None = None
         self._nmsgs = 0
@@ -320,15 +318,17 @@ class Subscriber:
             self._push_event(AWAITABLE, result)
 
     def _log_error(self, which: str, exc: BaseException) -> None:
-        # Rate-limited: a callback that raises on every message must not flood the log.
-        self._err_count += 1
+        # Rate-limited per callback: one that raises on every message must not flood the log.
+        if self._errors is None:
+            self._errors = {}
         now = time.monotonic()
-        if now - self._err_time >= 1.0:
-            suppressed = self._err_count - 1
-            self._err_time = now
-            self._err_count = 0
-            extra = f" ({suppressed} more errors in the last second)" if suppressed > 0 else ""
+        last, count = self._errors.get(which, (-1e9, 0))
+        if now - last >= 1.0:
+            extra = f" ({count} more times in the last second)" if count else ""
             logger.error("%s: %s raised%s", self._label(), which, extra, exc_info=exc)
+            self._errors[which] = (now, 0)
+        else:
+            self._errors[which] = (last, count + 1)
         self._mpx._count_callback_error()
 
     def _ensure_consumer(self) -> None:

@@ -58,11 +58,14 @@ class Promise:
     withdraws it; cancelling a task that awaits it withdraws it too.
     """
 
-    __slots__ = ("_fut", "_timer", "channel")
+    __slots__ = ("_fut", "_sub", "_timer", "channel")
 
-    def __init__(self, channel: bytes, fut: asyncio.Future[bytes]) -> None:
+    def __init__(
+        self, channel: bytes, fut: asyncio.Future[bytes], sub: PromiseSubscription
+    ) -> None:
         self.channel = channel
         self._fut = fut
+        self._sub = sub
         self._timer: asyncio.TimerHandle | None = None
 
     def __await__(self) -> Generator[Any, None, bytes]:
@@ -73,7 +76,9 @@ class Promise:
 
     def cancel(self) -> bool:
         """Withdraw the promise; True if it was still pending."""
-        return self._fut.cancel()
+        cancelled = self._fut.cancel()
+        self._sub._settled(self)  # at once, not in the done callback's later turn
+        return cancelled
 
     def __repr__(self) -> str:
         state = "pending" if not self._fut.done() else "done"
@@ -189,7 +194,7 @@ class PromiseSubscription(Subscriber):
         loop = asyncio.get_running_loop()
         channel = self.prefix + suffix_b
         fut: asyncio.Future[bytes] = loop.create_future()
-        promise = Promise(channel, fut)
+        promise = Promise(channel, fut, self)
         self._pending.setdefault(channel, []).append(fut)
         if seconds is not None:
             promise._timer = loop.call_later(seconds, _expire, fut, channel, seconds)

@@ -63,6 +63,7 @@ __all__ = [
     "find_server_binary",
     "free_port",
     "key_slot",
+    "kill_all_servers",
     "make_test_certificates",
     "server_version",
     "supports_tls",
@@ -411,23 +412,22 @@ def make_test_certificates(directory: str | os.PathLike[str]) -> TestCertificate
 _LIVE: dict[int, subprocess.Popen[bytes]] = {}
 
 
-@atexit.register
-def _kill_leftovers() -> None:
-    for proc in list(_LIVE.values()):
-        with contextlib.suppress(OSError):
-            proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
-    _LIVE.clear()
+def kill_all_servers() -> int:
+    """SIGKILL every server process started by this module that is still running, wait for
+    each, and return how many there were. Runs at interpreter exit too."""
+    count = 0
+    for pid, proc in list(_LIVE.items()):
+        if proc.poll() is None:
+            count += 1
+            with contextlib.suppress(OSError):
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+        _LIVE.pop(pid, None)
+    return count
 
 
-def _tail(path: str, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return "(no log)"
-    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+atexit.register(kill_all_servers)
 
 
 # --------------------------------------------------------------------------------------------
@@ -556,6 +556,15 @@ class RedisServer:
             return f"unix://{self.unix_path}{query}"
         return self.tcp_url
 
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        """The last ``lines`` lines of the server log (for error messages)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                data = f.read()
+        except OSError:
+            return "(no log)"
+        return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
     def ssl_context(self, *, client_cert: bool = True) -> ssl.SSLContext | None:
         """The client SSL context the helpers use (``None`` without TLS)."""
         return None if self._tls is None else self._tls.client_context(client_cert=client_cert)
@@ -680,18 +689,31 @@ class RedisServer:
         raise ServerStartError(f"no free port for the server after 5 tries: {self}")
 
     def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after 5 s) and wait until it is gone.
+        """Stop the server and wait until it is gone. Idempotent.
 
-        Removes the temporary directory when the server made it. Idempotent.
+        Sends ``SHUTDOWN NOSAVE NOW`` (about 1 ms; SIGTERM takes ~100 ms on Valkey), then if
+        the process is still there (paused, or the command was refused) SIGTERM, and SIGKILL
+        after 5 s. Removes the temporary directory when the server made it.
         """
         self._terminate()
         if self._own_dir and self._cleanup is not None:
             self._cleanup()
 
+    def _shutdown_args(self) -> list[Arg]:
+        # NOW: do not wait for lagging replicas (7.0+); NOSAVE: never write a dump
+        _, version = server_version(self.binary)
+        return ["SHUTDOWN", "NOSAVE", "NOW"] if version >= (7, 0, 0) else ["SHUTDOWN", "NOSAVE"]
+
     def _terminate(self) -> None:
         proc = self._proc
         if proc is None:
             return
+        if proc.poll() is None and not self._paused:
+            # SHUTDOWN exits in about 1 ms; SIGTERM takes ~100 ms on Valkey (handled in serverCron)
+            with contextlib.suppress(OSError, ServerError):
+                self.command(*self._shutdown_args(), timeout=1.0)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(1.0)
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
@@ -724,8 +746,8 @@ class RedisServer:
         self._forget()
 
     def restart(self, timeout: float = START_TIMEOUT) -> Self:
-        """Start the server again on the same port and directory (stopping it first if it is
-        still running, without removing the directory)."""
+        """Start the server again on the same port and directory (stopping it first, as
+        :meth:`stop` does but keeping the directory, if it is still running)."""
         self._terminate()
         return self.start(timeout)
 
@@ -799,9 +821,12 @@ class RedisServer:
             await self._await_exit(proc, 60.0)
         self._forget()
 
-    async def astop(self) -> None:
-        """:meth:`stop` without blocking the event loop."""
+    async def _aterminate(self) -> None:
         proc = self._proc
+        if proc is not None and proc.poll() is None and not self._paused:
+            with contextlib.suppress(OSError, ServerError):
+                await self.acommand(*self._shutdown_args(), timeout=1.0)
+            await self._await_exit(proc, 1.0)
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
@@ -810,14 +835,16 @@ class RedisServer:
                 proc.kill()
                 await self._await_exit(proc, 60.0)
         self._forget()
+
+    async def astop(self) -> None:
+        """:meth:`stop` without blocking the event loop."""
+        await self._aterminate()
         if self._own_dir and self._cleanup is not None:
             self._cleanup()
 
     async def arestart(self, timeout: float = START_TIMEOUT) -> Self:  # noqa: ASYNC109
         """:meth:`restart` without blocking the event loop."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            await self.akill(signal.SIGTERM, STOP_TIMEOUT)
+        await self._aterminate()
         return await self.astart(timeout)
 
     # -- readiness ----------------------------------------------------------------------------
@@ -1181,9 +1208,9 @@ class RedisCluster:
             )
             for i in range(total)
         ]
+        """Every node: the primaries (as created) first, then the replicas."""
         for node in self.nodes:
             node._auto_port = True  # the ports were picked here: retry elsewhere on a conflict
-        """Every node: the primaries (as created) first, then the replicas."""
 
     # -- layout -------------------------------------------------------------------------------
 
