@@ -50,7 +50,7 @@ class Recorder:
         except TimeoutError:
             raise AssertionError(
                 f"{self.name}: timed out after {timeout} s waiting for {what or predicate}; "
-                f"events: {self.events[-10:]}"
+                f"events: {repr(self.events[-10:])[:2000]}"
             ) from None
 
     async def activated(self, *names: bytes | str, count: int = 1, timeout: float = 5.0) -> None:
