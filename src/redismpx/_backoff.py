@@ -15,9 +15,7 @@ class Backoff:
 
     __slots__ = ("attempt", "base", "cap", "rand")
 
-    def __init__(
-        self, base: float, cap: float, rand: Callable[[], float] = _random.random
-    ) -> None:
+    def __init__(self, base: float, cap: float, rand: Callable[[], float] = _random.random) -> None:
         if not base > 0 or not cap >= base:
             raise ValueError(f"backoff needs 0 < base <= cap, got base={base!r} cap={cap!r}")
         self.base = base
@@ -28,7 +26,7 @@ class Backoff:
     def ceiling(self) -> float:
         """The upper bound of the next delay."""
         # Cap the exponent: past ~60 doublings 2**attempt only wastes time computing floats.
-        return min(self.cap, self.base * 2 ** min(self.attempt, 60))
+        return min(self.cap, self.base * float(2 ** min(self.attempt, 60)))
 
     def next_delay(self) -> float:
         """The delay before the next attempt; each call counts one more attempt."""

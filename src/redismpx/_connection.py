@@ -178,10 +178,11 @@ class Connection(asyncio.Protocol):
         reader = self._reader
         reader.feed(data)
         gets = reader.gets
-        frame_cls = self._frame_cls
+        frame_cls: Any = self._frame_cls
         channels = self._channels
         link = self._link
         try:
+            frame: Any
             while (frame := gets()) is not False:
                 if frame.__class__ is frame_cls and frame[0] == MESSAGE:
                     channel = frame[1]

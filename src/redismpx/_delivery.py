@@ -82,9 +82,9 @@ def check_buffer(max_buffer: Any, overflow: Any) -> None:
 
 
 def is_async(fn: Any) -> bool:
-    return fn is not None and (
-        inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
-    )
+    # An object whose __call__ is ``async def`` counts too.
+    call = getattr(type(fn), "__call__", None)  # noqa: B004
+    return fn is not None and (inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call))
 
 
 class Subscriber:
@@ -241,12 +241,13 @@ class Subscriber:
     def _report_drops(self) -> None:
         self._drop_scheduled = False
         n = self.dropped - self._dropped_reported
-        if n <= 0 or self.closed and self.close_reason is None:
+        if n <= 0 or (self.closed and self.close_reason is None):
             return
         self._dropped_reported = self.dropped
         self._mpx._count_dropped(n)
-        logger.warning("%s: dropped %d message(s) (slow consumer, total %d)", self._label(),
-                       n, self.dropped)
+        logger.warning(
+            "%s: dropped %d message(s) (slow consumer, total %d)", self._label(), n, self.dropped
+        )
         if self._buf is not None and self._on_message is None:
             self._push_event(DROPPED, n)  # iterators report drops in their event stream
         if self._on_drop is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._backoff import Backoff
@@ -32,7 +32,7 @@ STABLE_AFTER = 1.0
 _PING = b"*1\r\n$4\r\nPING\r\n"
 
 
-class State(str, Enum):
+class State(StrEnum):
     """The life of a link (and of a standalone multiplexer), in order.
 
     ``connecting`` -> ``connected`` -> ``disconnected`` -> ``connecting`` ... -> ``closed``.
@@ -47,7 +47,9 @@ class State(str, Enum):
 class LinkOwner(Protocol):
     def _link_up(self, link: Link) -> None: ...
     def _link_lost(self, link: Link, error: BaseException) -> None: ...
-    def _names_lost(self, link: Link, kind: int, name: bytes, listeners: list[Listener]) -> None: ...
+    def _names_lost(
+        self, link: Link, kind: int, name: bytes, listeners: list[Listener]
+    ) -> None: ...
     def _count_message(self) -> None: ...
 
 
@@ -264,9 +266,7 @@ class Link:
             return
         for name, listeners in refused:
             error = SubscribeRefused(message, command, name)
-            logger.warning(
-                "Redis refused %s %r: %s", KIND_NAMES[cmd.kind], name, message
-            )
+            logger.warning("Redis refused %s %r: %s", KIND_NAMES[cmd.kind], name, message)
             for listener in listeners:
                 listener._refused(error)  # type: ignore[attr-defined]
 

@@ -374,9 +374,13 @@ class Multiplexer:
     ) -> None:
         # B29: a joiner of an already-active name is told in a later loop turn, if it still
         # holds the name and nothing happened to the connection in between.
-        if link.epoch == epoch and link.registry.is_active(kind, name):
-            if link.registry.holds(kind, name, listener):
-                listener._activated(name)  # type: ignore[attr-defined]
+        registry = link.registry
+        if (
+            link.epoch == epoch
+            and registry.is_active(kind, name)
+            and registry.holds(kind, name, listener)
+        ):
+            listener._activated(name)  # type: ignore[attr-defined]
 
     def _remove(self, kind: int, name: bytes, listener: Listener) -> None:
         link = self._link_for(kind, name)

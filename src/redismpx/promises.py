@@ -88,7 +88,7 @@ class Promise:
 class PromiseSubscription(Subscriber):
     """Hands out promises for channels ``prefix + suffix`` (see the module docstring)."""
 
-    __slots__ = ("_active", "_activation_waiters", "_pending", "pattern", "prefix")
+    __slots__ = ("_activation_waiters", "_active", "_pending", "pattern", "prefix")
 
     def __init__(self, mpx: Multiplexer, prefix: str | bytes) -> None:
         self.prefix: bytes = check_name(prefix, "prefix")

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from support.admin import Admin
 
 from redismpx import Multiplexer
+from support.admin import Admin
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import asyncio
 import signal
 
 import pytest
-from support.recorder import AsyncRecorder, Recorder
 
 from redismpx import HeartbeatTimeout, Multiplexer, State
+from support.recorder import AsyncRecorder, Recorder
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
@@ -36,9 +36,7 @@ async def test_server_restart_is_rejoined_quickly(redis_server, admin, sig) -> N
 
 async def test_stalled_link_is_detected_by_heartbeat(redis_server, fault_proxy) -> None:
     proxy = await fault_proxy(redis_server.port)
-    async with Multiplexer(
-        proxy.url, health_check_interval=0.2, health_check_timeout=0.3
-    ) as m:
+    async with Multiplexer(proxy.url, health_check_interval=0.2, health_check_timeout=0.3) as m:
         rec = Recorder()
         m.new_channel_subscription(*rec.callbacks).add("x")
         await rec.activated("x")

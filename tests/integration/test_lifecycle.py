@@ -6,8 +6,6 @@ import asyncio
 import gc
 
 import pytest
-from support.admin import Admin
-from support.recorder import Recorder
 
 from redismpx import (
     ConnectError,
@@ -18,11 +16,11 @@ from redismpx import (
     State,
     SubscriptionClosed,
 )
+from support.admin import Admin
+from support.recorder import Recorder
 
 
-async def test_one_connection_whatever_the_number_of_subscriptions(
-    mpx: Multiplexer, admin
-) -> None:
+async def test_one_connection_whatever_the_number_of_subscriptions(mpx: Multiplexer, admin) -> None:
     # B1
     rec = Recorder()
     for i in range(100):
@@ -109,8 +107,19 @@ async def test_async_with_waits_for_every_task(redis_server) -> None:
 async def test_password_acl_user_db_and_client_name(server_factory) -> None:
     # B3
     srv = server_factory(password="s3cret")
-    await srv.acommand("ACL", "SETUSER", "chat", "on", ">pw", "&chat:*", "+@pubsub", "+ping",
-                       "+hello", "+client", "+select")
+    await srv.acommand(
+        "ACL",
+        "SETUSER",
+        "chat",
+        "on",
+        ">pw",
+        "&chat:*",
+        "+@pubsub",
+        "+ping",
+        "+hello",
+        "+client",
+        "+select",
+    )
     for url, kwargs in [
         (f"redis://:s3cret@127.0.0.1:{srv.port}/2", {"client_name": "mpx-test"}),
         (f"redis://chat:pw@127.0.0.1:{srv.port}", {"protocol": 2, "client_name": "mpx-test"}),

@@ -6,9 +6,9 @@ import asyncio
 import logging
 
 import pytest
-from support.recorder import AsyncRecorder, Recorder
 
 from redismpx import ConnectionLost, Multiplexer
+from support.recorder import AsyncRecorder, Recorder
 
 
 async def test_pattern_delivers_actual_channel_and_unsubscribes_last(
@@ -36,9 +36,7 @@ async def test_pattern_delivers_actual_channel_and_unsubscribes_last(
     assert pb.pattern == b"news:*"
 
 
-async def test_channel_and_pattern_both_matching_deliver_once_each(
-    mpx: Multiplexer, admin
-) -> None:
+async def test_channel_and_pattern_both_matching_deliver_once_each(mpx: Multiplexer, admin) -> None:
     # B26
     c, p = Recorder("c"), Recorder("p")
     sc = mpx.new_channel_subscription(*c.callbacks)
