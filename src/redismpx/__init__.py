@@ -15,19 +15,26 @@ from .errors import (
     SubscriptionClosed,
     SubscriptionInterrupted,
 )
+from .iterators import Activated, ChannelIterator, Disconnected, Dropped, Message, PatternIterator
 from .multiplexer import Multiplexer
 from .promises import Promise, PromiseSubscription
 from .subscriptions import ChannelSubscription, PatternSubscription
 
 __all__ = [
+    "Activated",
+    "ChannelIterator",
     "ChannelSubscription",
     "ConnectError",
     "ConnectionLost",
+    "Disconnected",
+    "Dropped",
     "HeartbeatTimeout",
     "InactiveSubscription",
     "InvalidArgument",
     "InvalidArgumentType",
+    "Message",
     "Multiplexer",
+    "PatternIterator",
     "PatternSubscription",
     "Promise",
     "PromiseSubscription",

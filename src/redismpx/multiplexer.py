@@ -26,6 +26,7 @@ from ._options import ConnectOptions, check_seconds, parse_options
 from ._protocol import PATTERN
 from ._registry import Listener
 from .errors import InvalidArgument, InvalidArgumentType, SubscriptionClosed
+from .iterators import ChannelIterator, PatternIterator
 from .promises import PromiseSubscription
 from .subscriptions import ChannelSubscription, PatternSubscription
 
@@ -342,6 +343,41 @@ class Multiplexer:
         """A networked promise system on the channels ``prefix + suffix``."""
         self._check_open()
         sub = PromiseSubscription(self, prefix)
+        self._register(sub)
+        sub._attach()
+        return sub
+
+    def subscribe(
+        self,
+        *channels: str | bytes,
+        max_buffer: int | None = None,
+        overflow: OverflowPolicy | None = None,
+        sharded: bool = False,
+    ) -> ChannelIterator:
+        """Channels to consume with ``async for`` (``async with mpx.subscribe("a") as sub``).
+
+        Yields :class:`~redismpx.iterators.Message`; ``sub.events()`` also yields activation,
+        disconnect and drop events in order. ``add``/``remove`` work as on any channel
+        subscription; leaving the ``async with`` block closes it.
+        """
+        self._check_open()
+        size, policy = self._delivery(max_buffer, overflow)
+        sub = ChannelIterator(self, max_buffer=size, overflow=policy, sharded=sharded)
+        sub.add(*channels)  # validates every name before registering anything
+        self._register(sub)
+        return sub
+
+    def psubscribe(
+        self,
+        pattern: str | bytes,
+        *,
+        max_buffer: int | None = None,
+        overflow: OverflowPolicy | None = None,
+    ) -> PatternIterator:
+        """A pattern to consume with ``async for``; messages carry the matching pattern."""
+        self._check_open()
+        size, policy = self._delivery(max_buffer, overflow)
+        sub = PatternIterator(self, pattern, max_buffer=size, overflow=policy)
         self._register(sub)
         sub._attach()
         return sub
