@@ -44,18 +44,24 @@ class Connection(asyncio.Protocol):
         self._hb_interval = 0.0
         self._hb_timeout = 0.0
         self._frame_cls: type = list
+        self._on_data = self._handshake_data
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
+        self._transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
     def data_received(self, data: bytes) -> None:
+        # One indirection per chunk (not per message): uvloop caches ``data_received`` at
+        # connection time, so the switch to Pub/Sub mode swaps ``_on_data`` instead.
+        self._on_data(data)
+
+    def _handshake_data(self, data: bytes) -> None:
         # Handshake mode: replies complete the futures of ``request`` in order.
         self._reader.feed(data)
         while True:
@@ -167,7 +173,7 @@ class Connection(asyncio.Protocol):
         self._link = link
         self._frame_cls = _Push if self.resp == 3 else list
         self._channels = link.registry.tables[0]
-        self.data_received = self._pubsub_data  # type: ignore[method-assign]
+        self._on_data = self._pubsub_data
         self._hb_interval, self._hb_timeout = interval, timeout
         self._heartbeat = self._loop.call_later(interval, self._tick)
 

@@ -203,3 +203,24 @@ def test_password_never_in_repr_or_errors() -> None:
 
 def test_promise_timeout_is_a_timeout_error() -> None:
     assert issubclass(PromiseTimeout, asyncio.TimeoutError)
+
+
+def test_works_under_uvloop(redis_server) -> None:
+    uvloop = pytest.importorskip("uvloop") if not __import__("os").environ.get("CI") else None
+    if uvloop is None:
+        import uvloop
+
+    async def main() -> list[tuple[bytes, bytes]]:
+        async with Multiplexer(redis_server.url) as m:
+            rec = Recorder()
+            m.new_channel_subscription(*rec.callbacks).add("x")
+            await rec.activated("x")
+            admin = Admin(redis_server.url)
+            await admin.publish("x", "over uvloop")
+            await rec.received(1)
+            await admin.kill_pubsub()
+            await rec.activated("x", count=2)
+            await admin.close()
+            return rec.messages
+
+    assert uvloop.run(main()) == [(b"x", b"over uvloop")]
