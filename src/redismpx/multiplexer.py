@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import random
 import ssl as _ssl
@@ -11,6 +12,7 @@ from types import TracebackType
 from typing import Any
 
 from ._backoff import Backoff
+from ._connection import connect
 from ._delivery import (
     DEFAULT_MAX_BUFFER,
     OnActivation,
@@ -466,6 +468,43 @@ class Multiplexer:
         if st is not None and st.listeners:
             link.registry._dirty[kind][name] = None
             link.schedule_flush()
+
+    async def ping(self, timeout: float = 5.0) -> float:
+        """End-to-end probe: publish on a private channel and see it arrive here.
+
+        Returns the round trip in seconds; raises ``TimeoutError`` if it does not complete
+        within ``timeout`` (which covers connecting, subscribing and delivery). Uses one extra
+        short-lived connection to publish. Cancelling it is safe.
+        """
+        self._check_open()
+        check_seconds("timeout", timeout)
+        loop = asyncio.get_running_loop()
+        channel = b"__redismpx:ping:" + os.urandom(8).hex().encode()
+        active: asyncio.Future[None] = loop.create_future()
+        arrived: asyncio.Future[float] = loop.create_future()
+
+        def on_message(channel: bytes, data: bytes) -> None:
+            if not arrived.done():
+                arrived.set_result(loop.time())
+
+        def on_activation(name: bytes) -> None:
+            if not active.done():
+                active.set_result(None)
+
+        sub = self.new_channel_subscription(on_message, None, on_activation)
+        publisher = None
+        try:
+            async with asyncio.timeout(timeout):
+                sub.add(channel)
+                await active
+                publisher = await connect(self._link_for(0, channel).options)
+                sent = loop.time()
+                await publisher.request(b"PUBLISH", channel, b"ping")
+                return await arrived - sent
+        finally:
+            sub.close()
+            if publisher is not None:
+                publisher.close()
 
     # -- introspection -----------------------------------------------------------------------
 

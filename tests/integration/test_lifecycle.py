@@ -224,3 +224,12 @@ def test_works_under_uvloop(redis_server) -> None:
             return rec.messages
 
     assert uvloop.run(main()) == [(b"x", b"over uvloop")]
+
+
+async def test_end_to_end_ping(mpx: Multiplexer, admin) -> None:
+    rtt = await mpx.ping(timeout=5)
+    assert 0 <= rtt < 5
+    assert mpx.stats()["subscriptions"] == 0  # the probe cleans up after itself
+    async with asyncio.timeout(5):
+        while await admin.channels():
+            await asyncio.sleep(0.01)
