@@ -85,6 +85,9 @@ class Link:
         self._flush_handle: asyncio.Handle | None = None
         self._closing = False
         self.up = asyncio.Event() if _has_loop() else None
+        # Set by ``start``: calls made while the loop is not running (synchronous shutdown
+        # code, say) still schedule their work on it.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -92,7 +95,8 @@ class Link:
         if self._task is None and not self._closing:
             if self.up is None:
                 self.up = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(
+            self.loop = asyncio.get_running_loop()
+            self._task = self.loop.create_task(
                 self._run(), name=f"redismpx link {self.options.describe()}"
             )
 
@@ -188,8 +192,8 @@ class Link:
 
     def schedule_flush(self) -> None:
         """Coalesce every add/remove of this loop turn into one write (B23)."""
-        if self._flush_handle is None and self.conn is not None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+        if self._flush_handle is None and self.conn is not None and self.loop is not None:
+            self._flush_handle = self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_handle = None

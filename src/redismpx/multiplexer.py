@@ -387,8 +387,8 @@ class Multiplexer:
     def _register(self, sub: Subscriber) -> None:
         self._maybe_start()
         self._subs[sub] = None
-        if sub._buf is not None:
-            sub._ensure_consumer()
+        if sub._buf is not None and self._link.loop is not None:
+            sub._ensure_consumer()  # else at its first event, which runs in the loop
 
     # -- plumbing used by subscriptions ------------------------------------------------------
 
@@ -398,10 +398,8 @@ class Multiplexer:
     def _add(self, kind: int, name: bytes, listener: Listener) -> None:
         link = self._link_for(kind, name)
         if link.registry.add(kind, name, listener):
-            epoch = link.epoch
-            asyncio.get_running_loop().call_soon(
-                self._late_activation, link, kind, name, listener, epoch
-            )
+            assert link.loop is not None  # active implies connected, hence started
+            link.loop.call_soon(self._late_activation, link, kind, name, listener, link.epoch)
         else:
             self._maybe_start()
             if link.registry.has_dirty():
@@ -433,7 +431,8 @@ class Multiplexer:
         self._subs.pop(sub, None)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
+        loop = self._link.loop or asyncio.get_running_loop()
+        task = loop.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

@@ -6,7 +6,6 @@ the bounded buffer and its overflow policy) is described in :mod:`redismpx._deli
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from ._delivery import OnActivation, OnDisconnect, OnDrop, OnMessage, OverflowPolicy, Subscriber
@@ -167,10 +166,3 @@ class PatternSubscription(Subscriber):
 
     def _label(self) -> str:
         return f"PatternSubscription@{id(self):#x}[{self.pattern!r}]"
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
