@@ -45,6 +45,8 @@ class Connection(asyncio.Protocol):
         self._hb_timeout = 0.0
         self._frame_cls: type = list
         self._on_data = self._handshake_data
+        # Messages read on plain channels; the link counts pattern and shard traffic.
+        self.received = 0
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -187,10 +189,12 @@ class Connection(asyncio.Protocol):
         frame_cls: Any = self._frame_cls
         channels = self._channels
         link = self._link
+        received = 0  # a local counter: one attribute update per chunk, not per message
         try:
             frame: Any
             while (frame := gets()) is not False:
                 if frame.__class__ is frame_cls and frame[0] == MESSAGE:
+                    received += 1
                     channel = frame[1]
                     st = channels.get(channel)
                     if st is None:
@@ -213,6 +217,8 @@ class Connection(asyncio.Protocol):
         except Exception as exc:  # a bug of ours: never let it kill the event loop's reader
             self.abort(ConnectionLost(f"internal error while reading: {exc!r}"))
             raise
+        finally:
+            self.received += received
 
     def _frame(self, link: Link, frame: Any) -> None:
         if isinstance(frame, list):

@@ -80,6 +80,7 @@ class Link:
         self.last_error: BaseException | None = None
         self.reconnects = 0
         self.connects = 0
+        self.received = 0  # pattern and shard messages, plus plain ones of past connections
         self._logged_error: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._flush_handle: asyncio.Handle | None = None
@@ -175,7 +176,12 @@ class Link:
             self.up.set()
         self.owner._link_up(self)
 
+    def messages_received(self) -> int:
+        return self.received + (self.conn.received if self.conn is not None else 0)
+
     def _lost(self, error: BaseException) -> None:
+        if self.conn is not None:
+            self.received += self.conn.received
         self.conn = None
         self.registry.on_disconnected()
         if self.up is not None:
@@ -212,6 +218,7 @@ class Link:
     # -- frames in (called by the connection) ------------------------------------------------
 
     def dispatch(self, kind: int, name: bytes, channel: bytes, data: bytes) -> None:
+        self.received += 1
         st = self.registry.tables[kind].get(name)
         if st is None:
             return

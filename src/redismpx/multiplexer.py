@@ -517,6 +517,7 @@ class Multiplexer:
             "channels": channels,
             "patterns": patterns,
             "shard_channels": shard_channels,
+            "messages_received": link.messages_received(),
             "connects": link.connects,
             "reconnects": link.reconnects,
             "dropped": self._counters["dropped"],
