@@ -1,0 +1,223 @@
+"""Soak test: churn, faults and a numbering publisher for N minutes; reports every loss.
+
+    .venv/bin/python scripts/soak.py --minutes 10 [--subscriptions 200] [--channels 50]
+
+A real server (``redismpx.server.RedisServer``) is killed and restarted every
+``--fault-every`` seconds while subscriptions come and go and channels are added and removed.
+A publisher numbers its messages. For every (subscription, channel) the soak knows when the
+channel was confirmed (``on_activation``) and when it stopped counting (removed, closed or
+disconnected), and every message whose PUBLISH started and returned inside such a window must
+arrive exactly once. Report: published, delivered, lost during outages (allowed: Pub/Sub is
+at-most-once), lost outside outages (must be 0), duplicates (must be 0), peak RSS.
+Exit status 1 if either must-be-0 figure is not 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import resource
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from redismpx import Multiplexer
+from redismpx.server import RedisServer
+
+
+@dataclass
+class Holder:
+    """One subscription's view: open windows, and what it received per channel."""
+
+    windows: dict[bytes, list[tuple[float, float]]] = field(default_factory=dict)
+    open_since: dict[bytes, float] = field(default_factory=dict)
+    received: dict[bytes, list[int]] = field(default_factory=dict)
+    held: set[bytes] = field(default_factory=set)
+
+    def close_window(self, channel: bytes, now: float) -> None:
+        start = self.open_since.pop(channel, None)
+        if start is not None:
+            self.windows.setdefault(channel, []).append((start, now))
+
+
+@dataclass
+class Report:
+    published: int = 0
+    delivered: int = 0
+    lost_in_outages: int = 0
+    lost_outside_outages: int = 0
+    duplicates: int = 0
+    outages: int = 0
+    peak_rss_mb: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.lost_outside_outages == 0 and self.duplicates == 0
+
+
+async def soak(
+    seconds: float,
+    subscriptions: int = 100,
+    channels: int = 20,
+    fault_every: float = 5.0,
+    rate: float = 2000.0,
+    seed: int = 1,
+) -> Report:
+    rnd = random.Random(seed)
+    loop = asyncio.get_running_loop()
+    names = [f"soak:{i}".encode() for i in range(channels)]
+    server = RedisServer()
+    await server.astart()
+    outages: list[tuple[float, float]] = []
+    published: list[tuple[bytes, int, float, float]] = []  # channel, seq, start, end
+    holders: list[Holder] = []
+    report = Report()
+    try:
+        async with Multiplexer(server.url, health_check_interval=1, health_check_timeout=1) as m:
+            subs: list[tuple[Any, Holder]] = []
+
+            def make() -> None:
+                h = Holder()
+
+                def on_message(channel: bytes, data: bytes) -> None:
+                    h.received.setdefault(channel, []).append(int(data))
+
+                def on_activation(name: bytes) -> None:
+                    if name in h.held:
+                        h.open_since[name] = loop.time()
+
+                def on_disconnect(error: BaseException) -> None:
+                    now = loop.time()
+                    for channel in list(h.open_since):
+                        h.close_window(channel, now)
+
+                sub = m.new_channel_subscription(on_message, on_disconnect, on_activation)
+                chosen = rnd.sample(names, k=rnd.randint(1, 3))
+                h.held.update(chosen)
+                sub.add(*chosen)
+                subs.append((sub, h))
+                holders.append(h)
+
+            for _ in range(subscriptions):
+                make()
+
+            async def churn() -> None:
+                while True:
+                    await asyncio.sleep(0.05)
+                    sub, h = rnd.choice(subs)
+                    now = loop.time()
+                    action = rnd.random()
+                    if action < 0.3:
+                        sub.close()
+                        for channel in list(h.open_since):
+                            h.close_window(channel, now)
+                        subs.remove((sub, h))
+                        make()
+                    elif action < 0.65:
+                        channel = rnd.choice(names)
+                        if channel not in h.held:
+                            h.held.add(channel)
+                            sub.add(channel)
+                    elif h.held:
+                        channel = rnd.choice(sorted(h.held))
+                        sub.remove(channel)
+                        h.held.discard(channel)
+                        h.close_window(channel, now)
+
+            async def faults() -> None:
+                while True:
+                    await asyncio.sleep(fault_every)
+                    start = loop.time()
+                    await server.akill()
+                    await server.arestart()
+                    await m.wait_connected(30)
+                    # The outage lasts until every wanted name is confirmed again.
+                    while m._link.registry.pending:
+                        await asyncio.sleep(0.01)
+                    outages.append((start, loop.time()))
+
+            client = aioredis.Redis.from_url(server.url)
+            seqs = dict.fromkeys(names, 0)
+
+            async def publisher() -> None:
+                while True:
+                    channel = rnd.choice(names)
+                    seqs[channel] += 1
+                    seq = seqs[channel]
+                    start = loop.time()
+                    try:
+                        await client.publish(channel, str(seq))
+                    except Exception:
+                        await asyncio.sleep(0.01)  # the server is down; the message is lost
+                        continue
+                    published.append((channel, seq, start, loop.time()))
+                    await asyncio.sleep(1 / rate)
+
+            tasks = [asyncio.ensure_future(t()) for t in (churn, faults, publisher)]
+            await asyncio.sleep(seconds)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await client.aclose()
+            # Let the last published messages arrive: a private sentinel, same connection.
+            await m.ping(timeout=10)
+            now = loop.time()
+            for _, h in subs:
+                for channel in list(h.open_since):
+                    h.close_window(channel, now)
+    finally:
+        await server.astop()
+
+    report.published = len(published)
+    report.outages = len(outages)
+    by_channel: dict[bytes, list[tuple[int, float, float]]] = {}
+    for channel, seq, start, end in published:
+        by_channel.setdefault(channel, []).append((seq, start, end))
+    for h in holders:
+        for channel, got in h.received.items():
+            report.delivered += len(got)
+            report.duplicates += len(got) - len(set(got))
+        for channel, windows in h.windows.items():
+            got_set = set(h.received.get(channel, ()))
+            for seq, start, end in by_channel.get(channel, ()):
+                if not any(w0 < start and end < w1 for w0, w1 in windows):
+                    continue
+                if seq in got_set:
+                    continue
+                if any(o0 - 1.0 <= end and start <= o1 for o0, o1 in outages):
+                    report.lost_in_outages += 1
+                else:
+                    report.lost_outside_outages += 1
+    report.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=1.0)
+    parser.add_argument("--subscriptions", type=int, default=100)
+    parser.add_argument("--channels", type=int, default=20)
+    parser.add_argument("--fault-every", type=float, default=5.0)
+    parser.add_argument("--rate", type=float, default=2000.0, help="messages per second, at most")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    report = asyncio.run(
+        soak(
+            args.minutes * 60,
+            args.subscriptions,
+            args.channels,
+            args.fault_every,
+            args.rate,
+            args.seed,
+        )
+    )
+    print(json.dumps({**report.__dict__, "ok": report.ok}, indent=2))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

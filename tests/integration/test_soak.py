@@ -1,0 +1,39 @@
+"""A short run of the soak script (scripts/soak.py): churn + faults, zero unexplained loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "soak.py"
+
+
+@pytest.mark.slow
+def test_short_soak_loses_nothing_outside_outages(server_binary: str) -> None:
+    env = {**os.environ, "REDIS_SERVER": server_binary}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--minutes",
+            "0.12",
+            "--fault-every",
+            "2",
+            "--subscriptions",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    report = json.loads(proc.stdout)
+    assert report["outages"] >= 2, report
+    assert report["published"] > 1000 and report["delivered"] > 0, report
+    assert report["lost_outside_outages"] == 0 and report["duplicates"] == 0, report
+    assert proc.returncode == 0
