@@ -178,7 +178,7 @@ async def soak(
     for channel, seq, start, end in published:
         by_channel.setdefault(channel, []).append((seq, start, end))
     for h in holders:
-        for channel, got in h.received.items():
+        for got in h.received.values():
             report.delivered += len(got)
             report.duplicates += len(got) - len(set(got))
         for channel, windows in h.windows.items():
