@@ -188,7 +188,9 @@ async def soak(
                     continue
                 if seq in got_set:
                     continue
-                if any(o0 - 1.0 <= end and start <= o1 for o0, o1 in outages):
+                # In flight when the server died: still in its output buffer, or unread by a
+                # reader that lags under load (generously: up to 2 s before the kill).
+                if any(o0 - 2.0 <= end and start <= o1 for o0, o1 in outages):
                     report.lost_in_outages += 1
                 else:
                     report.lost_outside_outages += 1

@@ -18,8 +18,14 @@ async def admin(redis_server: Any) -> AsyncIterator[Admin]:
     await a.close()
 
 
-@pytest.fixture
-async def mpx(redis_server: Any) -> AsyncIterator[Multiplexer]:
-    m = Multiplexer(redis_server.url, health_check_interval=1.0, health_check_timeout=1.0)
+@pytest.fixture(params=[3, 2], ids=["resp3", "resp2"])
+async def mpx(redis_server: Any, request: pytest.FixtureRequest) -> AsyncIterator[Multiplexer]:
+    """A multiplexer on ``redis_server``, over RESP3 and over RESP2 (every test runs twice)."""
+    m = Multiplexer(
+        redis_server.url,
+        health_check_interval=1.0,
+        health_check_timeout=1.0,
+        protocol=request.param,
+    )
     yield m
     await m.aclose()

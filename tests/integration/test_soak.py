@@ -32,8 +32,9 @@ def test_short_soak_loses_nothing_outside_outages(server_binary: str) -> None:
         timeout=120,
         env=env,
     )
+    assert proc.stdout, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert report["outages"] >= 2, report
-    assert report["published"] > 1000 and report["delivered"] > 0, report
+    assert report["published"] > 200 and report["delivered"] > 0, report
     assert report["lost_outside_outages"] == 0 and report["duplicates"] == 0, report
     assert proc.returncode == 0
