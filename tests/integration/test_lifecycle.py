@@ -233,3 +233,30 @@ async def test_end_to_end_ping(mpx: Multiplexer, admin) -> None:
     async with asyncio.timeout(5):
         while await admin.channels():
             await asyncio.sleep(0.01)
+
+
+async def test_wrong_db_keeps_retrying_and_reports(redis_server) -> None:
+    async with Multiplexer(redis_server.url, db=99, backoff_cap=0.05) as m:
+        async with asyncio.timeout(5):
+            while m.last_error is None:
+                await asyncio.sleep(0.01)
+        assert isinstance(m.last_error, ConnectError)
+        assert "SELECT" in str(m.last_error)
+        assert m.state is State.CONNECTING
+
+
+async def test_from_redis_client_settings(redis_server) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis(
+        host="127.0.0.1", port=redis_server.port, db=3, client_name="from-redis-py"
+    )
+    async with Multiplexer.from_redis(client) as m:
+        rec = Recorder()
+        m.new_channel_subscription(*rec.callbacks).add("x")
+        await rec.activated("x")
+        clients = await redis_server.acommand("CLIENT", "LIST", "TYPE", "pubsub", decode=True)
+        assert "name=from-redis-py" in clients and "db=3" in clients
+    await client.aclose()
+    with pytest.raises(InvalidArgumentType):
+        Multiplexer.from_redis(object())
