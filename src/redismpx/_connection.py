@@ -227,9 +227,8 @@ class Connection(asyncio.Protocol):
                 link.dispatch(1, frame[1], frame[2], frame[3])
             elif kind == SMESSAGE:
                 link.dispatch(2, frame[1], frame[1], frame[2])
-            elif kind in ACKS:
-                name_kind, subscribe = ACKS[kind]
-                link.on_ack(name_kind, subscribe, frame[1])
+            elif (ack := ACKS.get(kind)) is not None:
+                link.on_ack(ack[0], ack[1], frame[1])
             elif kind == PONG and frame.__class__ is list:
                 link.on_pong()
             else:

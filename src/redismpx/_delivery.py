@@ -87,30 +87,85 @@ def is_async(fn: Any) -> bool:
     return fn is not None and (inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call))
 
 
+class Queue:
+    """The buffer of a queued subscription and the state of its consumer."""
+
+    __slots__ = (
+        "buf",
+        "dropped",
+        "latest",
+        "max",
+        "nmsgs",
+        "reported",
+        "scheduled",
+        "wake",
+        "worker",
+    )
+
+    def __init__(self, max_buffer: int, latest: bool) -> None:
+        self.buf: deque[Any] = deque()
+        self.latest: dict[bytes, list[bytes]] | None = {} if latest else None
+        self.max = max_buffer
+        self.nmsgs = 0  # messages in ``buf`` (events do not count against ``max``)
+        self.wake: asyncio.Future[None] | None = None  # set while the consumer waits
+        self.worker: asyncio.Task[None] | None = None
+        self.dropped = 0
+        self.reported = 0
+        self.scheduled = False
+
+    def kick(self) -> None:
+        wake = self.wake
+        self.wake = None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+
+class DeliveryOptions:
+    """Buffer size, overflow policy and drop callback: shared by subscriptions that agree."""
+
+    __slots__ = ("max_buffer", "on_drop", "overflow")
+
+    def __init__(self, max_buffer: int, overflow: OverflowPolicy, on_drop: OnDrop | None) -> None:
+        self.max_buffer = max_buffer
+        self.overflow = overflow
+        self.on_drop = on_drop
+
+
+_shared_options: dict[tuple[int, str], DeliveryOptions] = {}
+
+
+def delivery_options(
+    max_buffer: int, overflow: OverflowPolicy, on_drop: OnDrop | None
+) -> DeliveryOptions:
+    if on_drop is not None:
+        return DeliveryOptions(max_buffer, overflow, on_drop)
+    # Thousands of subscriptions usually share the defaults: one object for all of them.
+    key = (max_buffer, overflow)
+    opts = _shared_options.get(key)
+    if opts is None:
+        opts = _shared_options[key] = DeliveryOptions(max_buffer, overflow, None)
+    return opts
+
+
 class Subscriber:
-    """Base of every subscription: callbacks, delivery mode, buffer, worker, closing."""
+    """Base of every subscription: callbacks, delivery mode, buffer, worker, closing.
+
+    Kept small (a few slots): a process may hold hundreds of thousands of subscriptions.
+    The buffer state lives in a :class:`Queue` made only for queued subscriptions.
+    """
 
     __slots__ = (
         "__weakref__",
-        "_buf",
-        "_drop_scheduled",
-        "_dropped_reported",
         "_errors",
-        "_latest",
-        "_max",
         "_mpx",
-        "_nmsgs",
         "_on_activation",
         "_on_disconnect",
-        "_on_drop",
         "_on_message",
-        "_policy",
-        "_wake",
-        "_worker",
+        "_opts",
+        "_q",
         "close_reason",
         "closed",
         "deliver",
-        "dropped",
     )
 
     def __init__(
@@ -133,23 +188,19 @@ class Subscriber:
         self._on_message = on_message
         self._on_disconnect = on_disconnect
         self._on_activation = on_activation
-        self._on_drop = on_drop
-        self._max = max_buffer
-        self._policy = overflow
+        self._opts = delivery_options(max_buffer, overflow, on_drop)
         self.closed = False
         self.close_reason: str | None = None
-        self.dropped = 0
-        self._dropped_reported = 0
-        self._drop_scheduled = False
         self._errors: dict[str, tuple[float, int]] | None = None
-        self._buf: deque[Any] | None = None
-        self._latest: dict[bytes, list[bytes]] | None = None
-        self._nmsgs = 0
-        self._wake: asyncio.Future[None] | None = None
-        self._worker: asyncio.Task[None] | None = None
+        self._q: Queue | None = None
         self.deliver: Callable[[bytes, bytes], Any] = on_message  # type: ignore[assignment]
         if queued or any(is_async(f) for f in (on_message, on_disconnect, on_activation)):
             self._become_queued()
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped by the overflow policy so far."""
+        return 0 if self._q is None else self._q.dropped
 
     # -- naming (for logs) -------------------------------------------------------------------
 
@@ -163,14 +214,11 @@ class Subscriber:
     # -- modes -------------------------------------------------------------------------------
 
     def _become_queued(self) -> None:
-        if self._buf is not None:
+        if self._q is not None:
             return
-        self._buf = deque()
-        if self._policy == "latest_per_channel":
-            self._latest = {}
-            self.deliver = self._enqueue_latest
-        else:
-            self.deliver = self._enqueue
+        latest = self._opts.overflow == "latest_per_channel"
+        self._q = Queue(self._opts.max_buffer, latest)
+        self.deliver = self._enqueue_latest if latest else self._enqueue
 
     def _refresh_registrations(self) -> None:
         """Our ``deliver`` changed: the registry must rebuild the dispatch lists we are in."""
@@ -178,47 +226,52 @@ class Subscriber:
     # -- called by the link (reader context) -------------------------------------------------
 
     def _enqueue(self, channel: bytes, data: bytes) -> None:
-        if self._nmsgs >= self._max:
+        q = self._q
+        assert q is not None
+        if q.nmsgs >= q.max:
             self._overflow(channel, data)
             return
-        self._buf.append((channel, data))  # type: ignore[union-attr]
-        self._nmsgs += 1
-        if self._wake is not None:
-            self._kick()
+        q.buf.append((channel, data))
+        q.nmsgs += 1
+        if q.wake is not None:
+            q.kick()
 
     def _enqueue_latest(self, channel: bytes, data: bytes) -> None:
-        latest = self._latest
-        assert latest is not None and self._buf is not None
-        entry = latest.get(channel)
+        q = self._q
+        assert q is not None and q.latest is not None
+        entry = q.latest.get(channel)
         if entry is not None:
             entry[1] = data
             self._count_drop(1)
             return
-        if self._nmsgs >= self._max:
+        if q.nmsgs >= q.max:
             self._drop_oldest_message()
             self._count_drop(1)
-        entry = latest[channel] = [channel, data]
-        self._buf.append(entry)
-        self._nmsgs += 1
-        if self._wake is not None:
-            self._kick()
+        entry = q.latest[channel] = [channel, data]
+        q.buf.append(entry)
+        q.nmsgs += 1
+        if q.wake is not None:
+            q.kick()
 
     def _overflow(self, channel: bytes, data: bytes) -> None:
-        policy = self._policy
+        q = self._q
+        assert q is not None
+        policy = self._opts.overflow
         if policy == "drop_newest":
             self._count_drop(1)
         elif policy == "drop_oldest":
             self._drop_oldest_message()
-            self._buf.append((channel, data))  # type: ignore[union-attr]
-            self._nmsgs += 1
+            q.buf.append((channel, data))
+            q.nmsgs += 1
             self._count_drop(1)
         else:  # "close"
             self._count_drop(1)
-            self._fail(f"delivery buffer overflow ({self._max} messages pending)")
+            self._fail(f"delivery buffer overflow ({q.max} messages pending)")
 
     def _drop_oldest_message(self) -> None:
-        buf = self._buf
-        assert buf is not None
+        q = self._q
+        assert q is not None
+        buf = q.buf
         if buf and buf[0].__class__ is not Event:
             item = buf.popleft()
         else:
@@ -228,48 +281,47 @@ class Subscriber:
                     break
             else:  # pragma: no cover - only called with messages pending
                 return
-        self._nmsgs -= 1
-        if self._latest is not None:
-            self._latest.pop(item[0], None)
+        q.nmsgs -= 1
+        if q.latest is not None:
+            q.latest.pop(item[0], None)
 
     def _count_drop(self, n: int) -> None:
-        self.dropped += n
-        if not self._drop_scheduled:
-            self._drop_scheduled = True
+        q = self._q
+        assert q is not None
+        q.dropped += n
+        if not q.scheduled:
+            q.scheduled = True
             asyncio.get_running_loop().call_soon(self._report_drops)
 
     def _report_drops(self) -> None:
-        self._drop_scheduled = False
-        n = self.dropped - self._dropped_reported
+        q = self._q
+        assert q is not None
+        q.scheduled = False
+        n = q.dropped - q.reported
         if n <= 0 or (self.closed and self.close_reason is None):
             return
-        self._dropped_reported = self.dropped
+        q.reported = q.dropped
         self._mpx._count_dropped(n)
         logger.warning(
-            "%s: dropped %d message(s) (slow consumer, total %d)", self._label(), n, self.dropped
+            "%s: dropped %d message(s) (slow consumer, total %d)", self._label(), n, q.dropped
         )
-        if self._buf is not None and self._on_message is None:
+        if self._on_message is None:
             self._push_event(DROPPED, n)  # iterators report drops in their event stream
-        if self._on_drop is not None:
-            self._call("on_drop", self._on_drop, n)
+        if self._opts.on_drop is not None:
+            self._call("on_drop", self._opts.on_drop, n)
 
     def _push_event(self, tag: int, arg: Any) -> None:
-        assert self._buf is not None
-        self._buf.append(Event(tag, arg))
-        if self._wake is not None:
-            self._kick()
-
-    def _kick(self) -> None:
-        wake = self._wake
-        self._wake = None
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+        q = self._q
+        assert q is not None
+        q.buf.append(Event(tag, arg))
+        if q.wake is not None:
+            q.kick()
 
     def _activated(self, name: bytes) -> None:
         """Redis confirmed ``name`` for us."""
         if self.closed:
             return
-        if self._buf is not None:
+        if self._q is not None:
             self._ensure_consumer()
             self._push_event(ACTIVATION, name)
         elif self._on_activation is not None:
@@ -279,7 +331,7 @@ class Subscriber:
         """The connection carrying our names was lost (once per outage)."""
         if self.closed:
             return
-        if self._buf is not None:
+        if self._q is not None:
             self._ensure_consumer()
             self._push_event(DISCONNECT, error)
         elif self._on_disconnect is not None:
@@ -296,7 +348,7 @@ class Subscriber:
         """A sync ``on_message`` returned something: await it if it is awaitable (B34)."""
         if not inspect.isawaitable(result):
             return
-        if self._buf is None:
+        if self._q is None:
             self._become_queued()
             self._refresh_registrations()
         self._ensure_consumer()
@@ -312,7 +364,7 @@ class Subscriber:
             self._log_error(which, exc)
             return
         if result is not None and inspect.isawaitable(result):
-            if self._buf is None:
+            if self._q is None:
                 self._become_queued()
                 self._refresh_registrations()
             self._ensure_consumer()
@@ -333,29 +385,29 @@ class Subscriber:
         self._mpx._count_callback_error()
 
     def _ensure_consumer(self) -> None:
-        if self._worker is None and self._on_message is not None and not self.closed:
-            self._worker = self._mpx._spawn(self._work(), f"redismpx worker {self._label()}")
+        q = self._q
+        if q is not None and q.worker is None and self._on_message is not None and not self.closed:
+            q.worker = self._mpx._spawn(self._work(q), f"redismpx worker {self._label()}")
 
     def _wants(self, channel: bytes) -> bool:
         return not self.closed
 
-    async def _work(self) -> None:
-        buf = self._buf
-        assert buf is not None
+    async def _work(self, q: Queue) -> None:
+        buf = q.buf
         on_message = self._on_message
         assert on_message is not None
-        latest = self._latest
+        latest = q.latest
         loop = asyncio.get_running_loop()
         while True:
             if not buf:
-                self._wake = wake = loop.create_future()
+                q.wake = wake = loop.create_future()
                 await wake
                 continue
             item = buf.popleft()
             if item.__class__ is Event:
                 await self._run_event(item)
                 continue
-            self._nmsgs -= 1
+            q.nmsgs -= 1
             channel = item[0]
             if latest is not None:
                 latest.pop(channel, None)
@@ -423,14 +475,16 @@ class Subscriber:
         self._stop()
 
     def _stop(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-        if self._buf is not None:
-            self._buf.clear()
-            self._nmsgs = 0
-        if self._latest is not None:
-            self._latest.clear()
-        self._kick()
+        q = self._q
+        if q is None:
+            return
+        if q.worker is not None:
+            q.worker.cancel()
+        q.buf.clear()
+        q.nmsgs = 0
+        if q.latest is not None:
+            q.latest.clear()
+        q.kick()
 
     def _fail(self, reason: str) -> None:
         """Close on the library's initiative; tell the user why, once."""
@@ -443,7 +497,7 @@ class Subscriber:
         self._mpx._forget(self)
         self._stop()
         error = SubscriptionClosed(f"{type(self).__name__} was closed", reason)
-        if self._buf is not None and self._on_message is None:
+        if self._q is not None and self._on_message is None:
             self._push_event(CLOSED, error)  # an iterator raises it after the pending items
         if self._on_disconnect is not None:
             fn = self._on_disconnect

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from .errors import InvalidArgumentType
+
 # The three kinds of Pub/Sub names, used as indexes into per-kind tables.
 CHANNEL = 0
 PATTERN = 1
@@ -52,8 +54,8 @@ def encode_names(command: bytes, names: Iterable[bytes]) -> bytes:
 
 def to_bytes(value: str | bytes, what: str) -> bytes:
     """Accept a ``str`` (encoded as UTF-8) or ``bytes``-like name; anything else is a TypeError."""
-    from .errors import InvalidArgumentType
-
+    if value.__class__ is bytes:
+        return value
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):

@@ -45,7 +45,9 @@ class NameState:
     __slots__ = ("active", "inflight", "listeners", "refused", "snapshot", "subscribed")
 
     def __init__(self) -> None:
-        self.listeners: dict[Listener, None] = {}
+        # A list while small (most names have a handful of listeners: a list costs a third
+        # of a dict), a dict (O(1) removal) once it grows past SMALL.
+        self.listeners: list[Listener] | dict[Listener, None] = []
         # The dispatch list, built lazily by ``build`` and dropped when listeners change.
         self.snapshot: list[Deliver] | None = None
         self.inflight = 0
@@ -94,6 +96,7 @@ class Command:
 
 
 PING: Final = -1
+SMALL: Final = 32
 
 
 class AckResult:
@@ -137,9 +140,16 @@ class Registry:
         st = table.get(name)
         if st is None:
             st = table[name] = NameState()
-        elif listener in st.listeners:
+        listeners = st.listeners
+        if listener in listeners:
             return False
-        st.listeners[listener] = None
+        if listeners.__class__ is dict:
+            listeners[listener] = None
+        elif len(listeners) < SMALL:
+            listeners.append(listener)  # type: ignore[union-attr]
+        else:
+            st.listeners = dict.fromkeys(listeners)
+            st.listeners[listener] = None
         st.snapshot = None
         if st.refused:
             # A new request for a refused name earns one more try (not a retry loop).
@@ -152,9 +162,15 @@ class Registry:
         """Unregister ``listener``; the last one out makes the name dirty."""
         table = self.tables[kind]
         st = table.get(name)
-        if st is None or listener not in st.listeners:
+        if st is None:
             return
-        del st.listeners[listener]
+        try:
+            if st.listeners.__class__ is dict:
+                del st.listeners[listener]
+            else:
+                st.listeners.remove(listener)  # type: ignore[union-attr]
+        except (KeyError, ValueError):
+            return
         st.invalidate(listener)
         if not st.listeners:
             if st.subscribed:
@@ -269,21 +285,19 @@ class Registry:
 
     def on_ack(self, kind: int, subscribe: bool, name: bytes) -> AckResult | None:
         """An acknowledgement frame ``(p|s)(un)subscribe name count`` arrived."""
-        head = self.pending[0] if self.pending else None
-        if (
-            head is None
-            or head.kind != kind
-            or head.subscribe != subscribe
-            or head.names[head.acked] != name
-        ):
+        # Hot during churn and resubscription: keep it to a few lookups.
+        pending = self.pending
+        if not pending:
             return self._unsolicited(kind, subscribe, name)
-        head.acked += 1
-        if head.acked == len(head.names):
-            self.pending.popleft()
+        head = pending[0]
+        acked = head.acked
+        if head.names[acked] != name or head.kind != kind or head.subscribe is not subscribe:
+            return self._unsolicited(kind, subscribe, name)
+        head.acked = acked = acked + 1
+        if acked == len(head.names):
+            pending.popleft()
         table = self.tables[kind]
-        st = table.get(name)
-        if st is None:  # pragma: no cover - every name in flight has a state
-            return None
+        st = table[name]  # every name in flight has a state
         st.inflight -= 1
         if st.inflight:
             return None

@@ -64,7 +64,8 @@ class _Iterating:
 
     async def _next(self, with_events: bool) -> SubscriptionEvent:
         sub: Any = self
-        buf = sub._buf
+        q = sub._q
+        buf = q.buf
         loop = asyncio.get_running_loop()
         while True:
             while buf:
@@ -80,17 +81,17 @@ class _Iterating:
                         if item.tag == DROPPED:
                             return Dropped(item.arg)
                     continue
-                sub._nmsgs -= 1
+                q.nmsgs -= 1
                 channel = item[0]
-                if sub._latest is not None:
-                    sub._latest.pop(channel, None)
+                if q.latest is not None:
+                    q.latest.pop(channel, None)
                 if sub._wants(channel):
                     return Message(channel, item[1], sub._pattern_of())
             if sub.closed:
                 raise StopAsyncIteration
-            if sub._wake is not None:
+            if q.wake is not None:
                 raise RuntimeError("another task is already iterating this subscription")
-            sub._wake = wake = loop.create_future()
+            q.wake = wake = loop.create_future()
             await wake
 
     def __aiter__(self) -> AsyncIterator[Message]:

@@ -387,7 +387,7 @@ class Multiplexer:
     def _register(self, sub: Subscriber) -> None:
         self._maybe_start()
         self._subs[sub] = None
-        if sub._buf is not None and self._link.loop is not None:
+        if sub._q is not None and self._link.loop is not None:
             sub._ensure_consumer()  # else at its first event, which runs in the loop
 
     # -- plumbing used by subscriptions ------------------------------------------------------
@@ -400,10 +400,8 @@ class Multiplexer:
         if link.registry.add(kind, name, listener):
             assert link.loop is not None  # active implies connected, hence started
             link.loop.call_soon(self._late_activation, link, kind, name, listener, link.epoch)
-        else:
-            self._maybe_start()
-            if link.registry.has_dirty():
-                link.schedule_flush()
+        elif link._flush_handle is None:
+            link.schedule_flush()
 
     def _late_activation(
         self, link: Link, kind: int, name: bytes, listener: Listener, epoch: int
@@ -421,7 +419,7 @@ class Multiplexer:
     def _remove(self, kind: int, name: bytes, listener: Listener) -> None:
         link = self._link_for(kind, name)
         link.registry.remove(kind, name, listener)
-        if link.registry.has_dirty():
+        if link._flush_handle is None:
             link.schedule_flush()
 
     def _refresh(self, kind: int, name: bytes) -> None:

@@ -20,6 +20,8 @@ MAX_NAME_BYTES = 1 << 20  # far above any sane channel name; guards against mist
 
 def check_name(value: str | bytes, what: str) -> bytes:
     name = to_bytes(value, what)
+    if 0 < len(name) <= MAX_NAME_BYTES:
+        return name
     if not name:
         raise InvalidArgument(f"{what} must not be empty")
     if len(name) > MAX_NAME_BYTES:
@@ -78,21 +80,22 @@ class ChannelSubscription(Subscriber):
         """Add channels (``str`` is encoded as UTF-8). Adding one already held does nothing."""
         self._check_open()
         names = [check_name(c, "channel name") for c in channels]  # validate all first
-        mpx = self._mpx
+        mpx, kind, held = self._mpx, self._kind, self._channels
+        mpx._maybe_start()
         for name in names:
-            if name not in self._channels:
-                self._channels[name] = None
-                mpx._add(self._kind, name, self)
+            if name not in held:
+                held[name] = None
+                mpx._add(kind, name, self)
 
     def remove(self, *channels: str | bytes) -> None:
         """Remove channels; a channel not held is ignored. Delivery stops when this returns."""
         self._check_open()
         names = [check_name(c, "channel name") for c in channels]
-        mpx = self._mpx
+        mpx, kind, held = self._mpx, self._kind, self._channels
         for name in names:
-            if name in self._channels:
-                del self._channels[name]
-                mpx._remove(self._kind, name, self)
+            if name in held:
+                del held[name]
+                mpx._remove(kind, name, self)
 
     def clear(self) -> None:
         """Remove every channel."""
