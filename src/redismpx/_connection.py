@@ -306,4 +306,9 @@ async def connect(opts: ConnectOptions) -> Connection:
         if conn is not None:
             conn.abort(ConnectError(str(exc)))
         raise ConnectError(f"could not connect to {opts.describe()}: {exc}") from exc
+    except BaseException:
+        # Cancelled mid-handshake (the multiplexer closed): never leave the socket open.
+        if conn is not None:
+            conn.abort(ConnectionLost("connection attempt cancelled"))
+        raise
     return conn

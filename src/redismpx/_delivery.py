@@ -155,7 +155,6 @@ class Subscriber:
     """
 
     __slots__ = (
-        "__weakref__",
         "_errors",
         "_mpx",
         "_on_activation",
@@ -431,6 +430,8 @@ class Subscriber:
                 self._log_error(which, exc)
             return
         if tag == ACTIVATION:
+            if not self._wants(event.arg):
+                return  # removed while the activation waited in the buffer
             fn, which = self._on_activation, "on_activation"
         elif tag == DISCONNECT:
             fn, which = self._on_disconnect, "on_disconnect"

@@ -39,21 +39,105 @@ def _noop(channel: bytes, data: bytes) -> None:
     """Stands in for a listener removed while its name is being dispatched."""
 
 
-class NameState:
-    """Everything known about one name (channel, pattern or shard channel)."""
+def _delete(table: dict[bytes, NameState], name: bytes) -> None:
+    del table[name]
+    if not table:
+        table.clear()  # a dict never shrinks on deletion; clear() gives its memory back
 
-    __slots__ = ("active", "inflight", "listeners", "refused", "snapshot", "subscribed")
+
+class NameState:
+    """Everything known about one name (channel, pattern or shard channel).
+
+    Its listeners are held the cheapest way for their number (a name is usually wanted by
+    one subscription, so a process with 100,000 names saves a container per name): nothing,
+    the listener itself, a list up to SMALL, then a dict (O(1) removal). ``listeners`` gives
+    them as a new list; ``holders`` tells how many there are.
+    """
+
+    __slots__ = ("_ls", "active", "inflight", "refused", "snapshot", "subscribed")
 
     def __init__(self) -> None:
-        # A list while small (most names have a handful of listeners: a list costs a third
-        # of a dict), a dict (O(1) removal) once it grows past SMALL.
-        self.listeners: list[Listener] | dict[Listener, None] = []
+        self._ls: Any = None
         # The dispatch list, built lazily by ``build`` and dropped when listeners change.
         self.snapshot: list[Deliver] | None = None
         self.inflight = 0
         self.subscribed = False
         self.active = False
         self.refused = False
+
+    @property
+    def listeners(self) -> list[Listener]:
+        ls = self._ls
+        if ls is None:
+            return []
+        if ls.__class__ is list or ls.__class__ is dict:
+            return list(ls)
+        return [ls]
+
+    @property
+    def holders(self) -> int:
+        ls = self._ls
+        if ls is None:
+            return 0
+        if ls.__class__ is list or ls.__class__ is dict:
+            return len(ls)
+        return 1
+
+    def has(self, listener: Listener) -> bool:
+        ls = self._ls
+        if ls is None:
+            return False
+        if ls.__class__ is list or ls.__class__ is dict:
+            return listener in ls
+        return ls is listener
+
+    def attach(self, listener: Listener) -> bool:
+        """Add a listener; False if it was already there."""
+        ls = self._ls
+        if ls is None:
+            self._ls = listener
+        elif ls.__class__ is dict:
+            if listener in ls:
+                return False
+            ls[listener] = None
+        elif ls.__class__ is list:
+            if listener in ls:
+                return False
+            if len(ls) < SMALL:
+                ls.append(listener)
+            else:
+                self._ls = dict.fromkeys(ls)
+                self._ls[listener] = None
+        elif ls is listener:
+            return False
+        else:
+            self._ls = [ls, listener]
+        self.snapshot = None
+        return True
+
+    def detach(self, listener: Listener) -> bool:
+        """Remove a listener; False if it was not there."""
+        ls = self._ls
+        if ls is None:
+            return False
+        if ls.__class__ is list:
+            try:
+                ls.remove(listener)
+            except ValueError:
+                return False
+            if not ls:
+                self._ls = None
+        elif ls.__class__ is dict:
+            if ls.pop(listener, _MISSING) is _MISSING:
+                return False
+            if not ls:
+                self._ls = None
+        elif ls is listener:
+            self._ls = None
+        else:
+            return False
+        self.invalidate(listener)
+        return True
 
     def build(self) -> list[Deliver]:
         snap = [listener.deliver for listener in self.listeners]
@@ -96,6 +180,7 @@ class Command:
 
 
 PING: Final = -1
+_MISSING: Final = object()
 SMALL: Final = 32
 
 
@@ -140,17 +225,8 @@ class Registry:
         st = table.get(name)
         if st is None:
             st = table[name] = NameState()
-        listeners = st.listeners
-        if listener in listeners:
+        if not st.attach(listener):
             return False
-        if listeners.__class__ is dict:
-            listeners[listener] = None
-        elif len(listeners) < SMALL:
-            listeners.append(listener)  # type: ignore[union-attr]
-        else:
-            st.listeners = dict.fromkeys(listeners)
-            st.listeners[listener] = None
-        st.snapshot = None
         if st.refused:
             # A new request for a refused name earns one more try (not a retry loop).
             st.refused = False
@@ -162,21 +238,13 @@ class Registry:
         """Unregister ``listener``; the last one out makes the name dirty."""
         table = self.tables[kind]
         st = table.get(name)
-        if st is None:
+        if st is None or not st.detach(listener):
             return
-        try:
-            if st.listeners.__class__ is dict:
-                del st.listeners[listener]
-            else:
-                st.listeners.remove(listener)  # type: ignore[union-attr]
-        except (KeyError, ValueError):
-            return
-        st.invalidate(listener)
-        if not st.listeners:
+        if st._ls is None:
             if st.subscribed:
                 self._dirty[kind][name] = None
             elif st.inflight == 0:
-                del table[name]
+                _delete(table, name)
                 self._dirty[kind].pop(name, None)
 
     def refresh(self, kind: int, name: bytes) -> None:
@@ -211,13 +279,13 @@ class Registry:
                 st = table.get(name)
                 if st is None:
                     continue
-                want = bool(st.listeners) and not st.refused
+                want = st._ls is not None and not st.refused
                 if want and not st.subscribed:
                     subs.append(name)
                 elif not want and st.subscribed:
                     unsubs.append(name)
                 elif not want and st.inflight == 0:
-                    del table[name]
+                    _delete(table, name)
             dirty.clear()
             # Unsubscribes first: they free server memory before new names take it.
             self._emit(kind, False, unsubs, out)
@@ -265,8 +333,8 @@ class Registry:
         for kind in KINDS:
             self._dirty[kind].clear()
             table = self.tables[kind]
-            wanted = [name for name, st in table.items() if st.listeners]
-            wanted.sort(key=lambda n: len(table[n].listeners), reverse=True)
+            wanted = [name for name, st in table.items() if st._ls is not None]
+            wanted.sort(key=lambda n: table[n].holders, reverse=True)
             self._emit(kind, True, wanted, out)
         return out
 
@@ -277,8 +345,8 @@ class Registry:
         for kind in KINDS:
             self._dirty[kind].clear()
             table = self.tables[kind]
-            for name in [n for n, st in table.items() if not st.listeners]:
-                del table[name]
+            for name in [n for n, st in table.items() if st._ls is None]:
+                _delete(table, name)
             for st in table.values():
                 st.subscribed = st.active = st.refused = False
                 st.inflight = 0
@@ -303,9 +371,9 @@ class Registry:
             return None
         if st.subscribed:
             st.active = True
-            return AckResult(activate=list(st.listeners))
-        if not st.listeners:
-            del table[name]
+            return AckResult(activate=st.listeners)
+        if st._ls is None:
+            _delete(table, name)
             self._dirty[kind].pop(name, None)
         return None
 
@@ -317,9 +385,9 @@ class Registry:
         if st is None or not st.subscribed:
             return None
         st.subscribed = st.active = False
-        lost = list(st.listeners)
+        lost = st.listeners
         if not lost and st.inflight == 0:
-            del self.tables[kind][name]
+            _delete(self.tables[kind], name)
         return AckResult(lost=lost)
 
     def on_pong(self) -> bool:
@@ -350,9 +418,9 @@ class Registry:
             if cmd.subscribe and st.subscribed:
                 st.subscribed = st.active = False
                 st.refused = True
-                refused.append((name, list(st.listeners)))
-            if not st.listeners and st.inflight == 0 and not st.subscribed:
-                del table[name]
+                refused.append((name, st.listeners))
+            if st._ls is None and st.inflight == 0 and not st.subscribed:
+                _delete(table, name)
         return cmd, refused
 
     def clear(self) -> None:
@@ -372,7 +440,7 @@ class Registry:
 
     def wanted(self, kind: int) -> Iterable[bytes]:
         """Names of ``kind`` that some listener wants."""
-        return (name for name, st in self.tables[kind].items() if st.listeners)
+        return (name for name, st in self.tables[kind].items() if st._ls is not None)
 
     def is_active(self, kind: int, name: bytes) -> bool:
         st = self.tables[kind].get(name)
@@ -380,8 +448,8 @@ class Registry:
 
     def holds(self, kind: int, name: bytes, listener: Listener) -> bool:
         st = self.tables[kind].get(name)
-        return st is not None and listener in st.listeners
+        return st is not None and st.has(listener)
 
     def counts(self) -> tuple[int, int, int]:
         """Names wanted per kind (channels, patterns, shard channels)."""
-        return tuple(sum(1 for st in t.values() if st.listeners) for t in self.tables)  # type: ignore[return-value]
+        return tuple(sum(1 for st in t.values() if st._ls is not None) for t in self.tables)  # type: ignore[return-value]

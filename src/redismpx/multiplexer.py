@@ -9,7 +9,7 @@ import random
 import ssl as _ssl
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from ._backoff import Backoff
 from ._connection import connect
@@ -260,7 +260,7 @@ class Multiplexer:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def __aenter__(self) -> Multiplexer:
+    async def __aenter__(self) -> Self:
         self._check_open()
         self._maybe_start()
         return self
@@ -427,6 +427,8 @@ class Multiplexer:
 
     def _forget(self, sub: Subscriber) -> None:
         self._subs.pop(sub, None)
+        if not self._subs:
+            self._subs.clear()  # give the memory back: dicts never shrink on deletion
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         loop = self._link.loop or asyncio.get_running_loop()

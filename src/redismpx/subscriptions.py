@@ -15,7 +15,8 @@ from .errors import InvalidArgument
 if TYPE_CHECKING:
     from .multiplexer import Multiplexer
 
-MAX_NAME_BYTES = 1 << 20  # far above any sane channel name; guards against mistakes
+MAX_NAME_BYTES = 1 << 20
+SMALL_SET = 16  # far above any sane channel name; guards against mistakes
 
 
 def check_name(value: str | bytes, what: str) -> bytes:
@@ -59,7 +60,9 @@ class ChannelSubscription(Subscriber):
         if not queued:
             check_callback("on_message", on_message, optional=False)
         self._kind = SHARD if sharded else CHANNEL
-        self._channels: dict[bytes, None] = {}
+        # A list while small (a few channels per WebSocket client is the common case, and a
+        # list costs a third of a dict), a dict once it grows past SMALL_SET.
+        self._channels: list[bytes] | dict[bytes, None] = []
         super().__init__(
             mpx,
             on_message,
@@ -83,9 +86,16 @@ class ChannelSubscription(Subscriber):
         mpx, kind, held = self._mpx, self._kind, self._channels
         mpx._maybe_start()
         for name in names:
-            if name not in held:
+            if name in held:
+                continue
+            if held.__class__ is dict:
                 held[name] = None
-                mpx._add(kind, name, self)
+            elif len(held) < SMALL_SET:
+                held.append(name)  # type: ignore[union-attr]
+            else:
+                self._channels = held = dict.fromkeys(held)
+                held[name] = None
+            mpx._add(kind, name, self)
 
     def remove(self, *channels: str | bytes) -> None:
         """Remove channels; a channel not held is ignored. Delivery stops when this returns."""
@@ -94,7 +104,10 @@ class ChannelSubscription(Subscriber):
         mpx, kind, held = self._mpx, self._kind, self._channels
         for name in names:
             if name in held:
-                del held[name]
+                if held.__class__ is dict:
+                    del held[name]
+                else:
+                    held.remove(name)  # type: ignore[union-attr]
                 mpx._remove(kind, name, self)
 
     def clear(self) -> None:
@@ -104,7 +117,7 @@ class ChannelSubscription(Subscriber):
 
     def _detach(self) -> None:
         mpx, kind = self._mpx, self._kind
-        names, self._channels = self._channels, {}
+        names, self._channels = self._channels, []
         for name in names:
             mpx._remove(kind, name, self)
 
