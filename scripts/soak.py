@@ -23,9 +23,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from redismpx import Multiplexer
+from redismpx import ConnectError, ConnectionLost, Multiplexer
+from redismpx._connection import Connection, connect
+from redismpx._options import parse_options
 from redismpx.server import RedisServer
 
 
@@ -53,6 +53,7 @@ class Report:
     duplicates: int = 0
     outages: int = 0
     peak_rss_mb: float = 0.0
+    unexplained: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -75,6 +76,7 @@ async def soak(
     outages: list[tuple[float, float]] = []
     published: list[tuple[bytes, int, float, float]] = []  # channel, seq, start, end
     holders: list[Holder] = []
+    seen_at: dict[tuple[bytes, int], float] = {}
     report = Report()
     try:
         async with Multiplexer(server.url, health_check_interval=1, health_check_timeout=1) as m:
@@ -102,6 +104,12 @@ async def soak(
                 subs.append((sub, h))
                 holders.append(h)
 
+            # The witness holds every channel for the whole run and is never churned: the time
+            # it sees a message is when the reader dispatched it to everyone holding it then.
+            def witness(channel: bytes, data: bytes) -> None:
+                seen_at[(channel, int(data))] = loop.time()
+
+            m.new_channel_subscription(witness).add(*names)
             for _ in range(subscriptions):
                 make()
 
@@ -140,18 +148,25 @@ async def soak(
                         await asyncio.sleep(0.01)
                     outages.append((start, loop.time()))
 
-            client = aioredis.Redis.from_url(server.url)
             seqs = dict.fromkeys(names, 0)
+            options = parse_options(server.url)
+            publishing: list[Connection] = []
 
             async def publisher() -> None:
+                # A plain request/response connection of our own, reopened after each fault.
+                conn: Connection | None = None
                 while True:
                     channel = rnd.choice(names)
                     seqs[channel] += 1
                     seq = seqs[channel]
                     start = loop.time()
                     try:
-                        await client.publish(channel, str(seq))
-                    except Exception:
+                        if conn is None or conn.closed.done():
+                            conn = await connect(options)
+                            publishing[:] = [conn]
+                        await conn.request(b"PUBLISH", channel, str(seq).encode())
+                    except (ConnectError, ConnectionLost):
+                        conn = None
                         await asyncio.sleep(0.01)  # the server is down; the message is lost
                         continue
                     published.append((channel, seq, start, loop.time()))
@@ -162,7 +177,8 @@ async def soak(
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await client.aclose()
+            for conn in publishing:
+                conn.close()
             # Let the last published messages arrive: a private sentinel, same connection.
             await m.ping(timeout=10)
             now = loop.time()
@@ -177,25 +193,57 @@ async def soak(
     by_channel: dict[bytes, list[tuple[int, float, float]]] = {}
     for channel, seq, start, end in published:
         by_channel.setdefault(channel, []).append((seq, start, end))
+
+    def in_outage(start: float, end: float) -> bool:
+        # In flight when the server died: still in its output buffer, or unread by a
+        # reader that lags under load (generously: up to 2 s before the kill).
+        return any(o0 - 2.0 <= end and start <= o1 for o0, o1 in outages)
+
+    for channel, seq, start, end in published:
+        if (channel, seq) in seen_at:
+            continue
+        if in_outage(start, end):
+            report.lost_in_outages += 1
+        else:
+            report.lost_outside_outages += 1
+            _explain(report, f"{channel!r} #{seq} published {start:.3f} never reached the process")
     for h in holders:
         for got in h.received.values():
             report.delivered += len(got)
             report.duplicates += len(got) - len(set(got))
         for channel, windows in h.windows.items():
             got_set = set(h.received.get(channel, ()))
-            for seq, start, end in by_channel.get(channel, ()):
-                if not any(w0 < start and end < w1 for w0, w1 in windows):
-                    continue
-                if seq in got_set:
-                    continue
-                # In flight when the server died: still in its output buffer, or unread by a
-                # reader that lags under load (generously: up to 2 s before the kill).
-                if any(o0 - 2.0 <= end and start <= o1 for o0, o1 in outages):
-                    report.lost_in_outages += 1
-                else:
+            for seq, start, _end in by_channel.get(channel, ()):
+                seen = seen_at.get((channel, seq))
+                if seen is None or seq in got_set:
+                    continue  # not dispatched at all (counted above), or delivered
+                if any(w0 < start and seen < w1 for w0, w1 in windows):
                     report.lost_outside_outages += 1
+                    _explain(
+                        report,
+                        f"{channel!r} #{seq} published {start:.3f}, dispatched {seen:.3f}, "
+                        f"missing for a holder with windows {windows}",
+                    )
     report.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
+
+
+def _explain(report: Report, text: str) -> None:
+    if len(report.unexplained) < 5:
+        report.unexplained.append(text)
+
+
+async def _with_watchdog(coro: Any, limit: float) -> Report:
+    """Never stuck: past ``limit`` seconds, print every task's stack and fail."""
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait([task], timeout=limit)
+    if task in done:
+        return task.result()
+    for t in asyncio.all_tasks():
+        if t is not asyncio.current_task():
+            print(f"--- stuck task {t.get_name()}", file=sys.stderr)
+            t.print_stack(file=sys.stderr)
+    raise SystemExit(f"soak did not finish within {limit:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,14 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=2000.0, help="messages per second, at most")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
+    seconds = args.minutes * 60
     report = asyncio.run(
-        soak(
-            args.minutes * 60,
-            args.subscriptions,
-            args.channels,
-            args.fault_every,
-            args.rate,
-            args.seed,
+        _with_watchdog(
+            soak(
+                seconds, args.subscriptions, args.channels, args.fault_every, args.rate, args.seed
+            ),
+            seconds + 60,
         )
     )
     print(json.dumps({**report.__dict__, "ok": report.ok}, indent=2))
