@@ -1,6 +1,7 @@
 """redismpx: many Redis Pub/Sub subscriptions multiplexed over one connection, for asyncio."""
 
 from ._link import State
+from .cluster import ClusterMultiplexer
 from .errors import (
     ConnectError,
     ConnectionLost,
@@ -24,6 +25,7 @@ __all__ = [
     "Activated",
     "ChannelIterator",
     "ChannelSubscription",
+    "ClusterMultiplexer",
     "ConnectError",
     "ConnectionLost",
     "Disconnected",
