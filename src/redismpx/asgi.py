@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from .multiplexer import Multiplexer
 
@@ -53,8 +53,9 @@ __all__ = [
 DEFAULT_URL = "redis://localhost:6379"
 """The URL used when none is given and ``REDIS_URL`` is not set."""
 
-AppT = TypeVar("AppT")
-Lifespan = Callable[[AppT], contextlib.AbstractAsyncContextManager[Any]]
+Lifespan = Callable[[Any], contextlib.AbstractAsyncContextManager[Any]]
+"""``app -> async context manager``, as Starlette and FastAPI take it (Any-typed so that the
+result type-checks as either of Starlette's stateless or stateful lifespans)."""
 
 
 class _HasApp(Protocol):
@@ -103,11 +104,11 @@ async def open_multiplexer(
 def redismpx_lifespan(
     url: str | None = None,
     *,
-    lifespan: Lifespan[Any] | None = None,
+    lifespan: Lifespan | None = None,
     attribute: str = "mpx",
     wait_connected: float | None = None,
     **kwargs: Any,
-) -> Callable[[Any], contextlib.AbstractAsyncContextManager[Mapping[str, Any] | None]]:
+) -> Lifespan:
     """A lifespan for ``Starlette(lifespan=...)`` / ``FastAPI(lifespan=...)``.
 
     At startup it opens one multiplexer (see :func:`open_multiplexer` for ``url``,

@@ -1,0 +1,308 @@
+"""The demo app over real sockets: uvicorn in the test's loop, a websockets client, a real
+server (the ``redis_server`` fixture, or the demo's own embedded one)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.typing import Origin
+
+from redismpx.demo import create_app
+from redismpx.demo.limits import Limits
+from redismpx.server import free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any) -> AsyncIterator[str]:
+    """Serve ``app`` on a free loopback port; yields ``host:port``."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(20):
+            while not server.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("uvicorn exited during startup")
+                await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def demo(redis_server: Any) -> AsyncIterator[str]:
+    async with serve(create_app(redis_server.url)) as address:
+        yield address
+
+
+async def recv(ws: ClientConnection, timeout: float = 5) -> str:
+    async with asyncio.timeout(timeout):
+        return str(await ws.recv())
+
+
+async def recv_until(ws: ClientConnection, prefix: str, timeout: float = 10) -> str:
+    """The next frame starting with ``prefix`` (others are skipped)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = str(await ws.recv())
+            if frame.startswith(prefix):
+                return frame
+
+
+async def recv_json(ws: ClientConnection, type_: str, timeout: float = 10, **match: Any) -> Any:
+    """The next JSON message of type ``type_`` whose fields equal ``match``."""
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = json.loads(await ws.recv())
+            if msg["type"] == type_ and all(msg.get(k) == v for k, v in match.items()):
+                return msg
+
+
+async def join(ws: ClientConnection, channel: str) -> None:
+    await ws.send(f"+{channel}")
+    assert await recv(ws) == f"ok: joined [{channel}]"
+    assert await recv_until(ws, "active:") == f"active: [{channel}]"
+
+
+# -- the /ws text protocol ---------------------------------------------------------------------
+
+
+async def test_text_protocol_join_publish_leave(demo: str) -> None:
+    async with (
+        websockets.connect(f"ws://{demo}/ws") as alice,
+        websockets.connect(f"ws://{demo}/ws") as bob,
+    ):
+        await join(alice, "room")
+        await bob.send("!room")
+        assert await recv(bob) == "ok: your next message goes to [room]"
+        await bob.send("+not a command: the next frame is the message")
+        assert await recv(alice) == (
+            "ch: [room] msg: [+not a command: the next frame is the message]"
+        )
+        assert (await recv(bob)).startswith("ok: published to [room] (1 receivers)")
+
+        await alice.send("-room")
+        assert await recv(alice) == "ok: left [room]"
+        await join(alice, "lobby")
+        for channel in ("room", "lobby"):
+            await bob.send(f"!{channel}")
+            await recv(bob)
+            await bob.send(f"to {channel}")
+            await recv_until(bob, "ok: published")
+        # Delivery is in order on the one connection: had "room" been delivered, it would
+        # have come first.
+        assert await recv(alice) == "ch: [lobby] msg: [to lobby]"
+
+
+async def test_bad_input_gets_an_error_and_the_socket_stays_open(demo: str) -> None:
+    async with websockets.connect(f"ws://{demo}/ws") as ws:
+        bad = {
+            "hello": "error: unknown command",
+            "+": "error: channel name must be a non-empty string",
+            "+bad name": "error: channel name 'bad name' may only contain",
+            "+" + "x" * 65: "error: channel name is too long",
+            "x" * 20_000: "error: frame too large",
+        }
+        for frame, error in bad.items():
+            await ws.send(frame)
+            assert (await recv(ws)).startswith(error), frame
+        await ws.send(b"\x00binary")
+        assert (await recv(ws)).startswith("error: binary frames are not accepted")
+        await ws.send("!ok")
+        await recv(ws)
+        await ws.send("y" * 5000)
+        assert (await recv(ws)).startswith("error: message is too large (5000 bytes")
+        await join(ws, "still-fine")
+
+
+async def test_rate_limit(redis_server: Any) -> None:
+    app = create_app(redis_server.url, limits=Limits(rate=1.0, burst=3))
+    async with serve(app) as address, websockets.connect(f"ws://{address}/ws") as ws:
+        for i in range(10):
+            await ws.send(f"+flood{i}")
+        replies = [await recv(ws) for _ in range(4)]
+        assert replies[:3] == [f"ok: joined [flood{i}]" for i in range(3)]
+        assert "error: rate limit: at most 1 commands per second" in replies
+
+
+async def test_closing_the_socket_closes_its_subscription(demo: str) -> None:
+    async with httpx.AsyncClient(base_url=f"http://{demo}") as http:
+        before = (await http.get("/healthz")).json()
+        async with websockets.connect(f"ws://{demo}/ws") as ws:
+            await join(ws, "short-lived")
+            during = (await http.get("/healthz")).json()
+            assert during["sockets"] == 1
+            assert during["mpx"]["subscriptions"] == before["mpx"]["subscriptions"] + 1
+            assert during["mpx"]["channels"] == before["mpx"]["channels"] + 1
+        async with asyncio.timeout(5):
+            while (after := (await http.get("/healthz")).json())["sockets"]:
+                await asyncio.sleep(0.02)
+        assert after["mpx"]["subscriptions"] == before["mpx"]["subscriptions"]
+        assert after["mpx"]["channels"] == before["mpx"]["channels"]
+
+
+async def test_cross_site_websocket_is_refused(demo: str) -> None:
+    with pytest.raises(websockets.InvalidStatus):
+        async with websockets.connect(f"ws://{demo}/ws", origin=Origin("http://evil.example")):
+            pass
+    async with websockets.connect(f"ws://{demo}/ws", origin=Origin(f"http://{demo}")) as ws:
+        await join(ws, "same-origin")
+
+
+# -- the /ws/json protocol ---------------------------------------------------------------------
+
+
+async def test_json_protocol(demo: str) -> None:
+    async with (
+        websockets.connect(f"ws://{demo}/ws/json") as asker,
+        websockets.connect(f"ws://{demo}/ws/json") as other,
+    ):
+        await recv_json(asker, "welcome")
+        await recv_json(other, "welcome")
+        for frame, error in [("nope", "not JSON"), ("[]", "a command is a JSON object"),
+                             ('{"op": "fly"}', "unknown op 'fly'"),
+                             ('{"op": "join", "channel": "a b"}', "may only contain"),
+                             ('{"op": "ask", "suffix": "s", "timeout": 0}', "timeout must be")]:
+            await asker.send(frame)
+            assert error in (await recv_json(asker, "error"))["error"]
+
+        await other.send(json.dumps({"op": "psubscribe", "pattern": "json:*"}))
+        await recv_json(other, "sub", kind="pattern", name="json:*", state="active")
+        await asker.send(json.dumps({"op": "publish", "channel": "json:x", "message": "hi"}))
+        msg = await recv_json(other, "message")
+        assert msg == {"type": "message", "channel": "json:x", "message": "hi",
+                       "pattern": "json:*"}
+
+        await asker.send(json.dumps({"op": "ask", "suffix": "s1", "question": "?", "timeout": 30}))
+        await recv_json(asker, "promise", suffix="s1", state="pending")
+        board = await recv_json(other, "stats")  # the question shows on everyone's board
+        while not any(q["suffix"] == "s1" for q in board["questions"]):
+            board = await recv_json(other, "stats")
+        await other.send(json.dumps({"op": "answer", "suffix": "s1", "message": "yes"}))
+        resolved = await recv_json(asker, "promise", suffix="s1", state="resolved")
+        assert resolved["message"] == "yes"
+
+
+# -- HTTP endpoints ----------------------------------------------------------------------------
+
+
+async def test_healthz_and_metrics(demo: str) -> None:
+    async with httpx.AsyncClient(base_url=f"http://{demo}") as http:
+        health = await http.get("/healthz")
+        assert health.status_code == 200
+        assert health.json()["status"] == "ok"
+        assert health.json()["redis"] == {"embedded": False, "restarts": 0}
+
+        metrics = await http.get("/metrics")
+        assert metrics.status_code == 200
+        assert metrics.headers["content-type"].startswith("text/plain")
+        lines = set(metrics.text.splitlines())
+        for line in ("redismpx_up 1.0", 'redismpx_connection_state{state="connected"} 1.0',
+                     "redismpx_connects_total 1.0", "redismpx_reconnects_total 0.0",
+                     "redismpx_subscriptions 2.0", "redismpx_demo_websockets 0.0",
+                     "# TYPE redismpx_dropped_total counter",
+                     "# TYPE redismpx_messages_received_total counter"):
+            assert line in lines, line
+
+        assert (await http.get("/")).text.startswith("<!doctype html>")
+        assert (await http.get("/static/app.js")).status_code == 200
+
+
+async def test_restart_needs_an_embedded_server(demo: str) -> None:
+    async with httpx.AsyncClient(base_url=f"http://{demo}") as http:
+        refused = await http.post("/admin/restart-redis", headers={"x-demo-admin": "1"})
+        assert refused.status_code == 409
+        assert (await http.get("/admin/restart-redis")).status_code == 405
+
+
+async def test_embedded_server_and_restart(monkeypatch: pytest.MonkeyPatch,
+                                           server_binary: str) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("REDIS_SERVER", server_binary)
+    app = create_app()
+    async with serve(app) as address:
+        backend = app.state.demo.backend
+        server = backend.server
+        assert server is not None and server.running
+        async with (
+            httpx.AsyncClient(base_url=f"http://{address}") as http,
+            websockets.connect(f"ws://{address}/ws") as ws,
+        ):
+            await join(ws, "room")
+            no_header = await http.post("/admin/restart-redis")
+            assert no_header.status_code == 403
+            restart = await http.post(
+                "/admin/restart-redis?downtime=0.2", headers={"x-demo-admin": "1"}, timeout=30
+            )
+            assert restart.status_code == 200, restart.text
+            assert restart.json()["pid"] == server.pid
+            assert (await recv_until(ws, "disconnected:")).startswith("disconnected: [")
+            assert await recv_until(ws, "active:") == "active: [room]"
+            health = (await http.get("/healthz")).json()
+            assert health["redis"]["restarts"] == 1
+            assert health["mpx"]["reconnects"] == 1
+            await ws.send("!room")
+            await recv(ws)
+            await ws.send("back")  # the publisher's stale pooled connection is replaced
+            assert await recv_until(ws, "ch:") == "ch: [room] msg: [back]"
+    assert not server.running  # stopped with the app
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+async def test_cli_stops_its_embedded_server_on_signal(
+    sig: signal.Signals, server_binary: str, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["REDIS_SERVER"] = server_binary
+    port = free_port()
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "redismpx", "demo", "--port", str(port),
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            async with asyncio.timeout(30):
+                while True:
+                    with contextlib.suppress(httpx.TransportError):
+                        health = await http.get("/healthz")
+                        if health.status_code == 200:
+                            break
+                    assert proc.returncode is None, log.read_text()
+                    await asyncio.sleep(0.05)
+            pid = health.json()["redis"]["pid"]
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+                await join(ws, "open-at-shutdown")  # an open socket must not block the exit
+                proc.send_signal(sig)
+                async with asyncio.timeout(15):
+                    await proc.wait()
+        assert proc.returncode in (0, -sig), log.read_text()
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # the embedded server is gone too
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
