@@ -512,8 +512,23 @@ class Subscriber:
                 self._mpx._spawn(_await_logged(self, result), "redismpx close notice")
 
 
-async def _await_logged(sub: Subscriber, awaitable: Awaitable[Any]) -> None:
+async def _await_logged(
+    sub: Subscriber, awaitable: Awaitable[Any], which: str = "on_disconnect"
+) -> None:
     try:
         await awaitable
     except Exception as exc:
-        sub._log_error("on_disconnect", exc)
+        sub._log_error(which, exc)
+
+
+def notify(sub: Subscriber, which: str, fn: Callable[[Any], Any] | None, arg: Any) -> None:
+    """Call a state callback of a subscription that has no message worker (promises)."""
+    if fn is None:
+        return
+    try:
+        result = fn(arg)
+    except Exception as exc:
+        sub._log_error(which, exc)
+        return
+    if result is not None and inspect.isawaitable(result):
+        sub._mpx._spawn(_await_logged(sub, result, which), f"redismpx {which}")

@@ -341,10 +341,19 @@ class Multiplexer:
         sub._attach()
         return sub
 
-    def new_promise_subscription(self, prefix: str | bytes) -> PromiseSubscription:
-        """A networked promise system on the channels ``prefix + suffix``."""
+    def new_promise_subscription(
+        self,
+        prefix: str | bytes,
+        on_disconnect: OnDisconnect | None = None,
+        on_activation: OnActivation | None = None,
+    ) -> PromiseSubscription:
+        """A networked promise system on the channels ``prefix + suffix``.
+
+        ``on_activation(pattern)`` and ``on_disconnect(error)`` are optional: they tell when
+        promises can be created and when pending ones were failed by an outage.
+        """
         self._check_open()
-        sub = PromiseSubscription(self, prefix)
+        sub = PromiseSubscription(self, prefix, on_disconnect, on_activation)
         self._register(sub)
         sub._attach()
         return sub

@@ -13,7 +13,14 @@ import math
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from ._delivery import DEFAULT_MAX_BUFFER, Subscriber
+from ._delivery import (
+    DEFAULT_MAX_BUFFER,
+    OnActivation,
+    OnDisconnect,
+    Subscriber,
+    check_callback,
+    notify,
+)
 from ._protocol import PATTERN
 from .errors import (
     InactiveSubscription,
@@ -88,9 +95,29 @@ class Promise:
 class PromiseSubscription(Subscriber):
     """Hands out promises for channels ``prefix + suffix`` (see the module docstring)."""
 
-    __slots__ = ("_activation_waiters", "_active", "_pending", "pattern", "prefix")
+    __slots__ = (
+        "_activation_waiters",
+        "_active",
+        "_notify_activation",
+        "_notify_disconnect",
+        "_pending",
+        "pattern",
+        "prefix",
+    )
 
-    def __init__(self, mpx: Multiplexer, prefix: str | bytes) -> None:
+    def __init__(
+        self,
+        mpx: Multiplexer,
+        prefix: str | bytes,
+        on_disconnect: OnDisconnect | None = None,
+        on_activation: OnActivation | None = None,
+    ) -> None:
+        check_callback("on_disconnect", on_disconnect, optional=True)
+        check_callback("on_activation", on_activation, optional=True)
+        # Kept apart from the base class's callbacks: a promise subscription has no message
+        # worker, so its state callbacks run inline (or as their own task when async).
+        self._notify_disconnect = on_disconnect
+        self._notify_activation = on_activation
         self.prefix: bytes = check_name(prefix, "prefix")
         self.pattern: bytes = escape_glob(self.prefix) + b"*"
         super().__init__(
@@ -139,12 +166,15 @@ class PromiseSubscription(Subscriber):
         for w in waiters:
             if not w.done():
                 w.set_result(None)
+        notify(self, "on_activation", self._notify_activation, name)
 
     def _disconnected(self, error: BaseException) -> None:
         self._active = False
         exc = SubscriptionInterrupted(f"connection lost: {error}")
         exc.__cause__ = error
         self._fail_all(exc)
+        if not self.closed:
+            notify(self, "on_disconnect", self._notify_disconnect, error)
 
     def _refused(self, error: BaseException) -> None:
         self._disconnected(error)

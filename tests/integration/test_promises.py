@@ -168,3 +168,21 @@ async def test_bad_promise_arguments(mpx: Multiplexer) -> None:
 
 async def _await(p):  # type: ignore[no-untyped-def]
     return await p
+
+
+async def test_promise_subscription_state_callbacks(redis_server, admin) -> None:
+    events: list[str] = []
+
+    async def on_disconnect(error: BaseException) -> None:
+        events.append("disconnect")
+
+    async with Multiplexer(redis_server.url) as m:
+        prom = m.new_promise_subscription(
+            "cb:", on_disconnect, lambda name: events.append(f"active {name.decode()}")
+        )
+        await asyncio.wait_for(prom.wait_for_activation(), 5)
+        await admin.kill_pubsub()
+        async with asyncio.timeout(5):
+            while events.count("active cb:*") < 2 or "disconnect" not in events:
+                await asyncio.sleep(0.01)
+        assert events[0] == "active cb:*" and "disconnect" in events
