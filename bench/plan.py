@@ -1,0 +1,88 @@
+"""What a bench run does: the list of runs (scenario variant x contenders) in order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from bench.config import Sizes
+from bench.scenarios import churn, latency, memory, recovery, scaling, throughput
+from bench.scenarios.common import Env
+
+ALL_SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9")
+ALL_CONTENDERS = ("limit", "redispy", "mpx")
+UVLOOP_CONTENDERS = ("limit", "mpx")
+
+RunFunc = Callable[[Env, str], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Run:
+    key: str  # unique id, e.g. "S1-sync-uvloop"
+    scenario: str  # "S1"
+    title: str  # for humans
+    contenders: tuple[str, ...]
+    func: RunFunc
+    rounds: int = 1  # >1: repeat, contenders interleaved, and report the median of each figure
+
+
+def _throughput(sizes: Sizes) -> list[tuple[str, str, str, dict[str, Any]]]:
+    return [
+        ("S1", "S1-sync", "S1 1 channel, 1 sub, sync callback",
+         {"layout": "channels", "deliveries": sizes.s1_msgs}),
+        ("S1", "S1-async", "S1 1 channel, 1 sub, async callback",
+         {"layout": "channels", "deliveries": sizes.s1_msgs, "async_cb": True}),
+        ("S2", "S2", f"S2 1 channel fanned out to {sizes.s2_subs:,} subs",
+         {"layout": "channels", "subs_per_channel": sizes.s2_subs,
+          "deliveries": sizes.s2_deliveries}),
+        ("S3", "S3-sync", f"S3 {sizes.s3_channels:,} channels, 1 sub each, sync callback",
+         {"layout": "channels", "channels": sizes.s3_channels, "deliveries": sizes.s3_msgs}),
+        ("S3", "S3-async", f"S3 {sizes.s3_channels:,} channels, 1 sub each, async callback",
+         {"layout": "channels", "channels": sizes.s3_channels, "deliveries": sizes.s3_msgs,
+          "async_cb": True}),
+        ("S4", "S4", f"S4 1 pattern, {sizes.s4_subs:,} pattern subs",
+         {"layout": "pattern", "subs": sizes.s4_subs, "deliveries": sizes.s4_deliveries}),
+    ]  # fmt: skip
+
+
+def build_plan(
+    sizes: Sizes,
+    scenarios: tuple[str, ...] = ALL_SCENARIOS,
+    contenders: tuple[str, ...] = ALL_CONTENDERS,
+    uvloop: bool = True,
+) -> list[Run]:
+    """The runs for the chosen scenarios, contenders in the order limit, redis-py, redismpx."""
+    runs: list[Run] = []
+    wanted = set(scenarios)
+    variants = _throughput(sizes)
+    for scenario, key, title, kw in variants:
+        if scenario in wanted:
+            func = partial(throughput.run, **kw)
+            runs.append(Run(key, scenario, title, contenders, func, sizes.tp_rounds))
+    if "S5" in wanted:
+        title = f"S5 churn: {sizes.s5_subs * sizes.s5_per_sub:,} channels added, then removed"
+        runs.append(Run("S5", "S5", title, contenders, churn.run, sizes.rounds))
+    if "S6" in wanted:
+        title = f"S6 memory: {sizes.s6_subs:,} subs with 1-3 channels"
+        runs.append(Run("S6", "S6", title, contenders, memory.run))
+    if "S7" in wanted:
+        title = f"S7 latency at {sizes.s7_rate:,} msgs/s"
+        runs.append(Run("S7", "S7", title, contenders, latency.run, sizes.rounds))
+    if "S8" in wanted:
+        title = f"S8 recovery of {sizes.s8_subs * sizes.s8_per_sub:,} channels"
+        runs.append(Run("S8", "S8", title, contenders, recovery.run, sizes.rounds))
+    if "S9" in wanted:
+        for axis, what in (("channels", "channels"), ("subs", "subscriptions on 1 channel")):
+            title = f"S9 scaling: {what} {sizes.s9_sizes[0]:,}..{sizes.s9_sizes[-1]:,}"
+            runs.append(Run(f"S9-{axis}", "S9", title, contenders, partial(scaling.run, axis=axis)))
+    if uvloop:
+        uv = tuple(c for c in contenders if c in UVLOOP_CONTENDERS)
+        for scenario, key, title, kw in variants:
+            if scenario in wanted and uv:
+                func = partial(throughput.run, use_uvloop=True, **kw)
+                runs.append(
+                    Run(f"{key}-uvloop", scenario, f"{title} (uvloop)", uv, func, sizes.tp_rounds)
+                )
+    return runs

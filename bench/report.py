@@ -1,0 +1,304 @@
+"""Turn raw results into the figures table (console and ``results.md``) and ``scaling.png``.
+
+Each figure shows the three contenders, redismpx's ratio to the limit and to redis-py, and,
+where the project set one, the target and PASS/FAIL. Bars never change the exit code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.contenders import LABELS
+from bench.plan import Run
+from bench.runner import Results, short
+
+RETAINED_SLACK = 64 * 1024  # bytes: tracemalloc noise allowed over the limit's own retention
+FLAT_GROWTH = 1.5
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    field: str
+    fmt: Callable[[float], str]
+    higher_better: bool
+    target: str = ""  # text shown in the table
+    check: Callable[[dict[str, float]], bool] | None = None  # values by contender -> pass
+
+
+def _si(v: float) -> str:
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.2f}{suffix}"
+    return f"{v:.0f}"
+
+
+def _f(digits: int) -> Callable[[float], str]:
+    return lambda v: f"{v:,.{digits}f}"
+
+
+def _kib(v: float) -> str:
+    return f"{v / 1024:,.0f} KiB"
+
+
+def _vs_limit(op: str, x: float) -> Callable[[dict[str, float]], bool]:
+    if op == ">=":
+        return lambda v: v["mpx"] >= x * v["limit"]
+    return lambda v: v["mpx"] <= x * v["limit"]
+
+
+def _retained(v: dict[str, float]) -> bool:
+    return v["mpx"] <= max(v["limit"], 0.0) + RETAINED_SLACK
+
+
+def _flat(v: dict[str, float]) -> bool:
+    return v["mpx"] <= max(FLAT_GROWTH, 1.2 * v["limit"])
+
+
+def _throughput_figures(bar: float | None) -> list[Figure]:
+    target = f">= {bar}x limit" if bar else ""
+    check = _vs_limit(">=", bar) if bar else None
+    return [
+        Figure("deliveries/s per CPU-s", "rate_cpu", _si, True, target, check),
+        Figure("CPU s per 1M deliveries", "cpu_per_m", _f(3), False),
+        Figure("deliveries/s wall", "rate_wall", _si, True),
+    ]
+
+
+THROUGHPUT_BARS = {
+    "S1-sync": 0.6,
+    "S1-async": 0.3,
+    "S2": 0.9,
+    "S3-sync": 0.6,
+    "S3-async": 0.3,
+    "S4": 0.9,
+}
+
+
+def figures_for(key: str) -> list[Figure]:
+    base = key.removesuffix("-uvloop")
+    if base in THROUGHPUT_BARS:
+        return _throughput_figures(THROUGHPUT_BARS[base])
+    if key == "S5":
+        return [
+            Figure("add+remove ops/s", "ops", _si, True, ">= 0.5x limit", _vs_limit(">=", 0.5)),
+            Figure("add ops/s", "add_ops", _si, True),
+            Figure("remove ops/s", "remove_ops", _si, True),
+            Figure("CPU s (add+remove)", "cpu_s", _f(3), False),
+        ]
+    if key == "S6":
+        return [
+            Figure("RSS bytes/sub", "rss_per_sub", _f(0), False, "<= 1.3x limit",
+                   _vs_limit("<=", 1.3)),
+            Figure("tracemalloc bytes/sub", "tracemalloc_per_sub", _f(0), False),
+            Figure("RSS kept after close", "rss_retained", _kib, False),
+            Figure("tracemalloc kept after close", "tracemalloc_retained", _kib, False,
+                   "<= limit's + 64 KiB", _retained),
+        ]  # fmt: skip
+    if key == "S7":
+        return [
+            Figure("p50 us", "p50", _f(1), False, "<= 1.15x limit", _vs_limit("<=", 1.15)),
+            Figure("p99 us", "p99", _f(1), False, "<= redis-py",
+                   lambda v: v["mpx"] <= v["redispy"]),
+            Figure("p99.9 us", "p999", _f(1), False),
+        ]  # fmt: skip
+    if key == "S8":
+        return [
+            Figure("ms to all active", "all_active_ms", _f(1), False, "<= 2x limit",
+                   _vs_limit("<=", 2.0)),
+            Figure("ms to messages flowing", "flowing_ms", _f(1), False, "<= 2x limit",
+                   _vs_limit("<=", 2.0)),
+        ]  # fmt: skip
+    if key.startswith("S9-"):
+        return [
+            Figure("cost growth (max/first)", "growth", _f(2), False,
+                   f"flat: <= {FLAT_GROWTH} or 1.2x limit's", _flat),
+        ]  # fmt: skip
+    return []
+
+
+@dataclass
+class Row:
+    title: str
+    figure: str
+    cells: dict[str, str]
+    vs_limit: str
+    vs_redispy: str
+    target: str
+    verdict: str
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0 or math.isnan(a) or math.isnan(b):
+        return ""
+    return f"{a / b:.2f}x"
+
+
+def build_rows(plan: list[Run], results: Results) -> list[Row]:
+    rows: list[Row] = []
+    for run in plan:
+        per = results.get(run.key, {})
+        for fig in figures_for(run.key):
+            values: dict[str, float] = {}
+            cells: dict[str, str] = {}
+            for c in ("limit", "redispy", "mpx"):
+                r = per.get(c)
+                if c not in run.contenders:
+                    cells[c] = "-"
+                elif r is None:
+                    cells[c] = "not run"
+                elif "error" in r:
+                    cells[c] = "FAILED"
+                else:
+                    values[c] = float(r[fig.field])
+                    cells[c] = fig.fmt(values[c])
+            verdict = ""
+            if fig.check is not None:
+                try:
+                    verdict = "PASS" if fig.check(values) else "FAIL"
+                except KeyError:
+                    verdict = "n/a"
+            rows.append(
+                Row(
+                    run.title,
+                    fig.name,
+                    cells,
+                    _ratio(values.get("mpx"), values.get("limit")),
+                    _ratio(values.get("mpx"), values.get("redispy")),
+                    fig.target,
+                    verdict,
+                )
+            )
+    return rows
+
+
+HEADER = ("scenario", "figure", "limit", "redis-py", "redismpx", "mpx/limit", "mpx/redis-py",
+          "target", "result")  # fmt: skip
+
+
+def _cols(row: Row) -> list[str]:
+    return [row.title, row.figure, row.cells["limit"], row.cells["redispy"], row.cells["mpx"],
+            row.vs_limit, row.vs_redispy, row.target, row.verdict]  # fmt: skip
+
+
+def console_table(rows: list[Row]) -> str:
+    table = [list(HEADER), *(_cols(r) for r in rows)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(HEADER))]
+    out = []
+    for i, line in enumerate(table):
+        out.append("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def markdown_table(rows: list[Row]) -> str:
+    out = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    last = None
+    for r in rows:
+        cols = _cols(r)
+        if r.title == last:
+            cols[0] = ""
+        last = r.title
+        if r.verdict:
+            cols[-1] = f"**{r.verdict}**"
+        out.append("| " + " | ".join(cols) + " |")
+    return "\n".join(out)
+
+
+def scaling_table(results: Results) -> str:
+    out: list[str] = []
+    for axis, what in (("channels", "channels (1 sub each)"), ("subs", "subs on 1 channel")):
+        per = results.get(f"S9-{axis}", {})
+        sizes = sorted({int(n) for r in per.values() for n in r.get("points", {})})
+        if not sizes:
+            continue
+        out.append(f"CPU us per delivery vs number of {what}:\n")
+        out.append("| contender | " + " | ".join(f"{n:,}" for n in sizes) + " |")
+        out.append("|---|" + "---|" * len(sizes))
+        for c, r in per.items():
+            pts = {int(k): v for k, v in r.get("points", {}).items()}
+            cells = [f"{pts[n]:.3f}" if n in pts else "" for n in sizes]
+            out.append(f"| {LABELS[c]} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def plot_scaling(results: Results, path: Path) -> bool:
+    """Draw S9 to ``path`` (matplotlib, Agg). False if there is nothing to draw."""
+    axes_data = [(a, results.get(f"S9-{a}", {})) for a in ("channels", "subs")]
+    if not any(per for _, per in axes_data):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    titles = {
+        "channels": ("channels (1 subscription each, uniform traffic)", "CPU us per message"),
+        "subs": ("subscriptions on one channel", "CPU us per delivery"),
+    }
+    for ax, (axis, per) in zip(axes, axes_data, strict=True):
+        for c, r in per.items():
+            pts = sorted((int(k), v) for k, v in r.get("points", {}).items())
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=LABELS[c])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(titles[axis][0])
+        ax.set_ylabel(titles[axis][1])
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle("S9 scaling: subscriber CPU per delivery (lower is better, flat is the goal)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def details_table(plan: list[Run], results: Results) -> str:
+    """Raw numbers per run, for checking stability (spread = (max-min)/median of reps)."""
+    out = ["| run | contender | raw figures |", "|---|---|---|"]
+    for run in plan:
+        for c, r in results.get(run.key, {}).items():
+            if "error" in r:
+                text = "FAILED: " + r["error"].strip().splitlines()[-1][:160]
+            else:
+                text = ", ".join(f"{k}={short(v)}" for k, v in r.items() if k not in ("points",))
+            out.append(f"| {run.key} | {LABELS[c]} | {text} |")
+    return "\n".join(out)
+
+
+def write_markdown(
+    path: Path,
+    meta: dict[str, str],
+    plan: list[Run],
+    results: Results,
+    rows: list[Row],
+    plotted: bool,
+) -> None:
+    parts = ["# redismpx benchmark results", ""]
+    parts += ["| | |", "|---|---|"]
+    parts += [f"| {k} | {v} |" for k, v in meta.items()]
+    parts += [
+        "",
+        "Method and definitions: [README.md](README.md). Ratios are redismpx's value divided by",
+        "the other contender's (for times, bytes and CPU lower is better; for rates higher).",
+        "",
+        "## Figures",
+        "",
+        markdown_table(rows),
+        "",
+    ]
+    scaling = scaling_table(results)
+    if scaling or plotted:
+        parts += ["## S9 scaling", ""]
+        if plotted:
+            parts += ["![S9 scaling](scaling.png)", ""]
+        parts += [scaling, ""]
+    parts += ["## Raw figures per run", "", details_table(plan, results), ""]
+    path.write_text("\n".join(parts))

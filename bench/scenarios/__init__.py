@@ -1,0 +1,1 @@
+"""Scenario implementations: each module has an orchestrator ``run`` and a worker body."""
