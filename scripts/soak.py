@@ -52,6 +52,7 @@ class Report:
     lost_outside_outages: int = 0
     duplicates: int = 0
     outages: int = 0
+    unplanned_outages: int = 0
     peak_rss_mb: float = 0.0
     unexplained: list[str] = field(default_factory=list)
 
@@ -77,6 +78,7 @@ async def soak(
     published: list[tuple[bytes, int, float, float]] = []  # channel, seq, start, end
     holders: list[Holder] = []
     seen_at: dict[tuple[bytes, int], float] = {}
+    seen_outages: list[tuple[float, float]] = []
     report = Report()
     try:
         async with Multiplexer(server.url, health_check_interval=1, health_check_timeout=1) as m:
@@ -106,10 +108,27 @@ async def soak(
 
             # The witness holds every channel for the whole run and is never churned: the time
             # it sees a message is when the reader dispatched it to everyone holding it then.
+            # It also times every outage as the application sees it (injected or not): from its
+            # on_disconnect until every channel is confirmed again.
             def witness(channel: bytes, data: bytes) -> None:
                 seen_at[(channel, int(data))] = loop.time()
 
-            m.new_channel_subscription(witness).add(*names)
+            ready = asyncio.Event()  # every channel confirmed: publishing may start
+            down: list[float] = []
+            back: set[bytes] = set()
+
+            def witness_lost(error: BaseException) -> None:
+                down.append(loop.time())
+                back.clear()
+
+            def witness_back(name: bytes) -> None:
+                back.add(name)
+                if len(back) == len(names):
+                    ready.set()
+                    if down:
+                        seen_outages.append((down.pop(), loop.time()))
+
+            m.new_channel_subscription(witness, witness_lost, witness_back).add(*names)
             for _ in range(subscriptions):
                 make()
 
@@ -144,7 +163,7 @@ async def soak(
                     await server.arestart()
                     await m.wait_connected(30)
                     # The outage lasts until every wanted name is confirmed again.
-                    while m._link.registry.pending:
+                    while m._link.registry.pending or m._link.registry.resubscribing():
                         await asyncio.sleep(0.01)
                     outages.append((start, loop.time()))
 
@@ -172,6 +191,7 @@ async def soak(
                     published.append((channel, seq, start, loop.time()))
                     await asyncio.sleep(1 / rate)
 
+            await asyncio.wait_for(ready.wait(), 30)
             tasks = [asyncio.ensure_future(t()) for t in (churn, faults, publisher)]
             await asyncio.sleep(seconds)
             for t in tasks:
@@ -190,6 +210,12 @@ async def soak(
 
     report.published = len(published)
     report.outages = len(outages)
+    # Outages nobody injected (a heartbeat timeout on a starved machine, say) are reported,
+    # and their losses count as outage losses: they were announced through on_disconnect.
+    report.unplanned_outages = sum(
+        1 for a, _ in seen_outages if not any(o0 - 1.0 <= a <= o1 + 1.0 for o0, o1 in outages)
+    )
+    outages = outages + seen_outages
     by_channel: dict[bytes, list[tuple[int, float, float]]] = {}
     for channel, seq, start, end in published:
         by_channel.setdefault(channel, []).append((seq, start, end))

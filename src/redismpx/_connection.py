@@ -180,8 +180,9 @@ class Connection(asyncio.Protocol):
         self._heartbeat = self._loop.call_later(interval, self._tick)
 
     def _pubsub_data(self, data: bytes) -> None:
-        # The hot path: keep it flat. Messages on plain channels are dispatched here; every
-        # other frame (pmessage, acks, pongs, errors) goes to ``_frame``.
+        # The hot path: keep it flat. Messages on plain channels and acknowledgements are
+        # handled here; every other frame (pmessage, smessage, pongs, errors) goes to
+        # ``_frame``.
         self._rx = True
         reader = self._reader
         reader.feed(data)
@@ -189,29 +190,47 @@ class Connection(asyncio.Protocol):
         frame_cls: Any = self._frame_cls
         channels = self._channels
         link = self._link
+        if link is None:
+            return
+        on_ack = link.registry.on_ack
+        acks = ACKS
         received = 0  # a local counter: one attribute update per chunk, not per message
         try:
             frame: Any
             while (frame := gets()) is not False:
-                if frame.__class__ is frame_cls and frame[0] == MESSAGE:
-                    received += 1
-                    channel = frame[1]
-                    st = channels.get(channel)
-                    if st is None:
-                        continue
-                    payload = frame[2]
-                    for deliver in st.snapshot or st.build():
-                        try:
-                            r = deliver(channel, payload)
-                        except Exception as exc:
-                            link.callback_failed(0, channel, deliver, exc)  # type: ignore[union-attr]
-                        else:
-                            if r is not None:
-                                link.callback_returned(0, channel, deliver, r)  # type: ignore[union-attr]
-                elif link is not None:
+                if frame.__class__ is not frame_cls:
                     self._frame(link, frame)
                     if self._link is None:
                         return
+                    continue
+                kind = frame[0]
+                if kind != MESSAGE:
+                    ack = acks.get(kind)
+                    if ack is not None:
+                        # One per name after a reconnect: handled here, without calls for
+                        # names nobody needs to hear about.
+                        result = on_ack(ack[0], ack[1], frame[1])
+                        if result is not None:
+                            link.acked(ack[0], frame[1], result)
+                    else:
+                        self._frame(link, frame)
+                        if self._link is None:
+                            return
+                    continue
+                received += 1
+                channel = frame[1]
+                st = channels.get(channel)
+                if st is None:
+                    continue
+                payload = frame[2]
+                for deliver in st.snapshot or st.build():
+                    try:
+                        r = deliver(channel, payload)
+                    except Exception as exc:
+                        link.callback_failed(0, channel, deliver, exc)
+                    else:
+                        if r is not None:
+                            link.callback_returned(0, channel, deliver, r)
         except hiredis.ProtocolError as exc:
             self.abort(ConnectionLost(f"protocol error: {exc}"))
         except Exception as exc:  # a bug of ours: never let it kill the event loop's reader
@@ -223,12 +242,17 @@ class Connection(asyncio.Protocol):
     def _frame(self, link: Link, frame: Any) -> None:
         if isinstance(frame, list):
             kind = frame[0]
-            if kind == PMESSAGE:
+            ack = ACKS.get(kind)
+            if ack is not None:
+                # Hot after a reconnect (one per name): straight to the registry, and to the
+                # link only when someone must hear of it.
+                result = link.registry.on_ack(ack[0], ack[1], frame[1])
+                if result is not None:
+                    link.acked(ack[0], frame[1], result)
+            elif kind == PMESSAGE:
                 link.dispatch(1, frame[1], frame[2], frame[3])
             elif kind == SMESSAGE:
                 link.dispatch(2, frame[1], frame[1], frame[2])
-            elif (ack := ACKS.get(kind)) is not None:
-                link.on_ack(ack[0], ack[1], frame[1])
             elif kind == PONG and frame.__class__ is list:
                 link.on_pong()
             else:

@@ -196,6 +196,9 @@ class Subscriber:
         if queued or any(is_async(f) for f in (on_message, on_disconnect, on_activation)):
             self._become_queued()
 
+    # Subclasses that must hear every activation even without callbacks (promises).
+    _always_activate = False
+
     @property
     def dropped(self) -> int:
         """Messages dropped by the overflow policy so far."""

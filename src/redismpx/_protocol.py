@@ -45,11 +45,11 @@ def encode_command(*args: bytes) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join([_bulk(a) for a in args])
 
 
-def encode_names(command: bytes, names: Iterable[bytes]) -> bytes:
+def encode_names(command: bytes, names: list[bytes]) -> bytes:
     """``command name1 name2 ...`` as one RESP array."""
-    parts = [_bulk(command)]
-    parts.extend([_bulk(n) for n in names])
-    return b"*%d\r\n" % len(parts) + b"".join(parts)
+    parts = [b"*%d\r\n" % (len(names) + 1), _bulk(command)]
+    parts += [b"$%d\r\n%b\r\n" % (len(n), n) for n in names]
+    return b"".join(parts)
 
 
 def to_bytes(value: str | bytes, what: str) -> bytes:

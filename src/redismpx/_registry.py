@@ -180,22 +180,19 @@ class Command:
 
 
 PING: Final = -1
+RESUBSCRIBE_CHUNKS: Final = 4  # chunks per batch of a resubscription
+_CONTAINERS: Final = (list, dict)
 _MISSING: Final = object()
 SMALL: Final = 32
 
 
 class AckResult:
-    """What an acknowledgement means for the listeners."""
+    """An unsolicited unsubscribe: the server dropped a name (a slot moved)."""
 
-    __slots__ = ("activate", "lost")
+    __slots__ = ("lost",)
 
-    def __init__(
-        self, activate: list[Listener] | None = None, lost: list[Listener] | None = None
-    ) -> None:
-        # Listeners to tell ``on_activation(name)``.
-        self.activate = activate
-        # The server dropped the name unasked (slot migration): listeners to tell.
-        self.lost = lost
+    def __init__(self, lost: list[Listener]) -> None:
+        self.lost = lost  # the listeners to tell
 
 
 class Registry:
@@ -209,6 +206,8 @@ class Registry:
         self.tables: tuple[dict[bytes, NameState], ...] = tuple({} for _ in KINDS)
         self._dirty: tuple[dict[bytes, None], ...] = tuple({} for _ in KINDS)
         self.pending: deque[Command] = deque()
+        # What a fresh connection still has to resubscribe: (kind, names, next index).
+        self._plan: deque[tuple[int, list[bytes], int]] = deque()
         self.connected = False
         self.chunk_size = chunk_size
         self.chunk_bytes = chunk_bytes
@@ -307,16 +306,23 @@ class Registry:
             out.append(cmd)
 
     def _chunks(self, names: list[bytes]) -> Iterator[list[bytes]]:
-        size, limit, budget = self.chunk_size, self.chunk_bytes, 0
-        chunk: list[bytes] = []
-        for name in names:
-            if chunk and (len(chunk) >= size or budget + len(name) > limit):
+        size, limit = self.chunk_size, self.chunk_bytes
+        for i in range(0, len(names), size):
+            chunk = names[i : i + size]
+            if sum(map(len, chunk)) <= limit:
                 yield chunk
-                chunk, budget = [], 0
-            chunk.append(name)
-            budget += len(name)
-        if chunk:
-            yield chunk
+                continue
+            # Rare: long names. Split this slice by bytes too.
+            part: list[bytes] = []
+            budget = 0
+            for name in chunk:
+                if part and budget + len(name) > limit:
+                    yield part
+                    part, budget = [], 0
+                part.append(name)
+                budget += len(name)
+            if part:
+                yield part
 
     def ping(self) -> Command:
         """Record a PING whose reply is due (it is answered in order with the rest)."""
@@ -327,21 +333,62 @@ class Registry:
     # -- connection events -------------------------------------------------------------------
 
     def on_connected(self) -> list[Command]:
-        """A fresh connection: subscribe everything wanted, busiest names first (B32)."""
+        """A fresh connection: plan to subscribe everything wanted, busiest names first (B32).
+
+        Returns the first batch of commands; ``resubscribe_more`` gives the next ones. Sending
+        100,000 names in batches lets the first ones be confirmed (and their messages flow)
+        while the rest are still being encoded.
+        """
         self.connected = True
-        out: list[Command] = []
+        self._plan.clear()
         for kind in KINDS:
             self._dirty[kind].clear()
             table = self.tables[kind]
             wanted = [name for name, st in table.items() if st._ls is not None]
-            wanted.sort(key=lambda n: table[n].holders, reverse=True)
-            self._emit(kind, True, wanted, out)
+            # Busiest first; names held by one subscription only (the usual case) need no sort.
+            busy = [name for name in wanted if table[name]._ls.__class__ in _CONTAINERS]
+            if busy:
+                busy.sort(key=lambda n: len(table[n]._ls), reverse=True)
+                busy_set = set(busy)
+                wanted = busy + [name for name in wanted if name not in busy_set]
+            if wanted:
+                self._plan.append((kind, wanted, 0))
+        return self.resubscribe_more()
+
+    def resubscribing(self) -> bool:
+        """True while ``on_connected``'s plan has names not yet sent."""
+        return bool(self._plan)
+
+    def resubscribe_more(self) -> list[Command]:
+        """The next batch of the resubscribe plan (a few chunks).
+
+        Names removed meanwhile are skipped, and so are names a flush already subscribed.
+        """
+        out: list[Command] = []
+        budget = self.chunk_size * RESUBSCRIBE_CHUNKS
+        plan = self._plan
+        while plan and budget > 0:
+            kind, names, start = plan[0]
+            stop = min(start + budget, len(names))
+            if stop == len(names):
+                plan.popleft()
+            else:
+                plan[0] = (kind, names, stop)
+            budget -= stop - start
+            table = self.tables[kind]
+            todo = []
+            for name in names[start:stop]:
+                st = table.get(name)
+                if st is not None and st._ls is not None and not st.subscribed:
+                    todo.append(name)
+            self._emit(kind, True, todo, out)
         return out
 
     def on_disconnected(self) -> None:
         """The connection is gone: Redis holds nothing of ours any more."""
         self.connected = False
         self.pending.clear()
+        self._plan.clear()
         for kind in KINDS:
             self._dirty[kind].clear()
             table = self.tables[kind]
@@ -351,8 +398,12 @@ class Registry:
                 st.subscribed = st.active = st.refused = False
                 st.inflight = 0
 
-    def on_ack(self, kind: int, subscribe: bool, name: bytes) -> AckResult | None:
-        """An acknowledgement frame ``(p|s)(un)subscribe name count`` arrived."""
+    def on_ack(self, kind: int, subscribe: bool, name: bytes) -> list[Listener] | AckResult | None:
+        """An acknowledgement frame ``(p|s)(un)subscribe name count`` arrived.
+
+        Returns the listeners to activate (a list), an :class:`AckResult` whose ``lost`` lists
+        the listeners of a name the server dropped by itself, or None.
+        """
         # Hot during churn and resubscription: keep it to a few lookups.
         pending = self.pending
         if not pending:
@@ -371,7 +422,10 @@ class Registry:
             return None
         if st.subscribed:
             st.active = True
-            return AckResult(activate=st.listeners)
+            ls = st._ls
+            if ls is None:
+                return None
+            return list(ls) if ls.__class__ in _CONTAINERS else [ls]
         if st._ls is None:
             _delete(table, name)
             self._dirty[kind].pop(name, None)
@@ -434,6 +488,7 @@ class Registry:
         for dirty in self._dirty:
             dirty.clear()
         self.pending.clear()
+        self._plan.clear()
         self.connected = False
 
     # -- questions ---------------------------------------------------------------------------

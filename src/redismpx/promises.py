@@ -134,6 +134,8 @@ class PromiseSubscription(Subscriber):
         self._active = False
         self._activation_waiters: list[asyncio.Future[None]] = []
 
+    _always_activate = True
+
     @property
     def active(self) -> bool:
         """True while Redis has confirmed the pattern (promises may be created)."""

@@ -114,6 +114,7 @@ class MultiplexerMachine(RuleBasedStateMachine):
                 link.conn is not None
                 and not link.registry.pending
                 and not link.registry.has_dirty()
+                and not link.registry.resubscribing()
                 and link._flush_handle is None
             ):
                 await asyncio.sleep(0.005)
