@@ -7,8 +7,6 @@ Parsing itself is hiredis's ``Reader``; RESP3 pushes arrive as ``hiredis.PushNot
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from .errors import InvalidArgumentType
 
 # The three kinds of Pub/Sub names, used as indexes into per-kind tables.
