@@ -18,11 +18,16 @@ test: setup
 	$(PY) -m pytest -q
 	REDIS_SERVER=$(REDIS7) $(PY) -m pytest -q tests/unit tests/integration tests/cluster
 	$(MAKE) lint
+	$(MAKE) docs
 	$(MAKE) bench-quick
 
 lint:
 	.venv/bin/ruff check src tests bench examples
 	.venv/bin/mypy
+
+# The documentation site (MkDocs Material, API from docstrings), warnings as errors -> ./site
+docs:
+	bash scripts/build-docs.sh
 
 bench:
 	@[ -x .venv/bin/python ] || python3 -m venv .venv
