@@ -93,6 +93,7 @@ class Queue:
     __slots__ = (
         "buf",
         "dropped",
+        "logged_at",
         "latest",
         "max",
         "nmsgs",
@@ -112,6 +113,7 @@ class Queue:
         self.dropped = 0
         self.reported = 0
         self.scheduled = False
+        self.logged_at = -1e9
 
     def kick(self) -> None:
         wake = self.wake
@@ -189,7 +191,9 @@ class Subscriber:
         self._on_activation = on_activation
         self._opts = delivery_options(max_buffer, overflow, on_drop)
         self.closed = False
+        """True once closed (by ``close()``, the multiplexer's close, or an overflow)."""
         self.close_reason: str | None = None
+        """Why the library closed it (the ``close`` overflow policy); None otherwise."""
         self._errors: dict[str, tuple[float, int]] | None = None
         self._q: Queue | None = None
         self.deliver: Callable[[bytes, bytes], Any] = on_message  # type: ignore[assignment]
@@ -304,9 +308,12 @@ class Subscriber:
             return
         q.reported = q.dropped
         self._mpx._count_dropped(n)
-        logger.warning(
-            "%s: dropped %d message(s) (slow consumer, total %d)", self._label(), n, q.dropped
-        )
+        now = time.monotonic()
+        if now - q.logged_at >= 1.0:  # at most once a second: overload must not flood the log
+            q.logged_at = now
+            logger.warning(
+                "%s: dropped %d message(s) (slow consumer, total %d)", self._label(), n, q.dropped
+            )
         if self._on_message is None:
             self._push_event(DROPPED, n)  # iterators report drops in their event stream
         if self._opts.on_drop is not None:
@@ -502,7 +509,7 @@ class Subscriber:
         self._stop()
         error = SubscriptionClosed(f"{type(self).__name__} was closed", reason)
         if self._q is not None and self._on_message is None:
-            self._push_event(CLOSED, error)  # an iterator raises it after the pending items
+            self._push_event(CLOSED, error)  # the buffer was cleared: an iterator raises next
         if self._on_disconnect is not None:
             fn = self._on_disconnect
             # The worker may be the thing that is stuck: run the notice on its own.

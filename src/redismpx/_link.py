@@ -280,7 +280,9 @@ class Link:
             self.on_unexpected(b"PONG")
 
     def on_error(self, message: str) -> None:
-        failed = self.registry.on_error()
+        # An ACL denial refuses the whole command without naming the channel: retry its
+        # names one by one so that only the denied ones are refused.
+        failed = self.registry.on_error(split=message.startswith("NOPERM"))
         if failed is None:
             self._protocol_error(f"error reply with no command pending: {message}")
             return
@@ -288,6 +290,7 @@ class Link:
         command = cmd.encode_name().decode()
         if not refused:
             logger.warning("%s failed: %s", command, message)
+            self.schedule_flush()  # names to retry one by one, if any
             return
         for name, listeners in refused:
             error = SubscribeRefused(message, command, name)

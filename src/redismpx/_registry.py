@@ -205,6 +205,8 @@ class Registry:
         # One table per kind (CHANNEL, PATTERN, SHARD): name -> state.
         self.tables: tuple[dict[bytes, NameState], ...] = tuple({} for _ in KINDS)
         self._dirty: tuple[dict[bytes, None], ...] = tuple({} for _ in KINDS)
+        # Names to retry one per command (their shared command was refused).
+        self._solo: tuple[dict[bytes, None], ...] = tuple({} for _ in KINDS)
         self.pending: deque[Command] = deque()
         # What a fresh connection still has to resubscribe: (kind, names, next index).
         self._plan: deque[tuple[int, list[bytes], int]] = deque()
@@ -253,7 +255,7 @@ class Registry:
             st.snapshot = None
 
     def has_dirty(self) -> bool:
-        return any(self._dirty)
+        return any(self._dirty) or any(self._solo)
 
     # -- commands out ------------------------------------------------------------------------
 
@@ -265,6 +267,14 @@ class Registry:
         """
         out: list[Command] = []
         for kind in KINDS:
+            solo = self._solo[kind]
+            if solo:
+                for name in solo:
+                    st = self.tables[kind].get(name)
+                    if self.connected and st is not None and st._ls is not None:
+                        if not st.subscribed and not st.refused:
+                            self._emit(kind, True, [name], out)
+                solo.clear()
             dirty = self._dirty[kind]
             if not dirty:
                 continue
@@ -391,6 +401,7 @@ class Registry:
         self._plan.clear()
         for kind in KINDS:
             self._dirty[kind].clear()
+            self._solo[kind].clear()
             table = self.tables[kind]
             for name in [n for n, st in table.items() if st._ls is None]:
                 _delete(table, name)
@@ -451,11 +462,15 @@ class Registry:
             return True
         return False
 
-    def on_error(self) -> tuple[Command, list[tuple[bytes, list[Listener]]]] | None:
+    def on_error(
+        self, split: bool = False
+    ) -> tuple[Command, list[tuple[bytes, list[Listener]]]] | None:
         """An error reply arrived: the head command failed as a whole.
 
         Returns the command and, for a refused subscribe, each refused name with the
         listeners to tell. Refused names are not retried until a listener joins again.
+        With ``split`` a subscribe of several names is not refused but retried one name per
+        command (an ACL denial names no channel: one denied name must not sink the others).
         """
         if not self.pending:
             return None
@@ -464,13 +479,18 @@ class Registry:
         if cmd.kind == PING:
             return cmd, refused
         table = self.tables[cmd.kind]
-        for name in cmd.names[cmd.acked :]:
+        rest = cmd.names[cmd.acked :]
+        solo = split and cmd.subscribe and len(rest) > 1
+        for name in rest:
             st = table.get(name)
             if st is None:  # pragma: no cover
                 continue
             st.inflight -= 1
             if cmd.subscribe and st.subscribed:
                 st.subscribed = st.active = False
+                if solo:
+                    self._solo[cmd.kind][name] = None
+                    continue
                 st.refused = True
                 refused.append((name, st.listeners))
             if st._ls is None and st.inflight == 0 and not st.subscribed:
@@ -485,7 +505,7 @@ class Registry:
                     st.snapshot[:] = [_noop] * len(st.snapshot)
                     st.snapshot = None
             table.clear()
-        for dirty in self._dirty:
+        for dirty in (*self._dirty, *self._solo):
             dirty.clear()
         self.pending.clear()
         self._plan.clear()

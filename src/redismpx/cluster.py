@@ -151,6 +151,8 @@ class ClusterMultiplexer(Multiplexer):
     ``slot_moves`` (names moved between nodes) and ``redirects`` (``MOVED`` replies seen).
     """
 
+    _shard_by_default = True
+
     def __init__(
         self,
         urls: str | Sequence[str] | None = None,

@@ -81,7 +81,8 @@ class SubscribeRefused(ServerError):
     """Redis refused to subscribe a name (an ACL denial: ``NOPERM``).
 
     Delivered to the ``on_disconnect`` of every subscription that wants ``name``; the name is
-    not retried until a subscription adds it again or the connection is re-established.
+    not retried until another subscription adds it (or this one removes and adds it again),
+    or the connection is re-established.
     """
 
     def __init__(self, message: str, command: str, name: bytes):

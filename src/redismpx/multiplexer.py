@@ -35,6 +35,33 @@ from .subscriptions import ChannelSubscription, PatternSubscription
 logger = logging.getLogger("redismpx")
 
 
+def _tls_of_redis_client(client: Any, ck: dict[str, Any]) -> _ssl.SSLContext | None:
+    """The TLS settings of a redis-py client as an SSLContext (None for plain TCP).
+
+    redis-py keeps them as ``ssl_*`` connection arguments of an ``SSLConnection`` class; a
+    ``rediss://`` client must never be turned into a plain-text multiplexer.
+    """
+    if ck.get("ssl_context") is not None:
+        return ck["ssl_context"]  # type: ignore[no-any-return]
+    cls_name = getattr(client.connection_pool.connection_class, "__name__", "")
+    if "SSL" not in cls_name and not any(k.startswith("ssl_") for k in ck):
+        return None
+    ctx = _ssl.create_default_context(
+        cafile=ck.get("ssl_ca_certs"), capath=ck.get("ssl_ca_path"), cadata=ck.get("ssl_ca_data")
+    )
+    reqs = ck.get("ssl_cert_reqs", "required")
+    if reqs in ("none", _ssl.CERT_NONE):
+        ctx.check_hostname = False
+        ctx.verify_mode = _ssl.CERT_NONE
+    else:
+        ctx.check_hostname = bool(ck.get("ssl_check_hostname", True))
+        if reqs in ("optional", _ssl.CERT_OPTIONAL):
+            ctx.verify_mode = _ssl.CERT_OPTIONAL
+    if ck.get("ssl_certfile"):
+        ctx.load_cert_chain(ck["ssl_certfile"], ck.get("ssl_keyfile"), ck.get("ssl_password"))
+    return ctx
+
+
 class Multiplexer:
     """Many subscriptions over one Redis Pub/Sub connection.
 
@@ -60,6 +87,9 @@ class Multiplexer:
     async callbacks (the memory bound is ``max_buffer`` messages each) and the ``overflow``
     policy (see :mod:`redismpx._delivery`). ``chunk_size`` bounds the names per command.
     """
+
+    # Channel subscriptions use SSUBSCRIBE unless asked otherwise (the cluster's default).
+    _shard_by_default = False
 
     def __init__(
         self,
@@ -187,8 +217,9 @@ class Multiplexer:
         for key in ("username", "password", "db", "client_name"):
             if ck.get(key) is not None:
                 settings[key] = ck[key]
-        if ck.get("ssl_context") is not None:
-            settings["ssl"] = ck["ssl_context"]
+        tls = _tls_of_redis_client(client, ck)
+        if tls is not None:
+            settings["ssl"] = tls
         if ck.get("socket_connect_timeout"):
             settings["connect_timeout"] = ck["socket_connect_timeout"]
         settings.update(kwargs)
@@ -211,6 +242,7 @@ class Multiplexer:
 
     @property
     def closed(self) -> bool:
+        """True once ``close()`` or ``aclose()`` was called."""
         return self._closed
 
     @property
@@ -363,16 +395,20 @@ class Multiplexer:
         *channels: str | bytes,
         max_buffer: int | None = None,
         overflow: OverflowPolicy | None = None,
-        sharded: bool = False,
+        sharded: bool | None = None,
     ) -> ChannelIterator:
         """Channels to consume with ``async for`` (``async with mpx.subscribe("a") as sub``).
 
         Yields :class:`~redismpx.iterators.Message`; ``sub.events()`` also yields activation,
         disconnect and drop events in order. ``add``/``remove`` work as on any channel
-        subscription; leaving the ``async with`` block closes it.
+        subscription; leaving the ``async with`` block closes it. ``sharded`` defaults to what
+        ``new_channel_subscription`` does (classic channels here, shard channels on a
+        :class:`~redismpx.ClusterMultiplexer`).
         """
         self._check_open()
         size, policy = self._delivery(max_buffer, overflow)
+        if sharded is None:
+            sharded = self._shard_by_default
         sub = ChannelIterator(self, max_buffer=size, overflow=policy, sharded=sharded)
         sub.add(*channels)  # validates every name before registering anything
         self._register(sub)
@@ -517,7 +553,14 @@ class Multiplexer:
     # -- introspection -----------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Counters and state, for logs and metrics (see the README for each key)."""
+        """Counters and state, for logs and metrics.
+
+        Keys: ``state``; ``subscriptions`` (live ones); ``channels``, ``patterns`` and
+        ``shard_channels`` (names wanted); ``messages_received`` (messages read from Redis);
+        ``connects`` and ``reconnects``; ``dropped`` (by overflow policies);
+        ``callback_errors`` (exceptions raised by callbacks); ``last_error`` (the text of the
+        most recent connection error, never a password, or None).
+        """
         link = self._link
         channels, patterns, shard_channels = link.registry.counts()
         return {

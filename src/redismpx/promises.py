@@ -1,7 +1,7 @@
 """``PromiseSubscription``: one-shot, timed waiters for the next message on ``prefix + suffix``.
 
-It is one pattern subscription on ``escape(prefix) + "*"`` (B38), so creating, fulfilling or
-expiring a promise sends no Redis command (B50). Promises are only handed out while the
+It is one pattern subscription on ``escape(prefix) + "*"`` (glob characters in the prefix are
+escaped), so creating, fulfilling or expiring a promise sends no Redis command. Promises are only handed out while the
 pattern is active (``InactiveSubscription`` otherwise), because a message published while it
 is not could be missed silently.
 """
@@ -71,6 +71,7 @@ class Promise:
         self, channel: bytes, fut: asyncio.Future[bytes], sub: PromiseSubscription
     ) -> None:
         self.channel = channel
+        """The channel whose next message fulfils this promise (``prefix + suffix``)."""
         self._fut = fut
         self._sub = sub
         self._timer: asyncio.TimerHandle | None = None
@@ -79,6 +80,7 @@ class Promise:
         return self._fut.__await__()
 
     def done(self) -> bool:
+        """True once fulfilled, expired, failed or cancelled."""
         return self._fut.done()
 
     def cancel(self) -> bool:
@@ -119,7 +121,9 @@ class PromiseSubscription(Subscriber):
         self._notify_disconnect = on_disconnect
         self._notify_activation = on_activation
         self.prefix: bytes = check_name(prefix, "prefix")
+        """The prefix, as bytes: promises wait on ``prefix + suffix``."""
         self.pattern: bytes = escape_glob(self.prefix) + b"*"
+        """The pattern subscribed in Redis: the escaped prefix followed by ``*``."""
         super().__init__(
             mpx,
             None,

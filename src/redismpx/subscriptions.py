@@ -160,6 +160,7 @@ class PatternSubscription(Subscriber):
         if not queued:
             check_callback("on_message", on_message, optional=False)
         self.pattern: bytes = check_name(pattern, "pattern")
+        """The glob-style pattern, as bytes."""
         super().__init__(
             mpx,
             on_message,

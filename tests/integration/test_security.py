@@ -69,3 +69,37 @@ async def test_acl_denied_channel_reaches_only_the_asker(server_factory, caplog)
         await srv.acommand("PUBLISH", "chat:1", "still here")
         await ok.received(1)
         assert "pw" not in caplog.text.replace("NOPERM", "")
+
+
+async def test_one_denied_channel_does_not_sink_its_neighbours(server_factory) -> None:
+    srv = server_factory()
+    await srv.acommand("ACL", "SETUSER", "chat", "on", ">pw", "resetchannels", "&chat:*", "+@all")
+    async with Multiplexer(f"redis://chat:pw@127.0.0.1:{srv.port}") as m:
+        rec = Recorder()
+        s = m.new_channel_subscription(*rec.callbacks)
+        await m.wait_connected(5)
+        s.add("chat:1", "admin:1", "chat:2")  # one SUBSCRIBE, refused as a whole by Redis
+        await rec.activated("chat:1", "chat:2")
+        await rec.disconnected(1)
+        assert [e.name for e in rec.disconnects] == [b"admin:1"]  # type: ignore[attr-defined]
+        await srv.acommand("PUBLISH", "chat:2", "ok")
+        await rec.received(1)
+
+
+async def test_from_redis_keeps_tls(tls_server, tls_certs) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis(
+        host="localhost",
+        port=tls_server.port,
+        ssl=True,
+        ssl_ca_certs=tls_certs.ca_file,
+        ssl_certfile=tls_certs.client_cert_file,
+        ssl_keyfile=tls_certs.client_key_file,
+    )
+    async with Multiplexer.from_redis(client) as m:
+        assert m._options.ssl is not None  # never silently plain text
+        rec = Recorder()
+        m.new_channel_subscription(*rec.callbacks).add("x")
+        await rec.activated("x")
+    await client.aclose()
