@@ -93,8 +93,8 @@ class Queue:
     __slots__ = (
         "buf",
         "dropped",
-        "logged_at",
         "latest",
+        "logged_at",
         "max",
         "nmsgs",
         "reported",

@@ -271,9 +271,9 @@ class Registry:
             if solo:
                 for name in solo:
                     st = self.tables[kind].get(name)
-                    if self.connected and st is not None and st._ls is not None:
-                        if not st.subscribed and not st.refused:
-                            self._emit(kind, True, [name], out)
+                    wanted = self.connected and st is not None and st._ls is not None
+                    if wanted and not st.subscribed and not st.refused:  # type: ignore[union-attr]
+                        self._emit(kind, True, [name], out)
                 solo.clear()
             dirty = self._dirty[kind]
             if not dirty:

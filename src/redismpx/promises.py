@@ -1,9 +1,9 @@
 """``PromiseSubscription``: one-shot, timed waiters for the next message on ``prefix + suffix``.
 
 It is one pattern subscription on ``escape(prefix) + "*"`` (glob characters in the prefix are
-escaped), so creating, fulfilling or expiring a promise sends no Redis command. Promises are only handed out while the
-pattern is active (``InactiveSubscription`` otherwise), because a message published while it
-is not could be missed silently.
+escaped), so creating, fulfilling or expiring a promise sends no Redis command. Promises are
+only handed out while the pattern is active (``InactiveSubscription`` otherwise), because a
+message published while it is not could be missed silently.
 """
 
 from __future__ import annotations
