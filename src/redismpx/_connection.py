@@ -45,8 +45,10 @@ class Connection(asyncio.Protocol):
         self._hb_timeout = 0.0
         self._frame_cls: type = list
         self._on_data = self._handshake_data
-        # Messages read on plain channels; the link counts pattern and shard traffic.
+        # Messages read on plain channels, and deliveries handed to subscriptions (callbacks
+        # called or messages buffered); the link counts pattern and shard traffic.
         self.received = 0
+        self.dispatched = 0
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -194,7 +196,8 @@ class Connection(asyncio.Protocol):
             return
         on_ack = link.registry.on_ack
         acks = ACKS
-        received = 0  # a local counter: one attribute update per chunk, not per message
+        received = 0  # local counters: one attribute update per chunk, not per message
+        dispatched = 0
         try:
             frame: Any
             while (frame := gets()) is not False:
@@ -223,7 +226,9 @@ class Connection(asyncio.Protocol):
                 if st is None:
                     continue
                 payload = frame[2]
-                for deliver in st.snapshot or st.build():
+                snap = st.snapshot or st.build()
+                dispatched += len(snap)
+                for deliver in snap:
                     try:
                         r = deliver(channel, payload)
                     except Exception as exc:
@@ -238,6 +243,7 @@ class Connection(asyncio.Protocol):
             raise
         finally:
             self.received += received
+            self.dispatched += dispatched
 
     def _frame(self, link: Link, frame: Any) -> None:
         if isinstance(frame, list):

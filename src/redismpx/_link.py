@@ -81,6 +81,7 @@ class Link:
         self.reconnects = 0
         self.connects = 0
         self.received = 0  # pattern and shard messages, plus plain ones of past connections
+        self.dispatched = 0  # the same for deliveries
         self._logged_error: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._flush_handle: asyncio.Handle | None = None
@@ -183,9 +184,13 @@ class Link:
     def messages_received(self) -> int:
         return self.received + (self.conn.received if self.conn is not None else 0)
 
+    def messages_dispatched(self) -> int:
+        return self.dispatched + (self.conn.dispatched if self.conn is not None else 0)
+
     def _lost(self, error: BaseException) -> None:
         if self.conn is not None:
             self.received += self.conn.received
+            self.dispatched += self.conn.dispatched
         self.conn = None
         self.registry.on_disconnected()
         if self.up is not None:
@@ -235,7 +240,9 @@ class Link:
         st = self.registry.tables[kind].get(name)
         if st is None:
             return
-        for deliver in st.snapshot or st.build():
+        snap = st.snapshot or st.build()
+        self.dispatched += len(snap)
+        for deliver in snap:
             try:
                 r = deliver(channel, data)
             except Exception as exc:

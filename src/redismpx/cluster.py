@@ -233,7 +233,8 @@ class ClusterMultiplexer(Multiplexer):
         self._connecting: set[asyncio.Task[Connection]] = set()
         self._cluster_error: BaseException | None = None
         self._logged_refresh_error: str | None = None
-        self._retired_counts = [0, 0]  # connects, reconnects of links closed since
+        # connects, reconnects, messages received and dispatched of links closed since
+        self._retired_counts = [0, 0, 0, 0]
         self._cluster_counters = {"topology_refreshes": 0, "slot_moves": 0, "redirects": 0}
         self._init(
             seeds[0],
@@ -287,6 +288,8 @@ class ClusterMultiplexer(Multiplexer):
         link = self._links.pop(address)
         self._retired_counts[0] += link.connects
         self._retired_counts[1] += link.reconnects
+        self._retired_counts[2] += link.messages_received()
+        self._retired_counts[3] += link.messages_dispatched()
         link.close()
         self._retired[link] = None
         self._spawn(self._reap(link), f"redismpx reap {link!r}")
@@ -835,6 +838,10 @@ class ClusterMultiplexer(Multiplexer):
             "channels": counts[CHANNEL],
             "patterns": counts[PATTERN],
             "shard_channels": counts[SHARD],
+            "messages_received": self._retired_counts[2]
+            + sum(link.messages_received() for link in self._all_links()),
+            "messages_dispatched": self._retired_counts[3]
+            + sum(link.messages_dispatched() for link in self._all_links()),
             "connects": self._retired_counts[0] + sum(link.connects for link in links),
             "reconnects": self._retired_counts[1] + sum(link.reconnects for link in links),
             "dropped": self._counters["dropped"],

@@ -557,6 +557,8 @@ class Multiplexer:
 
         Keys: ``state``; ``subscriptions`` (live ones); ``channels``, ``patterns`` and
         ``shard_channels`` (names wanted); ``messages_received`` (messages read from Redis);
+        ``messages_dispatched`` (deliveries to subscriptions: callbacks called inline or
+        messages put in a subscription's buffer; a buffered message may still be dropped);
         ``connects`` and ``reconnects``; ``dropped`` (by overflow policies);
         ``callback_errors`` (exceptions raised by callbacks); ``last_error`` (the text of the
         most recent connection error, never a password, or None).
@@ -570,6 +572,7 @@ class Multiplexer:
             "patterns": patterns,
             "shard_channels": shard_channels,
             "messages_received": link.messages_received(),
+            "messages_dispatched": link.messages_dispatched(),
             "connects": link.connects,
             "reconnects": link.reconnects,
             "dropped": self._counters["dropped"],

@@ -51,6 +51,7 @@ async def test_channel_and_pattern_both_matching_deliver_once_each(mpx: Multiple
     assert c.messages == [(b"q:1", b"m")]
     assert p.messages == [(b"q:1", b"m"), (b"q:2", b"n")]
     assert mpx.stats()["messages_received"] == 3  # one message and two pmessages
+    assert mpx.stats()["messages_dispatched"] == 3
 
 
 async def test_activation_once_per_subscription_and_name(mpx: Multiplexer, admin) -> None:

@@ -14,6 +14,7 @@ from redismpx import Multiplexer, State
 # stats() keys that only ever grow are counters (exported with a _total suffix).
 COUNTERS = {
     "messages_received": "Pub/Sub messages received from Redis",
+    "messages_dispatched": "Deliveries handed to subscriptions",
     "connects": "Connections established to Redis",
     "reconnects": "Connections lost and re-established",
     "dropped": "Messages dropped by full subscription buffers",
