@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from bench.config import Sizes
-from bench.scenarios import churn, latency, memory, recovery, scaling, throughput
+from bench.config import QUICK, Sizes
+from bench.scenarios import churn, cluster, latency, memory, recovery, scaling, throughput
 from bench.scenarios.common import Env
 
-ALL_SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9")
+ALL_SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10")
 ALL_CONTENDERS = ("limit", "redispy", "mpx")
 UVLOOP_CONTENDERS = ("limit", "mpx")
 
@@ -77,6 +77,11 @@ def build_plan(
         for axis, what in (("channels", "channels"), ("subs", "subscriptions on 1 channel")):
             title = f"S9 scaling: {what} {sizes.s9_sizes[0]:,}..{sizes.s9_sizes[-1]:,}"
             runs.append(Run(f"S9-{axis}", "S9", title, contenders, partial(scaling.run, axis=axis)))
+    if "S10" in wanted and "mpx" in contenders:
+        n, msgs = cluster.QUICK_SIZE if sizes == QUICK else cluster.FULL_SIZE
+        title = f"S10 cluster: {n:,} channels on 3 shards vs 1 standalone server (redismpx)"
+        func = partial(cluster.run, channels=n, messages=msgs)
+        runs.append(Run("S10", "S10", title, ("mpx",), func, sizes.tp_rounds))
     if uvloop:
         uv = tuple(c for c in contenders if c in UVLOOP_CONTENDERS)
         for scenario, key, title, kw in variants:

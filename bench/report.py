@@ -27,6 +27,7 @@ class Figure:
     higher_better: bool
     target: str = ""  # text shown in the table
     check: Callable[[dict[str, float]], bool] | None = None  # values by contender -> pass
+    info: bool = False  # no bar: the result column says "info"
 
 
 def _si(v: float) -> str:
@@ -38,6 +39,14 @@ def _si(v: float) -> str:
 
 def _f(digits: int) -> Callable[[float], str]:
     return lambda v: f"{v:,.{digits}f}"
+
+
+def _x(v: float) -> str:
+    return f"{v:.2f}x"
+
+
+def _pct(v: float) -> str:
+    return "n/a" if math.isnan(v) else f"{v:.0%}"
 
 
 def _kib(v: float) -> str:
@@ -112,6 +121,26 @@ def figures_for(key: str) -> list[Figure]:
             Figure("ms to messages flowing", "flowing_ms", _f(1), False, "<= 2x limit",
                    _vs_limit("<=", 2.0)),
         ]  # fmt: skip
+    if key == "S10":
+        return [
+            Figure("deliveries/s per CPU-s, standalone", "standalone_rate_cpu", _si, True),
+            Figure("deliveries/s per CPU-s, cluster", "cluster_rate_cpu", _si, True),
+            Figure("cluster/standalone per CPU-s", "ratio_rate_cpu", _x, True,
+                   "no bar (ideal ~1x)", info=True),
+            Figure("deliveries/s wall, standalone", "standalone_rate_wall", _si, True),
+            Figure("deliveries/s wall, cluster", "cluster_rate_wall", _si, True),
+            Figure("cluster/standalone wall", "ratio_rate_wall", _x, True,
+                   "no bar (2 cores)", info=True),
+            Figure("server CPU s per 1M msgs, standalone", "standalone_server_cpu_per_m",
+                   _f(3), False),
+            Figure("server CPU s per 1M msgs, cluster (3 nodes)", "cluster_server_cpu_per_m",
+                   _f(3), False),
+            Figure("busiest cluster node's share of server CPU", "cluster_busiest_share",
+                   _pct, False, "no bar (33% = even)", info=True),
+            Figure("publish msgs/s (1 publisher), standalone", "standalone_publish_rate", _si,
+                   True),
+            Figure("publish msgs/s (1 publisher), cluster", "cluster_publish_rate", _si, True),
+        ]  # fmt: skip
     if key.startswith("S9-"):
         return [
             Figure("cost growth (max/first)", "growth", _f(2), False,
@@ -155,7 +184,7 @@ def build_rows(plan: list[Run], results: Results) -> list[Row]:
                 else:
                     values[c] = float(r[fig.field])
                     cells[c] = fig.fmt(values[c])
-            verdict = ""
+            verdict = "info" if fig.info and values else ""
             if fig.check is not None:
                 try:
                     verdict = "PASS" if fig.check(values) else "FAIL"

@@ -45,8 +45,8 @@ class Connection(asyncio.Protocol):
         self._hb_timeout = 0.0
         self._frame_cls: type = list
         self._on_data = self._handshake_data
-        # Messages read on plain channels, and deliveries handed to subscriptions (callbacks
-        # called or messages buffered); the link counts pattern and shard traffic.
+        # Messages read on plain and shard channels, and deliveries handed to subscriptions
+        # (callbacks called or messages buffered); the link counts pattern traffic.
         self.received = 0
         self.dispatched = 0
 
@@ -182,9 +182,9 @@ class Connection(asyncio.Protocol):
         self._heartbeat = self._loop.call_later(interval, self._tick)
 
     def _pubsub_data(self, data: bytes) -> None:
-        # The hot path: keep it flat. Messages on plain channels and acknowledgements are
-        # handled here; every other frame (pmessage, smessage, pongs, errors) goes to
-        # ``_frame``.
+        # The hot path: keep it flat. Messages on plain and shard channels and
+        # acknowledgements are handled here; every other frame (pmessage, pongs, errors) goes
+        # to ``_frame``.
         self._rx = True
         reader = self._reader
         reader.feed(data)
@@ -195,6 +195,7 @@ class Connection(asyncio.Protocol):
         if link is None:
             return
         on_ack = link.registry.on_ack
+        shards = link.registry.tables[2]
         acks = ACKS
         received = 0  # local counters: one attribute update per chunk, not per message
         dispatched = 0
@@ -207,7 +208,11 @@ class Connection(asyncio.Protocol):
                         return
                     continue
                 kind = frame[0]
-                if kind != MESSAGE:
+                if kind == MESSAGE:
+                    table, k = channels, 0
+                elif kind == SMESSAGE:  # shard channels (a cluster's default) are as hot
+                    table, k = shards, 2
+                else:
                     ack = acks.get(kind)
                     if ack is not None:
                         # One per name after a reconnect: handled here, without calls for
@@ -222,7 +227,7 @@ class Connection(asyncio.Protocol):
                     continue
                 received += 1
                 channel = frame[1]
-                st = channels.get(channel)
+                st = table.get(channel)
                 if st is None:
                     continue
                 payload = frame[2]
@@ -232,10 +237,10 @@ class Connection(asyncio.Protocol):
                     try:
                         r = deliver(channel, payload)
                     except Exception as exc:
-                        link.callback_failed(0, channel, deliver, exc)
+                        link.callback_failed(k, channel, deliver, exc)
                     else:
                         if r is not None:
-                            link.callback_returned(0, channel, deliver, r)
+                            link.callback_returned(k, channel, deliver, r)
         except hiredis.ProtocolError as exc:
             self.abort(ConnectionLost(f"protocol error: {exc}"))
         except Exception as exc:  # a bug of ours: never let it kill the event loop's reader
