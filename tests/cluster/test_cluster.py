@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -376,6 +378,68 @@ async def test_slot_move_while_publishing(cluster: RedisCluster, mpx) -> None:
     assert stats["redirects"] >= 2 and stats["slot_moves"] >= 4
     for node in (a, b, c):
         assert pubsub_clients(node, "rmpx-test") == 1
+
+
+def _cluster_cli(binary: str) -> str | None:
+    """valkey-cli / redis-cli next to the server binary, else on PATH."""
+    folder = os.path.dirname(binary)
+    for name in ("valkey-cli", "redis-cli"):
+        path = os.path.join(folder, name)
+        if os.access(path, os.X_OK):
+            return path
+    return shutil.which("valkey-cli") or shutil.which("redis-cli")
+
+
+async def test_reshard_with_the_cli_while_publishing(
+    cluster: RedisCluster, mpx, server_binary: str
+) -> None:
+    cli = _cluster_cli(server_binary)
+    if cli is None:
+        if os.environ.get("CI"):
+            pytest.fail("no valkey-cli/redis-cli to run --cluster reshard")
+        pytest.skip("no valkey-cli/redis-cli")
+    owners = slot_owners(cluster)
+    a, b, _ = cluster.primaries()
+    slot = min(s for s, node in owners.items() if node is b)  # reshard moves the lowest slot
+    tag = next(f"r{i}" for i in itertools.count() if key_slot(f"r{i}") == slot)
+    moving = f"resharded{{{tag}}}"
+    staying = names_on(owners, a, "still", 1)[0]
+    rec, other = Recorder("moving"), Recorder("staying")
+    mpx.new_channel_subscription(*rec.callbacks).add(moving)
+    mpx.new_channel_subscription(*other.callbacks).add(staying)
+    await rec.activated(moving)
+    await other.activated(staying)
+    stop = asyncio.Event()
+
+    async def publisher() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            await mpx.publish(moving, str(n))
+            await mpx.publish(staying, str(n))
+            await asyncio.sleep(0.002)
+
+    task = asyncio.create_task(publisher())
+    try:
+        await rec.received(10)
+        proc = await asyncio.create_subprocess_exec(
+            cli, "--cluster", "reshard", f"{b.host}:{b.port}",
+            "--cluster-from", b.node_id, "--cluster-to", a.node_id,
+            "--cluster-slots", "1", "--cluster-yes",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, out.decode(errors="replace")[-2000:]
+        assert slot_owners(cluster)[slot] is a
+        await rec.disconnected(1)
+        await rec.activated(moving, count=2, timeout=5)
+        await rec.received(len(rec.messages) + 10)  # delivery resumed on the new owner
+    finally:
+        stop.set()
+        await task
+        if slot_owners(cluster)[slot] is not b:
+            await setslot(cluster, slot, b)
+    assert other.disconnects == [] and other.activations == [staying.encode()]
 
 
 async def test_stale_slot_map_is_corrected_by_moved(cluster: RedisCluster, mpx) -> None:

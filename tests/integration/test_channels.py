@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -284,3 +285,15 @@ async def _until(fn, expected, timeout: float = 5.0) -> None:  # type: ignore[no
         while (value := await fn()) != expected:
             await asyncio.sleep(0.01)
     assert value == expected
+
+
+async def test_large_binary_payloads_arrive_intact(mpx: Multiplexer, admin) -> None:
+    rec = Recorder()
+    s = mpx.new_channel_subscription(*rec.callbacks)
+    s.add(b"big\x00bin")
+    await rec.activated(b"big\x00bin")
+    payloads = [b"", bytes(range(256)) * 4096, os.urandom(20 * 1024 * 1024)]  # up to 20 MiB
+    for p in payloads:
+        await admin.publish(b"big\x00bin", p)
+    await rec.received(len(payloads), timeout=20)
+    assert [d for _, d in rec.messages] == payloads
