@@ -223,7 +223,12 @@ class JsonSession(Session):
         if len(self._asks) >= limits.max_promises:
             raise BadInput(f"at most {limits.max_promises} pending promises per socket")
         if self.promises is None:
-            self.promises = self.ctx.mpx.new_promise_subscription(PROMISE_PREFIX)
+            # Its state changes wake the status ticker at once (no waiting for the next tick).
+            self.promises = self.ctx.mpx.new_promise_subscription(
+                PROMISE_PREFIX,
+                on_disconnect=lambda _error: self._stats_due.set(),
+                on_activation=lambda _name: self._stats_due.set(),
+            )
         ask_id = next(self._ids)
         task = self.spawn(self._wait_answer(ask_id, suffix, question, timeout))
         self._asks[ask_id] = task
