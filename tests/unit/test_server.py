@@ -16,7 +16,6 @@ from typing import Any
 import hiredis
 import pytest
 
-from redismpx import server as server_mod
 from redismpx.errors import ServerError
 from redismpx.server import (
     RedisCluster,
@@ -31,6 +30,7 @@ from redismpx.server import (
     server_version,
     supports_tls,
 )
+from redismpx.server import _binary as server_mod
 from support.faultproxy import FaultProxy
 
 ServerFactory = Callable[..., RedisServer]
