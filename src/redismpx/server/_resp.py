@@ -41,9 +41,21 @@ def _check(reply: Any, args: Sequence[Arg]) -> Any:
     return reply
 
 
-def _new_reader(decode: bool) -> Any:
-    return hiredis.Reader(encoding="utf-8") if decode else hiredis.Reader()
+class ReplyCollector:
+    """Collects ``count`` replies from what a socket reads (sans-I/O: the sync and async
+    helpers feed it alike). ``feed(b"")`` means the server closed: it raises EOFError."""
 
+    def __init__(self, count: int, decode: bool = False) -> None:
+        self._reader = hiredis.Reader(encoding="utf-8") if decode else hiredis.Reader()
+        self._count = count
+        self.replies: list[Any] = []
 
-# --------------------------------------------------------------------------------------------
-# TLS
+    def feed(self, data: bytes) -> bool:
+        """Parse ``data``; True once every expected reply has arrived."""
+        if not data:
+            raise EOFError("the server closed the connection")
+        self._reader.feed(data)
+        replies = self.replies
+        while len(replies) < self._count and (reply := self._reader.gets()) is not False:
+            replies.append(reply)
+        return len(replies) >= self._count

@@ -26,7 +26,7 @@ from redismpx.errors import ServerError
 
 from . import _binary
 from ._binary import ServerStartError, find_server_binary, server_version
-from ._resp import Arg, _check, _encode, _new_reader
+from ._resp import Arg, ReplyCollector, _check, _encode
 from .tls import TLSConfig
 
 #: Seconds to wait for a new server to answer PING.
@@ -518,19 +518,13 @@ class RedisServer:
         try:
             with self._connect(1.0) as sock:
                 sock.sendall(payload)
-                reader = _new_reader(False)
-                replies: list[Any] = []
-                while len(replies) < count:
-                    data = sock.recv(65536)
-                    if not data:
-                        return "wait"
-                    reader.feed(data)
-                    while (reply := reader.gets()) is not False:
-                        replies.append(reply)
-                return self._probe_verdict(replies)
+                collector = ReplyCollector(count)
+                while not collector.feed(sock.recv(65536)):
+                    pass
+                return self._probe_verdict(collector.replies)
         except ssl.SSLError:
             return "ready"  # the TLS handshake was refused: the server is up and speaks TLS
-        except (OSError, hiredis.ProtocolError):
+        except (OSError, EOFError, hiredis.ProtocolError):
             return "wait"
 
     async def _aprobe(self) -> _Probe:
@@ -540,19 +534,13 @@ class RedisServer:
             async with asyncio.timeout(1.0):
                 reader, writer = await self._aconnect()
                 writer.write(payload)
-                parser = _new_reader(False)
-                replies: list[Any] = []
-                while len(replies) < count:
-                    data = await reader.read(65536)
-                    if not data:
-                        return "wait"
-                    parser.feed(data)
-                    while (reply := parser.gets()) is not False:
-                        replies.append(reply)
-                return self._probe_verdict(replies)
+                collector = ReplyCollector(count)
+                while not collector.feed(await reader.read(65536)):
+                    pass
+                return self._probe_verdict(collector.replies)
         except ssl.SSLError:
             return "ready"
-        except (OSError, TimeoutError, hiredis.ProtocolError):
+        except (OSError, EOFError, TimeoutError, hiredis.ProtocolError):
             return "wait"
         finally:
             if writer is not None:
@@ -606,40 +594,33 @@ class RedisServer:
         :class:`redismpx.errors.ServerError`. Example: ``srv.command("PUBSUB", "NUMSUB", "ch")``.
         """
         payload, count = self._command_payload(args)
-        reader = _new_reader(decode)
-        replies: list[Any] = []
+        collector = ReplyCollector(count, decode)
         with self._connect(timeout) as sock:
             sock.sendall(payload)
-            while len(replies) < count:
-                data = sock.recv(65536)
-                if not data:
-                    raise ConnectionError(f"server closed the connection during {args[0]!r}")
-                reader.feed(data)
-                while len(replies) < count and (reply := reader.gets()) is not False:
-                    replies.append(reply)
-        return self._command_result(replies, args)
+            try:
+                while not collector.feed(sock.recv(65536)):
+                    pass
+            except EOFError:
+                raise ConnectionError(f"server closed the connection during {args[0]!r}") from None
+        return self._command_result(collector.replies, args)
 
     async def acommand(self, *args: Arg, decode: bool = False, timeout: float = 10.0) -> Any:
         """:meth:`command` over asyncio streams."""
         payload, count = self._command_payload(args)
-        parser = _new_reader(decode)
-        replies: list[Any] = []
+        collector = ReplyCollector(count, decode)
         async with asyncio.timeout(timeout):
             reader, writer = await self._aconnect()
             try:
                 writer.write(payload)
-                while len(replies) < count:
-                    data = await reader.read(65536)
-                    if not data:
-                        raise ConnectionError(f"server closed the connection during {args[0]!r}")
-                    parser.feed(data)
-                    while len(replies) < count and (reply := parser.gets()) is not False:
-                        replies.append(reply)
+                while not collector.feed(await reader.read(65536)):
+                    pass
+            except EOFError:
+                raise ConnectionError(f"server closed the connection during {args[0]!r}") from None
             finally:
                 writer.close()
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
-        return self._command_result(replies, args)
+        return self._command_result(collector.replies, args)
 
     def info(self, section: str = "server") -> dict[str, str]:
         """``INFO section`` parsed into a dict of strings."""
