@@ -47,10 +47,6 @@ from ._backoff import Backoff
 from ._connection import Connection, connect
 from ._delivery import (
     DEFAULT_MAX_BUFFER,
-    OnActivation,
-    OnDisconnect,
-    OnDrop,
-    OnMessage,
     OverflowPolicy,
     Subscriber,
 )
@@ -68,7 +64,6 @@ from .errors import (
     ServerError,
 )
 from .multiplexer import Multiplexer
-from .subscriptions import ChannelSubscription
 
 __all__ = ["ClusterLink", "ClusterMultiplexer", "SlotRegistry", "key_slot"]
 
@@ -370,32 +365,6 @@ class ClusterMultiplexer(Multiplexer):
         return f"<ClusterMultiplexer seeds={seeds} nodes={len(self._links)} {self.state.value}>"
 
     # -- subscription factories --------------------------------------------------------------
-
-    def new_channel_subscription(
-        self,
-        on_message: OnMessage,
-        on_disconnect: OnDisconnect | None = None,
-        on_activation: OnActivation | None = None,
-        *,
-        max_buffer: int | None = None,
-        overflow: OverflowPolicy | None = None,
-        on_drop: OnDrop | None = None,
-        sharded: bool = True,
-    ) -> ChannelSubscription:
-        """A subscription to a set of shard channels (``SSUBSCRIBE``, each on its owner).
-
-        ``sharded=False``: classic channels (``SUBSCRIBE`` on the home node, fed by the
-        cluster-wide broadcast of ``PUBLISH``).
-        """
-        return super().new_channel_subscription(
-            on_message,
-            on_disconnect,
-            on_activation,
-            max_buffer=max_buffer,
-            overflow=overflow,
-            on_drop=on_drop,
-            sharded=sharded,
-        )
 
     # -- routing -----------------------------------------------------------------------------
 

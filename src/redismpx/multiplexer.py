@@ -327,9 +327,15 @@ class Multiplexer:
         max_buffer: int | None = None,
         overflow: OverflowPolicy | None = None,
         on_drop: OnDrop | None = None,
-        sharded: bool = False,
+        sharded: bool | None = None,
     ) -> ChannelSubscription:
-        """A subscription to a set of channels managed with ``add``/``remove``."""
+        """A subscription to a set of channels managed with ``add``/``remove``.
+
+        ``sharded``: shard channels (``SSUBSCRIBE``, published with ``SPUBLISH``) rather than
+        classic ones. The default is classic channels here and shard channels on a
+        :class:`~redismpx.ClusterMultiplexer` (where classic channels live on one home node,
+        fed by the cluster-wide broadcast of ``PUBLISH``).
+        """
         self._check_open()
         size, policy = self._delivery(max_buffer, overflow)
         sub = ChannelSubscription(
@@ -340,7 +346,7 @@ class Multiplexer:
             max_buffer=size,
             overflow=policy,
             on_drop=on_drop,
-            sharded=sharded,
+            sharded=self._shard_by_default if sharded is None else sharded,
         )
         self._register(sub)
         return sub
