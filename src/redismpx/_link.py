@@ -50,7 +50,6 @@ class LinkOwner(Protocol):
     def _names_lost(
         self, link: Link, kind: int, name: bytes, listeners: list[Listener]
     ) -> None: ...
-    def _count_message(self) -> None: ...
 
 
 class Link:

@@ -21,7 +21,7 @@ channel moved to another node: ``sunsubscribe``), and an error reply belongs to 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Final, Protocol
 
 from ._protocol import KINDS, SUBSCRIBE_COMMANDS, UNSUBSCRIBE_COMMANDS
@@ -512,10 +512,6 @@ class Registry:
         self.connected = False
 
     # -- questions ---------------------------------------------------------------------------
-
-    def wanted(self, kind: int) -> Iterable[bytes]:
-        """Names of ``kind`` that some listener wants."""
-        return (name for name, st in self.tables[kind].items() if st._ls is not None)
 
     def is_active(self, kind: int, name: bytes) -> bool:
         st = self.tables[kind].get(name)

@@ -820,9 +820,6 @@ class ClusterMultiplexer(Multiplexer):
             **self._cluster_counters,
         }
 
-    def _pattern_count(self) -> int:
-        return sum(sum(1 for _ in link.registry.wanted(PATTERN)) for link in self._all_links())
-
 
 def _retrieve(task: asyncio.Task[Connection]) -> None:
     # Mark a failed connect as seen: a caller that was cancelled never will.

@@ -25,7 +25,6 @@ from ._delivery import (
 )
 from ._link import Link, State
 from ._options import ConnectOptions, check_seconds, parse_options
-from ._protocol import PATTERN
 from ._registry import Listener
 from .errors import InvalidArgument, InvalidArgumentType, SubscriptionClosed
 from .iterators import ChannelIterator, PatternIterator
@@ -494,9 +493,6 @@ class Multiplexer:
     def _count_callback_error(self) -> None:
         self._counters["callback_errors"] += 1
 
-    def _count_message(self) -> None:
-        pass
-
     # -- link events -------------------------------------------------------------------------
 
     def _link_up(self, link: Link) -> None:
@@ -585,6 +581,3 @@ class Multiplexer:
             "callback_errors": self._counters["callback_errors"],
             "last_error": None if link.last_error is None else str(link.last_error),
         }
-
-    def _pattern_count(self) -> int:
-        return sum(1 for _ in self._link.registry.wanted(PATTERN))
