@@ -72,8 +72,12 @@ async def healthz(request: Request) -> Response:
     """200 while the multiplexer is connected to Redis, else 503 (a readiness check)."""
     ctx = _ctx(request)
     stats = ctx.mpx.stats()
-    body = {"status": "ok" if stats["state"] == "connected" else "unavailable",
-            "mpx": stats, "redis": ctx.backend.describe(), "sockets": ctx.sockets}
+    body = {
+        "status": "ok" if stats["state"] == "connected" else "unavailable",
+        "mpx": stats,
+        "redis": ctx.backend.describe(),
+        "sockets": ctx.sockets,
+    }
     return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
 

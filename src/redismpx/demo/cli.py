@@ -53,8 +53,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "redismpx demo") -> int:
         timeout_graceful_shutdown=3,
     )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serving on {args.host}: anyone who reaches it can publish, and restart "
-              "the embedded server (POST /admin/restart-redis)", file=sys.stderr)
+        print(
+            f"warning: serving on {args.host}: anyone who reaches it can publish, and restart "
+            "the embedded server (POST /admin/restart-redis)",
+            file=sys.stderr,
+        )
     server = uvicorn.Server(config)
     print(f"redismpx demo on http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True)
     server.run()

@@ -129,8 +129,9 @@ class JsonSession(Session):
         await self.peer.send_json(event)
 
     async def on_message(self, channel: bytes, data: bytes) -> None:
-        await self.peer.send_json({"type": "message", "channel": _text(channel),
-                                   "message": _text(data)})
+        await self.peer.send_json(
+            {"type": "message", "channel": _text(channel), "message": _text(data)}
+        )
 
     async def on_activation(self, channel: bytes) -> None:
         self._stats_due.set()
@@ -177,8 +178,14 @@ class JsonSession(Session):
         await self._sub_event("pattern", pattern, "activating")
 
         async def message(channel: bytes, data: bytes) -> None:
-            await self.peer.send_json({"type": "message", "channel": _text(channel),
-                                       "message": _text(data), "pattern": pattern})
+            await self.peer.send_json(
+                {
+                    "type": "message",
+                    "channel": _text(channel),
+                    "message": _text(data),
+                    "pattern": pattern,
+                }
+            )
 
         async def activation(_: bytes) -> None:
             await self._sub_event("pattern", pattern, "active")
@@ -187,8 +194,12 @@ class JsonSession(Session):
             await self._sub_event("pattern", pattern, "disconnected", str(error))
 
         self.patterns[pattern] = self.ctx.mpx.new_pattern_subscription(
-            pattern, message, disconnect, activation,
-            max_buffer=self.BUFFER, on_drop=self.on_drop,
+            pattern,
+            message,
+            disconnect,
+            activation,
+            max_buffer=self.BUFFER,
+            on_drop=self.on_drop,
         )
 
     async def _punsubscribe(self, cmd: Command) -> None:
@@ -237,8 +248,13 @@ class JsonSession(Session):
     async def _wait_answer(self, ask_id: int, suffix: str, question: str, seconds: float) -> None:
         psub = self.promises
         assert psub is not None
-        event: Command = {"type": "promise", "id": ask_id, "suffix": suffix,
-                          "question": question, "timeout": seconds}
+        event: Command = {
+            "type": "promise",
+            "id": ask_id,
+            "suffix": suffix,
+            "question": question,
+            "timeout": seconds,
+        }
 
         async def tell(state: str, **extra: Any) -> None:
             await self.peer.send_json({**event, "state": state, **extra})
