@@ -75,6 +75,11 @@ class NameState:
         return [ls]
 
     @property
+    def held(self) -> bool:
+        """Whether any listener wants the name (no list is built)."""
+        return self._ls is not None
+
+    @property
     def holders(self) -> int:
         ls = self._ls
         if ls is None:
@@ -253,6 +258,19 @@ class Registry:
         st = self.tables[kind].get(name)
         if st is not None:
             st.snapshot = None
+
+    def retry(self, kind: int, name: bytes) -> bool:
+        """Subscribe ``name`` again at the next flush if it is wanted and not subscribed.
+
+        For a name the server dropped (a slot moved) or refused for a transient reason
+        (redirect, ``TRYAGAIN``, ``CLUSTERDOWN``); False if there is nothing to do.
+        """
+        st = self.tables[kind].get(name)
+        if st is None or st._ls is None or st.subscribed:
+            return False
+        st.refused = False
+        self._dirty[kind][name] = None
+        return True
 
     def has_dirty(self) -> bool:
         return any(self._dirty) or any(self._solo)

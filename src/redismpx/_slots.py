@@ -232,19 +232,6 @@ class SlotRegistry(Registry):
         for group in groups.values():
             super()._emit(kind, subscribe, group, out)
 
-    def retry(self, kind: int, name: bytes) -> bool:
-        """Subscribe ``name`` again at the next flush if it is wanted and not subscribed.
-
-        For a name the server dropped (slot moved) or refused for a transient reason
-        (redirect, ``TRYAGAIN``, ``CLUSTERDOWN``); False if there is nothing to do.
-        """
-        st = self.tables[kind].get(name)
-        if st is None or not st.listeners or st.subscribed:
-            return False
-        st.refused = False
-        self._dirty[kind][name] = None
-        return True
-
     def holds_wanted(self) -> bool:
         """Whether any name of any kind has a listener."""
-        return any(st.listeners for table in self.tables for st in table.values())
+        return any(st.held for table in self.tables for st in table.values())

@@ -382,7 +382,7 @@ class ClusterMultiplexer(Multiplexer):
         # Where the name's listeners are (all of them share one link), else where it belongs.
         for link in self._all_links():
             st = link.registry.tables[kind].get(name)
-            if st is not None and st.listeners:
+            if st is not None and st.held:
                 return link
         want = self._desired(kind, name)
         return self._limbo if want is None else self._node_link(want)
@@ -420,9 +420,9 @@ class ClusterMultiplexer(Multiplexer):
         (messages may be missed in between); a name already lost was reported when lost.
         """
         st = src.registry.tables[kind].get(name)
-        if st is None or not st.listeners or src is dst:
+        if st is None or not st.held or src is dst:
             return
-        listeners = list(st.listeners)
+        listeners = st.listeners
         if notify and st.active:
             self._note_lost(name, listeners)
         for listener in listeners:
@@ -456,7 +456,7 @@ class ClusterMultiplexer(Multiplexer):
                 dst = self._node_link(self._home)
                 for kind in _CLASSIC:
                     table = link.registry.tables[kind]
-                    for name in [n for n, st in table.items() if st.listeners]:
+                    for name in [n for n, st in table.items() if st.held]:
                         self._move(kind, name, link, dst, notify=False)
         self._request_refresh()
         self._pulse()
@@ -664,7 +664,7 @@ class ClusterMultiplexer(Multiplexer):
             for kind in KINDS:
                 moves: list[tuple[bytes, Address | None]] = []
                 for name, st in link.registry.tables[kind].items():
-                    if not st.listeners:
+                    if not st.held:
                         continue
                     if kind == SHARD:
                         want = smap.owners[key_slot(name)]

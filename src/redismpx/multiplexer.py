@@ -26,7 +26,7 @@ from ._delivery import (
 from ._link import Link, State
 from ._options import ConnectOptions, check_seconds, parse_options
 from ._registry import Listener
-from .errors import InvalidArgument, InvalidArgumentType, SubscriptionClosed
+from .errors import ConnectionLost, InvalidArgument, InvalidArgumentType, SubscriptionClosed
 from .iterators import ChannelIterator, PatternIterator
 from .promises import PromiseSubscription
 from .subscriptions import ChannelSubscription, PatternSubscription
@@ -505,14 +505,10 @@ class Multiplexer:
 
     def _names_lost(self, link: Link, kind: int, name: bytes, listeners: list[Listener]) -> None:
         # The server dropped a name by itself (a shard channel moved): subscribe again.
-        from .errors import ConnectionLost
-
         error = ConnectionLost(f"Redis dropped {name!r} (its slot moved); resubscribing")
         for listener in listeners:
             listener._disconnected(error)  # type: ignore[attr-defined]
-        st = link.registry.tables[kind].get(name)
-        if st is not None and st.listeners:
-            link.registry._dirty[kind][name] = None
+        if link.registry.retry(kind, name):
             link.schedule_flush()
 
     async def ping(self, timeout: float = 5.0) -> float:
