@@ -114,8 +114,11 @@ def test_kwargs_and_attribute(redis_server: Any) -> None:
 
 
 def test_wait_connected_fails_the_startup_when_redis_is_down() -> None:
-    app = Starlette(lifespan=redismpx_lifespan(f"redis://127.0.0.1:{free_port()}",
-                                               wait_connected=0.3, connect_timeout=0.2))
+    app = Starlette(
+        lifespan=redismpx_lifespan(
+            f"redis://127.0.0.1:{free_port()}", wait_connected=0.3, connect_timeout=0.2
+        )
+    )
     with pytest.raises(TimeoutError), TestClient(app):
         pass
     assert not hasattr(app.state, "mpx")

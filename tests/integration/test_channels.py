@@ -8,7 +8,7 @@ import os
 import pytest
 
 from redismpx import InvalidArgument, InvalidArgumentType, Multiplexer, SubscriptionClosed
-from support.recorder import AsyncRecorder, Recorder
+from support.recorder import AsyncRecorder, Recorder, settle
 
 
 async def test_first_add_subscribes_and_second_holder_sends_nothing(
@@ -51,7 +51,7 @@ async def test_remove_of_unheld_channel_does_nothing(mpx: Multiplexer, admin) ->
     s = mpx.new_channel_subscription(Recorder().on_message)
     s.remove("never-added")
     await admin.reset_stats()
-    await asyncio.sleep(0.05)
+    await settle(mpx)
     assert await admin.calls("unsubscribe") == 0
 
 
@@ -161,7 +161,7 @@ async def test_remove_then_add_leaves_redis_subscribed(
         if not same_subscription:
             sb.remove("x")
             sa.add("x")
-    await asyncio.sleep(0.05)
+    await settle(mpx)
     assert await admin.numsub("x") == 1
     await admin.publish("x", "after")
     await a.received(1)
@@ -183,7 +183,7 @@ async def test_remove_and_add_across_turns_activates_only_after_last_ack(
     await a.activated("x")
     # When activation is reported, Redis must already hold the final subscribe.
     assert await admin.numsub("x") == 1
-    await asyncio.sleep(0.05)
+    await settle(mpx)
     assert a.activations == [b"x"]
 
 
@@ -273,11 +273,10 @@ async def test_bad_input_leaves_no_trace(mpx: Multiplexer, admin) -> None:
         mpx.new_channel_subscription(None)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentType, match="on_disconnect must be callable"):
         mpx.new_channel_subscription(print, 3)  # type: ignore[arg-type]
-    await mpx.wait_connected(5)
-    await asyncio.sleep(0.05)
+    probe = await settle(mpx)
     assert s.channels == frozenset()  # the valid "ok" was not added either
-    assert await admin.channels() == set()
-    assert mpx.stats()["subscriptions"] == 1
+    assert await admin.channels() == {probe}
+    assert mpx.stats()["subscriptions"] == 2  # s and the probe
 
 
 async def _until(fn, expected, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]

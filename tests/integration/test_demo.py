@@ -178,10 +178,13 @@ async def test_json_protocol(demo: str) -> None:
     ):
         await recv_json(asker, "welcome")
         await recv_json(other, "welcome")
-        for frame, error in [("nope", "not JSON"), ("[]", "a command is a JSON object"),
-                             ('{"op": "fly"}', "unknown op 'fly'"),
-                             ('{"op": "join", "channel": "a b"}', "may only contain"),
-                             ('{"op": "ask", "suffix": "s", "timeout": 0}', "timeout must be")]:
+        for frame, error in [
+            ("nope", "not JSON"),
+            ("[]", "a command is a JSON object"),
+            ('{"op": "fly"}', "unknown op 'fly'"),
+            ('{"op": "join", "channel": "a b"}', "may only contain"),
+            ('{"op": "ask", "suffix": "s", "timeout": 0}', "timeout must be"),
+        ]:
             await asker.send(frame)
             assert error in (await recv_json(asker, "error"))["error"]
 
@@ -189,8 +192,7 @@ async def test_json_protocol(demo: str) -> None:
         await recv_json(other, "sub", kind="pattern", name="json:*", state="active")
         await asker.send(json.dumps({"op": "publish", "channel": "json:x", "message": "hi"}))
         msg = await recv_json(other, "message")
-        assert msg == {"type": "message", "channel": "json:x", "message": "hi",
-                       "pattern": "json:*"}
+        assert msg == {"type": "message", "channel": "json:x", "message": "hi", "pattern": "json:*"}
 
         await asker.send(json.dumps({"op": "ask", "suffix": "s1", "question": "?", "timeout": 30}))
         await recv_json(asker, "promise", suffix="s1", state="pending")
@@ -216,11 +218,16 @@ async def test_healthz_and_metrics(demo: str) -> None:
         assert metrics.status_code == 200
         assert metrics.headers["content-type"].startswith("text/plain")
         lines = set(metrics.text.splitlines())
-        for line in ("redismpx_up 1.0", 'redismpx_connection_state{state="connected"} 1.0',
-                     "redismpx_connects_total 1.0", "redismpx_reconnects_total 0.0",
-                     "redismpx_subscriptions 2.0", "redismpx_demo_websockets 0.0",
-                     "# TYPE redismpx_dropped_total counter",
-                     "# TYPE redismpx_messages_received_total counter"):
+        for line in (
+            "redismpx_up 1.0",
+            'redismpx_connection_state{state="connected"} 1.0',
+            "redismpx_connects_total 1.0",
+            "redismpx_reconnects_total 0.0",
+            "redismpx_subscriptions 2.0",
+            "redismpx_demo_websockets 0.0",
+            "# TYPE redismpx_dropped_total counter",
+            "# TYPE redismpx_messages_received_total counter",
+        ):
             assert line in lines, line
 
         assert (await http.get("/")).text.startswith("<!doctype html>")
@@ -234,8 +241,9 @@ async def test_restart_needs_an_embedded_server(demo: str) -> None:
         assert (await http.get("/admin/restart-redis")).status_code == 405
 
 
-async def test_embedded_server_and_restart(monkeypatch: pytest.MonkeyPatch,
-                                           server_binary: str) -> None:
+async def test_embedded_server_and_restart(
+    monkeypatch: pytest.MonkeyPatch, server_binary: str
+) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
     monkeypatch.setenv("REDIS_SERVER", server_binary)
     app = create_app()
@@ -280,8 +288,15 @@ async def test_cli_stops_its_embedded_server_on_signal(
     log = tmp_path / "demo.log"
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "redismpx", "demo", "--port", str(port),
-            env=env, stdout=out, stderr=subprocess.STDOUT,
+            sys.executable,
+            "-m",
+            "redismpx",
+            "demo",
+            "--port",
+            str(port),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from redismpx import ConnectionLost, Multiplexer
-from support.recorder import AsyncRecorder, Recorder
+from support.recorder import AsyncRecorder, Recorder, settle
 
 
 async def test_pattern_delivers_actual_channel_and_unsubscribes_last(
@@ -27,7 +27,7 @@ async def test_pattern_delivers_actual_channel_and_unsubscribes_last(
     await b.received(1)
     assert a.messages == [(b"news:1", b"hello")] == b.messages
     pa.close()
-    await asyncio.sleep(0.05)
+    await settle(mpx)
     assert await admin.numpat() == 1
     pb.close()
     async with asyncio.timeout(5):
@@ -67,7 +67,7 @@ async def test_activation_once_per_subscription_and_name(mpx: Multiplexer, admin
     sc.add("x")  # joins an active name (B29): later turn, after add returned
     assert c.activations == []
     await c.activated("x")
-    await asyncio.sleep(0.05)
+    await settle(mpx)
     assert sorted(a.activations) == [b"x", b"y"]
     assert b.activations == [b"x"] and c.activations == [b"x"]
 

@@ -15,6 +15,7 @@ from redismpx import (
     SubscriptionClosed,
     SubscriptionInterrupted,
 )
+from support.recorder import settle
 
 
 async def test_prefix_glob_characters_are_escaped(mpx: Multiplexer, admin) -> None:
@@ -128,7 +129,7 @@ async def test_close_unsubscribes_only_the_last_holder(mpx: Multiplexer, admin) 
     await asyncio.wait_for(a.wait_for_activation(), 5)
     await asyncio.wait_for(b.wait_for_activation(), 5)
     a.close()
-    await asyncio.sleep(0.05)
+    await settle(mpx)
     assert await admin.numpat() == 1
     p = b.new_promise("x", 5)
     await admin.publish("u:x", "v")

@@ -79,3 +79,22 @@ class AsyncRecorder(Recorder):
 
     async def on_activation(self, name: bytes) -> None:  # type: ignore[override]
         Recorder.on_activation(self, name)
+
+
+_probes = 0
+
+
+async def settle(mpx: Any, timeout: float = 5.0) -> bytes:
+    """A barrier, not a sleep: subscribe a fresh probe channel and wait for its activation.
+
+    Redis answers in order on the one connection, so once the probe is confirmed every
+    command the multiplexer sent before it has been processed. Returns the probe's name
+    (it stays subscribed: tests that inspect the server's channels account for it).
+    """
+    global _probes
+    _probes += 1
+    name = f"__settle:{_probes}".encode()
+    rec = Recorder("settle")
+    mpx.new_channel_subscription(rec.on_message, None, rec.on_activation).add(name)
+    await rec.activated(name, timeout=timeout)
+    return name
