@@ -109,20 +109,21 @@ async def test_latest_per_channel_keeps_newest_per_channel(mpx: Multiplexer, adm
 
 
 async def test_close_policy_closes_with_a_reason(mpx: Multiplexer, admin) -> None:
-    notices: list[BaseException] = []
     release = asyncio.Event()
 
     async def stuck(channel: bytes, data: bytes) -> None:
         await release.wait()
 
+    # The close notice is recorded too: ``wait_until`` re-checks after each recorded event.
     act = Recorder()
     sub = mpx.new_channel_subscription(
-        stuck, notices.append, act.on_activation, max_buffer=5, overflow="close"
+        stuck, act.on_disconnect, act.on_activation, max_buffer=5, overflow="close"
     )
+    notices = act.disconnects
     sub.add("x")
     await act.activated("x")
     await _publish_all(admin, "x", 20)
-    await act.wait_until(lambda: sub.closed, 5, "the subscription to close")
+    await act.wait_until(lambda: sub.closed and bool(notices), 5, "the subscription to close")
     assert sub.close_reason is not None and "overflow" in sub.close_reason
     assert len(notices) == 1 and isinstance(notices[0], SubscriptionClosed)
     assert notices[0].reason == sub.close_reason
