@@ -5,6 +5,7 @@ from .cluster import ClusterMultiplexer
 from .errors import (
     ConnectError,
     ConnectionLost,
+    EventLoopMismatch,
     HeartbeatTimeout,
     InactiveSubscription,
     InvalidArgument,
@@ -30,6 +31,7 @@ __all__ = [
     "ConnectionLost",
     "Disconnected",
     "Dropped",
+    "EventLoopMismatch",
     "HeartbeatTimeout",
     "InactiveSubscription",
     "InvalidArgument",

@@ -485,6 +485,21 @@ class Subscriber:
         self.closed = True
         self._stop()
 
+    def _abandon(self, reason: str) -> None:
+        """Its event loop is closed: close without running or resolving anything of it."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        q = self._q
+        if q is not None:
+            # The worker and its wake-up future belong to the closed loop: drop, never call.
+            q.worker = q.wake = None
+            q.buf.clear()
+            q.nmsgs = 0
+            if q.latest is not None:
+                q.latest.clear()
+
     def _stop(self) -> None:
         q = self._q
         if q is None:

@@ -117,6 +117,25 @@ class Link:
         if self._task is not None:
             self._task.cancel()
 
+    def abandon(self) -> None:
+        """The event loop that ran this link is closed: forget its task, connection and names.
+
+        Nothing of that loop is touched (its transports, futures and handles cannot run any
+        more); ``start`` in the new loop begins afresh with the same settings.
+        """
+        conn = self.conn
+        if conn is not None:
+            self.received += conn.received
+            self.dispatched += conn.dispatched
+        self.conn = None
+        self.registry.clear()
+        self._task = None
+        self._flush_handle = self._resubscribe_handle = None
+        self.loop = None
+        self.up = None
+        if not self._closing:
+            self.state = State.CONNECTING
+
     async def wait_closed(self) -> None:
         if self._task is not None:
             try:
@@ -150,10 +169,19 @@ class Link:
                     self.backoff.reset()
                 await self._sleep(self.backoff.next_delay())
         finally:
-            if self.conn is not None:
-                self.conn.abort(ConnectionLost("multiplexer closed"))
+            # Closed, or cancelled from outside (``asyncio.run`` cancels every task of a loop
+            # it ends): either way nothing is connected any more, so say so.
+            last = self.conn
+            if last is not None:
+                self.received += last.received
+                self.dispatched += last.dispatched
+                last.abort(ConnectionLost("multiplexer closed"))
                 self.conn = None
             self.registry.on_disconnected()
+            if self.up is not None:
+                self.up.clear()
+            if not self._closing:
+                self.state = State.DISCONNECTED
 
     def _connect_failed(self, exc: ConnectError) -> None:
         self.last_error = exc

@@ -295,14 +295,30 @@ class ClusterMultiplexer(Multiplexer):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def _maybe_start(self) -> None:
-        if self._closed or self._refresher is not None:
-            return
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return  # started at the first use inside a loop
+    def _start(self) -> None:
+        # Node links start when a name first needs them; the topology reader starts now.
         self._refresher = self._spawn(self._refresh_loop(), "redismpx cluster topology")
+
+    def _abandon_links(self) -> None:
+        # The previous event loop is closed: its links, tasks and asyncio primitives go with
+        # it; the slot map is kept (still the best guess) and re-read in the new loop.
+        for link in self._links.values():
+            self._retired_counts[0] += link.connects
+            self._retired_counts[1] += link.reconnects
+            link.abandon()
+            self._retired_counts[2] += link.messages_received()
+            self._retired_counts[3] += link.messages_dispatched()
+        self._links.clear()
+        self._retired.clear()
+        self._limbo.abandon()
+        self._parked.clear()
+        self._lost_batch = {}
+        self._refresher = None
+        self._wake = asyncio.Event()
+        self._refresh_lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._commanders.clear()
+        self._connecting.clear()
 
     @property
     def state(self) -> State:
@@ -311,6 +327,8 @@ class ClusterMultiplexer(Multiplexer):
             return State.CLOSED
         if self._map is None:
             return State.CONNECTING
+        if self._loop is not None and self._loop.is_closed():
+            return State.DISCONNECTED  # its links ended with their event loop
         worst = State.CONNECTED
         for link in self._all_links():
             if link.state is not State.CONNECTED and link.registry.holds_wanted():

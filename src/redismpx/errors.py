@@ -92,3 +92,11 @@ class SubscribeRefused(ServerError):
 
 class ConnectError(ConnectionLost):
     """A connection attempt failed (refused, timed out, TLS or authentication failure)."""
+
+
+class EventLoopMismatch(RedisMPXError, RuntimeError):
+    """A multiplexer was used in an event loop while the loop it runs in is still open.
+
+    A multiplexer follows its user into a new event loop once the previous one is closed
+    (``asyncio.run`` closes it; so do per-test loops), but it cannot serve two open loops.
+    """

@@ -26,12 +26,28 @@ from ._delivery import (
 from ._link import Link, State
 from ._options import ConnectOptions, check_seconds, parse_options
 from ._registry import Listener
-from .errors import ConnectionLost, InvalidArgument, InvalidArgumentType, SubscriptionClosed
+from .errors import (
+    ConnectionLost,
+    EventLoopMismatch,
+    InvalidArgument,
+    InvalidArgumentType,
+    SubscriptionClosed,
+)
 from .iterators import ChannelIterator, PatternIterator
 from .promises import PromiseSubscription
 from .subscriptions import ChannelSubscription, PatternSubscription
 
 logger = logging.getLogger("redismpx")
+
+# Why the subscriptions of an event loop that ended were closed (``close_reason``).
+LOOP_ENDED = "the event loop it was used in has ended; subscribe again in the new loop"
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _tls_of_redis_client(client: Any, ck: dict[str, Any]) -> _ssl.SSLContext | None:
@@ -184,6 +200,7 @@ class Multiplexer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._counters = {"dropped": 0, "callback_errors": 0}
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the links run in
         self._link = self._new_link(options)
         self._maybe_start()
 
@@ -227,13 +244,43 @@ class Multiplexer:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _maybe_start(self) -> None:
+        """Start (or move) the connections into the running loop, if any.
+
+        Called at every entry point that may be the first one in a loop. A multiplexer moves
+        to a new loop once its previous loop is closed: what belonged to the old loop (its
+        subscriptions, tasks and connections) is dropped without running anything of it, and
+        the connection starts afresh. Serving two open loops at once is refused.
+        """
         if self._closed:
             return
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return  # started at the first use inside a loop
+        loop = _running_loop()
+        if loop is None or loop is self._loop:
+            return  # started at the first use inside a loop; or already running here
+        old = self._loop
+        if old is not None:
+            if not old.is_closed():
+                raise EventLoopMismatch(
+                    f"{self!r} runs in another event loop that is still open; use one "
+                    "multiplexer per event loop, or close the old loop first"
+                )
+            self._abandon_loop()
+        self._loop = loop
+        self._start()
+
+    def _start(self) -> None:
         self._link.start()
+
+    def _abandon_loop(self) -> None:
+        # Subscriptions hold callbacks, futures and tasks of the closed loop: they end with
+        # it (closed, with a reason) rather than half-work in the new one.
+        for sub in list(self._subs):
+            sub._abandon(LOOP_ENDED)
+        self._subs.clear()
+        self._tasks.clear()  # finished, or never to run again: their loop is closed
+        self._abandon_links()
+
+    def _abandon_links(self) -> None:
+        self._link.abandon()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -446,6 +493,11 @@ class Multiplexer:
         return self._link
 
     def _add(self, kind: int, name: bytes, listener: Listener) -> None:
+        if _running_loop() is not self._loop:
+            # First use in this loop (or before any): start or move before registering.
+            self._maybe_start()
+            if getattr(listener, "closed", False):
+                raise SubscriptionClosed("the subscription is closed", LOOP_ENDED)
         link = self._link_for(kind, name)
         if link.registry.add(kind, name, listener):
             assert link.loop is not None  # active implies connected, hence started

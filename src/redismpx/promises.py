@@ -269,6 +269,14 @@ class PromiseSubscription(Subscriber):
         if not fut.cancelled():
             fut.exception()  # mark retrieved: an unawaited expired promise must not warn
 
+    def _abandon(self, reason: str) -> None:
+        # The futures and timers belong to the closed loop: resolving one would schedule
+        # its callbacks there, so they are dropped untouched.
+        self._pending = {}
+        self._activation_waiters = []
+        self._active = False
+        super()._abandon(reason)
+
     def _stop(self) -> None:
         super()._stop()
         self._active = False

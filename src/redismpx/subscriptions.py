@@ -81,10 +81,10 @@ class ChannelSubscription(Subscriber):
 
     def add(self, *channels: str | bytes) -> None:
         """Add channels (``str`` is encoded as UTF-8). Adding one already held does nothing."""
+        mpx, kind, held = self._mpx, self._kind, self._channels
+        mpx._maybe_start()  # first, since in a new event loop it closes the old loop's subs
         self._check_open()
         names = [check_name(c, "channel name") for c in channels]  # validate all first
-        mpx, kind, held = self._mpx, self._kind, self._channels
-        mpx._maybe_start()
         for name in names:
             if name in held:
                 continue
