@@ -92,7 +92,13 @@ class _Iterating:
             if q.wake is not None:
                 raise RuntimeError("another task is already iterating this subscription")
             q.wake = wake = loop.create_future()
-            await wake
+            try:
+                await wake
+            finally:
+                # A cancelled wait (a timeout around it) must not leave us registered as
+                # the waiting consumer: the next wait, by any task, would be refused.
+                if q.wake is wake:
+                    q.wake = None
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self
