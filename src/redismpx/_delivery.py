@@ -20,12 +20,13 @@ event-loop turn. Memory bound: at most ``max_buffer`` pending messages per subsc
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, Literal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 from .errors import InvalidArgument, InvalidArgumentType, SubscriptionClosed
 
@@ -491,6 +492,9 @@ class Subscriber:
             return
         if q.worker is not None:
             q.worker.cancel()
+        for item in q.buf:
+            if item.__class__ is Event and item.tag == AWAITABLE:
+                discard(item.arg)  # a callback's coroutine that will never be awaited now
         q.buf.clear()
         q.nmsgs = 0
         if q.latest is not None:
@@ -519,26 +523,44 @@ class Subscriber:
                 self._log_error("on_disconnect", exc)
                 return
             if result is not None and inspect.isawaitable(result):
-                self._mpx._spawn(_await_logged(self, result), "redismpx close notice")
+                spawn_callback(self, "on_disconnect", result, "redismpx close notice")
 
 
-async def _await_logged(
-    sub: Subscriber, awaitable: Awaitable[Any], which: str = "on_disconnect"
-) -> None:
-    try:
-        await awaitable
-    except Exception as exc:
-        sub._log_error(which, exc)
+def discard(awaitable: Any) -> None:
+    """Forget a callback's awaitable that will never be awaited.
+
+    A coroutine is closed: none of its body runs, and Python does not warn that it was never
+    awaited.
+    """
+    if inspect.iscoroutine(awaitable):
+        awaitable.close()
 
 
-def notify(sub: Subscriber, which: str, fn: Callable[[Any], Any] | None, arg: Any) -> None:
-    """Call a state callback of a subscription that has no message worker (promises)."""
-    if fn is None:
+async def _await(awaitable: Awaitable[Any]) -> None:
+    await awaitable
+
+
+def spawn_callback(
+    sub: Subscriber, which: str, awaitable: Awaitable[Any], name: str
+) -> asyncio.Task[None]:
+    """Run a callback's awaitable as a task of the multiplexer; failures are logged.
+
+    A coroutine becomes the task itself (not wrapped): cancelling the task before its first
+    step then means that none of the callback's body ever runs, without a "never awaited"
+    warning. Whoever must stop it on close keeps the task.
+    """
+    if inspect.iscoroutine(awaitable):
+        coro = cast(Coroutine[Any, Any, None], awaitable)
+    else:
+        coro = _await(awaitable)
+    task = sub._mpx._spawn(coro, name)
+    task.add_done_callback(functools.partial(_log_outcome, sub, which))
+    return task
+
+
+def _log_outcome(sub: Subscriber, which: str, task: asyncio.Task[None]) -> None:
+    if task.cancelled():
         return
-    try:
-        result = fn(arg)
-    except Exception as exc:
+    exc = task.exception()
+    if isinstance(exc, Exception):
         sub._log_error(which, exc)
-        return
-    if result is not None and inspect.isawaitable(result):
-        sub._mpx._spawn(_await_logged(sub, result, which), f"redismpx {which}")

@@ -19,7 +19,9 @@ from redismpx import (
     Activated,
     Message,
     Multiplexer,
+    SubscriptionInterrupted,
 )
+from support.recorder import Recorder, settle
 
 BAD_NAME = "a\udc80"  # a lone surrogate: UTF-8 cannot encode it
 
@@ -100,3 +102,146 @@ async def test_a_second_concurrent_consumer_still_gets_the_clear_error(
             await first
         await admin.publish("c", "1")  # the cancelled consumer left it usable
         assert await asyncio.wait_for(it.__anext__(), 5) == Message(b"c", b"1")
+
+
+# -- finding 8: nothing of a closed subscription runs after close() ---------------------------
+
+
+async def test_async_promise_on_activation_does_not_run_after_close(
+    mpx: Multiplexer, never_awaited: _NeverAwaited
+) -> None:
+    ran: list[bytes] = []
+
+    async def on_activation(name: bytes) -> None:
+        ran.append(name)
+
+    prom = mpx.new_promise_subscription("p:", None, on_activation)
+    async with asyncio.timeout(5):  # no task in between: we resume before the notice runs
+        await prom.wait_for_activation()
+    prom.close()
+    await settle(mpx)
+    assert ran == []
+    assert never_awaited.messages() == []
+
+
+async def test_async_promise_on_disconnect_does_not_run_after_close(
+    mpx: Multiplexer, admin, never_awaited: _NeverAwaited
+) -> None:
+    ran: list[BaseException] = []
+
+    async def on_disconnect(error: BaseException) -> None:
+        ran.append(error)
+
+    prom = mpx.new_promise_subscription("p:", on_disconnect)
+    async with asyncio.timeout(5):
+        await prom.wait_for_activation()
+    promise = prom.new_promise("x", None)
+    kill = asyncio.ensure_future(admin.kill_pubsub())
+    with pytest.raises(SubscriptionInterrupted):
+        async with asyncio.timeout(5):
+            await promise
+    prom.close()  # in the turn the promise failed, before the notice task's first step
+    await kill
+    await settle(mpx)  # reconnected and answered: the loop went round many times
+    assert ran == []
+    assert never_awaited.messages() == []
+
+
+async def test_running_async_promise_callback_is_cancelled_by_close(
+    mpx: Multiplexer, admin
+) -> None:
+    started = asyncio.Event()
+    after: list[str] = []
+
+    async def on_disconnect(error: BaseException) -> None:
+        started.set()
+        await asyncio.Event().wait()  # until cancelled
+        after.append("resumed")
+
+    prom = mpx.new_promise_subscription("p:", on_disconnect)
+    async with asyncio.timeout(5):
+        await prom.wait_for_activation()
+    await admin.kill_pubsub()
+    await asyncio.wait_for(started.wait(), 5)
+    prom.close()
+    await settle(mpx)
+    assert after == []
+    assert not [t for t in asyncio.all_tasks() if "on_disconnect" in t.get_name()]
+
+
+async def test_closing_discards_the_pending_awaitable_of_a_sync_callback(
+    mpx: Multiplexer, never_awaited: _NeverAwaited, admin
+) -> None:
+    # A plain function returning a coroutine (B34): the coroutine waits in the buffer. A
+    # later listener of the same message closes the subscription in the same dispatch.
+    called: list[bytes] = []
+    ran: list[bytes] = []
+
+    async def later(data: bytes) -> None:
+        ran.append(data)
+
+    def returns_coroutine(channel: bytes, data: bytes) -> Any:
+        called.append(data)
+        return later(data)
+
+    victim = mpx.new_channel_subscription(returns_coroutine)
+    victim.add("v")
+    rec = Recorder()
+    closer = mpx.new_channel_subscription(lambda c, d: victim.close(), None, rec.on_activation)
+    closer.add("v")
+    await rec.activated("v")
+    await admin.publish("v", "1")
+    await settle(mpx)
+    assert victim.closed and called == [b"1"] and ran == []
+    assert never_awaited.messages() == []
+
+
+@pytest.mark.parametrize("kind", ["channel", "pattern"])
+async def test_queued_callbacks_of_a_closed_subscription_never_run(
+    mpx: Multiplexer, admin, kind: str, never_awaited: _NeverAwaited
+) -> None:
+    # Guard for the other subscription kinds: a message, an outage and re-activations wait
+    # behind a stuck on_message; close(), then release: none of them is delivered.
+    heard: list[str] = []
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def on_message(channel: bytes, data: bytes) -> None:
+        heard.append(f"message {data.decode()}")
+        entered.set()
+        await release.wait()
+
+    async def on_disconnect(error: BaseException) -> None:
+        heard.append("disconnect")
+
+    async def on_activation(name: bytes) -> None:
+        heard.append("activation")
+
+    async def on_drop(n: int) -> None:
+        heard.append("drop")
+
+    probe = Recorder()
+    mpx.new_channel_subscription(*probe.callbacks).add("k")
+    if kind == "channel":
+        sub: Any = mpx.new_channel_subscription(
+            on_message, on_disconnect, on_activation, max_buffer=1, on_drop=on_drop
+        )
+        sub.add("k")
+    else:
+        sub = mpx.new_pattern_subscription(
+            "k*", on_message, on_disconnect, on_activation, max_buffer=1, on_drop=on_drop
+        )
+    await probe.activated("k")
+    await settle(mpx)
+    assert heard == ["activation"]
+    await admin.publish("k", "1")
+    await asyncio.wait_for(entered.wait(), 5)
+    await _publish_all(admin, "k", 3)  # one waits, two are dropped
+    await probe.received(4)
+    await admin.kill_pubsub()
+    await probe.activated("k", count=2)
+    sub.close()
+    release.set()
+    await settle(mpx)
+    assert heard == ["activation", "message 1"]
+    assert never_awaited.messages() == []
