@@ -304,9 +304,23 @@ class Subscriber:
         q = self._q
         assert q is not None
         q.scheduled = False
-        n = q.dropped - q.reported
-        if n <= 0 or (self.closed and self.close_reason is None):
+        if self.closed:
+            return  # an overflow close reported its drops before its notice (see _fail)
+        n = self._take_drops()
+        if not n:
             return
+        if self._on_message is None:
+            self._push_event(DROPPED, n)  # iterators report drops in their event stream
+        if self._opts.on_drop is not None:
+            self._call("on_drop", self._opts.on_drop, n)
+
+    def _take_drops(self) -> int:
+        """Drops not reported yet, now counted in the multiplexer's stats and logged."""
+        q = self._q
+        assert q is not None
+        n = q.dropped - q.reported
+        if n <= 0:
+            return 0
         q.reported = q.dropped
         self._mpx._count_dropped(n)
         now = time.monotonic()
@@ -315,10 +329,7 @@ class Subscriber:
             logger.warning(
                 "%s: dropped %d message(s) (slow consumer, total %d)", self._label(), n, q.dropped
             )
-        if self._on_message is None:
-            self._push_event(DROPPED, n)  # iterators report drops in their event stream
-        if self._opts.on_drop is not None:
-            self._call("on_drop", self._opts.on_drop, n)
+        return n
 
     def _push_event(self, tag: int, arg: Any) -> None:
         q = self._q
@@ -512,18 +523,45 @@ class Subscriber:
         self._mpx._forget(self)
         self._stop()
         error = SubscriptionClosed(f"{type(self).__name__} was closed", reason)
+        # The drops not reported yet (the overflowing message at least) are reported now,
+        # before the notice: nothing of a closed subscription may be heard after it.
+        n = 0 if self._q is None else self._take_drops()
         if self._q is not None and self._on_message is None:
+            if n:
+                self._push_event(DROPPED, n)
             self._push_event(CLOSED, error)  # the buffer was cleared: an iterator raises next
-        if self._on_disconnect is not None:
-            fn = self._on_disconnect
-            # The worker may be the thing that is stuck: run the notice on its own.
-            try:
-                result = fn(error)
-            except Exception as exc:
-                self._log_error("on_disconnect", exc)
-                return
-            if result is not None and inspect.isawaitable(result):
+        # The worker may be the thing that is stuck: the notices run on their own.
+        dropping = self._call_now("on_drop", self._opts.on_drop if n else None, n)
+        if dropping is None:
+            result = self._call_now("on_disconnect", self._on_disconnect, error)
+            if result is not None:
                 spawn_callback(self, "on_disconnect", result, "redismpx close notice")
+            return
+        # An async on_drop: the close notice waits for it.
+        task = spawn_callback(
+            self, "on_disconnect", self._notice_after(dropping, error), "redismpx close notice"
+        )
+        task.add_done_callback(lambda t: discard(dropping) if t.cancelled() else None)
+
+    def _call_now(self, which: str, fn: Callable[[Any], Any] | None, arg: Any) -> Any:
+        """Call ``fn(arg)`` if there is one; return its awaitable result, if any."""
+        if fn is None:
+            return None
+        try:
+            result = fn(arg)
+        except Exception as exc:
+            self._log_error(which, exc)
+            return None
+        return result if result is not None and inspect.isawaitable(result) else None
+
+    async def _notice_after(self, dropping: Awaitable[Any], error: SubscriptionClosed) -> None:
+        try:
+            await dropping
+        except Exception as exc:
+            self._log_error("on_drop", exc)
+        result = self._call_now("on_disconnect", self._on_disconnect, error)
+        if result is not None:
+            await result
 
 
 def discard(awaitable: Any) -> None:

@@ -17,8 +17,10 @@ import pytest
 
 from redismpx import (
     Activated,
+    Dropped,
     Message,
     Multiplexer,
+    SubscriptionClosed,
     SubscriptionInterrupted,
 )
 from support.recorder import Recorder, settle
@@ -245,3 +247,69 @@ async def test_queued_callbacks_of_a_closed_subscription_never_run(
     await settle(mpx)
     assert heard == ["activation", "message 1"]
     assert never_awaited.messages() == []
+
+
+# -- finding 10: overflow="close" reports drops before the close notice -----------------------
+
+
+@pytest.mark.parametrize("style", ["sync", "async"])
+async def test_close_policy_reports_drops_before_the_close_notice(
+    mpx: Multiplexer, admin, style: str, never_awaited: _NeverAwaited
+) -> None:
+    heard: list[tuple[str, Any]] = []
+    noticed = asyncio.Event()
+    release = asyncio.Event()
+
+    async def stuck(channel: bytes, data: bytes) -> None:
+        await release.wait()
+
+    def drop(n: int) -> None:
+        heard.append(("drop", n))
+
+    def disconnect(error: BaseException) -> None:
+        heard.append(("closed", error))
+        noticed.set()
+
+    async def async_drop(n: int) -> None:
+        drop(n)
+
+    async def async_disconnect(error: BaseException) -> None:
+        disconnect(error)
+
+    act = Recorder()
+    sub = mpx.new_channel_subscription(
+        stuck,
+        disconnect if style == "sync" else async_disconnect,
+        act.on_activation,
+        max_buffer=2,
+        overflow="close",
+        on_drop=drop if style == "sync" else async_drop,
+    )
+    sub.add("x")
+    await act.activated("x")
+    await _publish_all(admin, "x", 5)
+    await asyncio.wait_for(noticed.wait(), 5)
+    await settle(mpx)
+    release.set()
+    await settle(mpx)
+    assert [kind for kind, _ in heard] == ["drop", "closed"]
+    assert heard[0][1] == sub.dropped >= 1
+    assert isinstance(heard[1][1], SubscriptionClosed) and heard[1][1].reason == sub.close_reason
+    assert never_awaited.messages() == []
+
+
+async def test_close_policy_iterator_yields_dropped_then_raises(mpx: Multiplexer, admin) -> None:
+    sub = mpx.subscribe("x", max_buffer=2, overflow="close")
+    probe = Recorder()
+    mpx.new_channel_subscription(*probe.callbacks).add("x")
+    await probe.activated("x")
+    await _publish_all(admin, "x", 5)
+    await probe.received(5)  # the reader dispatched all of them
+    seen: list[object] = []
+    with pytest.raises(SubscriptionClosed, match="overflow"):
+        async with asyncio.timeout(5):
+            async for event in sub.events():
+                seen.append(event)
+    assert [e for e in seen if not isinstance(e, Activated)] == [Dropped(sub.dropped)]
+    await settle(mpx)
+    assert [e async for e in sub.events()] == []  # nothing after the close
