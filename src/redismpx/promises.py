@@ -22,7 +22,7 @@ from ._delivery import (
     check_callback,
     spawn_callback,
 )
-from ._protocol import PATTERN
+from ._protocol import PATTERN, encode_str
 from .errors import (
     InactiveSubscription,
     InvalidArgument,
@@ -242,7 +242,7 @@ class PromiseSubscription(Subscriber):
         self._check_open()
         seconds = _check_timeout(timeout)
         if isinstance(suffix, str):
-            suffix_b = suffix.encode()
+            suffix_b = encode_str(suffix, "suffix")
         elif isinstance(suffix, bytes):
             suffix_b = suffix
         else:

@@ -18,8 +18,10 @@ import pytest
 from redismpx import (
     Activated,
     Dropped,
+    InvalidArgument,
     Message,
     Multiplexer,
+    RedisMPXError,
     SubscriptionClosed,
     SubscriptionInterrupted,
 )
@@ -313,3 +315,32 @@ async def test_close_policy_iterator_yields_dropped_then_raises(mpx: Multiplexer
     assert [e for e in seen if not isinstance(e, Activated)] == [Dropped(sub.dropped)]
     await settle(mpx)
     assert [e async for e in sub.events()] == []  # nothing after the close
+
+
+# -- finding 11: names UTF-8 cannot encode are InvalidArgument, and nothing is registered ------
+
+
+async def test_unencodable_names_are_invalid_arguments(mpx: Multiplexer, admin) -> None:
+    sub = mpx.new_channel_subscription(lambda c, d: None)
+    prom = mpx.new_promise_subscription("s:")
+    async with asyncio.timeout(5):
+        await prom.wait_for_activation()
+    live = mpx.stats()["subscriptions"]
+    attempts = [
+        lambda: sub.add("ok", BAD_NAME),
+        lambda: sub.remove(BAD_NAME),
+        lambda: mpx.subscribe("ok2", BAD_NAME),
+        lambda: mpx.psubscribe(BAD_NAME),
+        lambda: mpx.new_pattern_subscription(BAD_NAME, lambda c, d: None),
+        lambda: mpx.new_promise_subscription(BAD_NAME),
+        lambda: prom.new_promise(BAD_NAME, 5),
+    ]
+    for attempt in attempts:
+        with pytest.raises(InvalidArgument, match="UTF-8") as info:
+            attempt()
+        assert isinstance(info.value, RedisMPXError)
+    assert sub.channels == frozenset()
+    assert mpx.stats()["subscriptions"] == live
+    probe = await settle(mpx)
+    assert await admin.channels() == {probe}
+    assert await admin.numpat() == 1  # the promise subscription's only
