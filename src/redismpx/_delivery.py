@@ -14,18 +14,37 @@ when the buffer is full the subscription's overflow policy decides:
   it (counted as a drop). When more channels than ``max_buffer`` are pending, the oldest goes.
 
 Drops are counted in ``dropped`` and reported through ``on_drop(count)``, at most once per
-event-loop turn. Memory bound: at most ``max_buffer`` pending messages per subscription.
+event-loop turn.
+
+Events waiting in the buffer are coalesced, so that a consumer that does not keep up (or a
+stuck worker) costs bounded memory however many outages happen; a consumer that keeps up
+sees every event as it happened. While events wait unread:
+
+* at most one ``Disconnected`` (``on_disconnect``) is pending: a new outage removes the
+  pending one, and the activations queued since it, and goes to the end. Unread outages thus
+  look like one long outage that follows every activation it undid;
+* per name, at most one ``Activated`` (``on_activation``) is pending since the last outage
+  (a repeat with no outage in between is dropped), and at most one, the earliest, from
+  before it. A refusal of a name (``SubscribeRefused``) is kept the same way, per name;
+* at most one ``Dropped`` (``on_drop`` when it is async) is pending; later drops add to its
+  count.
+
+So what the consumer sees last is the latest state of every name, and it sees every
+message kept by the overflow policy in order; messages received between two unread outages
+appear before the remaining ``Disconnected``. Memory bound: at most ``max_buffer`` pending
+messages per subscription, plus O(names) events.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, Literal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 from .errors import InvalidArgument, InvalidArgumentType, SubscriptionClosed
 
@@ -49,16 +68,21 @@ DISCONNECT: Final = 1
 AWAITABLE: Final = 2
 DROPPED: Final = 3
 CLOSED: Final = 4
+VOID: Final = 5  # coalesced away while waiting: consumers skip it
+
+# Compact a buffer once it holds this many voided events and they are half of it.
+_COMPACT_AT: Final = 32
 
 
 class Event:
     """A non-message item in a delivery buffer (kept in order with the messages)."""
 
-    __slots__ = ("arg", "tag")
+    __slots__ = ("arg", "key", "tag")
 
-    def __init__(self, tag: int, arg: Any) -> None:
+    def __init__(self, tag: int, arg: Any, key: Any = None) -> None:
         self.tag = tag
         self.arg = arg
+        self.key = key  # the name, for the events coalesced per name
 
 
 def check_callback(name: str, fn: Any, *, optional: bool) -> None:
@@ -91,14 +115,19 @@ class Queue:
     """The buffer of a queued subscription and the state of its consumer."""
 
     __slots__ = (
+        "after",
+        "before",
         "buf",
         "dropped",
+        "drops",
+        "gap",
         "latest",
         "logged_at",
         "max",
         "nmsgs",
         "reported",
         "scheduled",
+        "voided",
         "wake",
         "worker",
     )
@@ -114,12 +143,118 @@ class Queue:
         self.reported = 0
         self.scheduled = False
         self.logged_at = -1e9
+        # Pending events that later ones may coalesce with (see the module docstring):
+        self.gap: Event | None = None  # the Disconnected
+        self.drops: Event | None = None  # the Dropped
+        self.after: dict[Any, Event] | None = None  # per-name events since the last outage
+        self.before: dict[Any, Event] | None = None  # ... and before it
+        self.voided = 0  # VOID events still in ``buf``
 
     def kick(self) -> None:
         wake = self.wake
         self.wake = None
         if wake is not None and not wake.done():
             wake.set_result(None)
+
+    def push(self, event: Event) -> None:
+        self.buf.append(event)
+        if self.wake is not None:
+            self.kick()
+
+    def void(self, event: Event) -> None:
+        """Coalesce ``event`` away where it waits (removing it from the deque is O(n))."""
+        event.tag = VOID
+        self.voided += 1
+
+    def push_keyed(self, tag: int, key: Any, arg: Any) -> None:
+        """An event about one name: once since the last outage, the earliest before it."""
+        after = self.after
+        if after is None:
+            after = self.after = {}
+        elif key in after:
+            return  # the same news, with no outage in between
+        event = after[key] = Event(tag, arg, key)
+        self.push(event)
+
+    def push_gap(self, error: BaseException) -> None:
+        """An outage: the one pending Disconnected, moved to the end (after what it undoes)."""
+        gap = self.gap
+        buf = self.buf
+        if gap is not None and buf and buf[-1] is gap:
+            gap.arg = error  # consecutive: merge in place
+            return
+        after, self.after = self.after, None
+        if gap is not None:
+            # Unread since the pending outage: this one joins it, with what came between.
+            self.void(gap)
+            if after:
+                for event in after.values():
+                    self.void(event)
+        elif after:
+            before = self.before
+            if before is None:
+                self.before = after
+            else:
+                for key, event in after.items():
+                    if key in before:
+                        self.void(event)  # the earliest before the outage is kept
+                    else:
+                        before[key] = event
+        self.gap = gap = Event(DISCONNECT, error)
+        self.push(gap)
+        self.compact()
+
+    def push_drops(self, n: int) -> None:
+        drops = self.drops
+        if drops is not None:
+            drops.arg += n
+            return
+        self.drops = drops = Event(DROPPED, n)
+        self.push(drops)
+
+    def forget(self, key: Any) -> None:
+        """``key`` was removed: its pending per-name events go."""
+        for table in (self.after, self.before):
+            if table is not None:
+                event = table.pop(key, None)
+                if event is not None:
+                    self.void(event)
+        self.compact()
+
+    def taken(self, event: Event) -> None:
+        """The consumer took ``event`` out of the buffer: nothing coalesces with it now."""
+        tag = event.tag
+        if tag == VOID:
+            self.voided -= 1
+        elif event.key is not None:
+            for table in (self.after, self.before):
+                if table is not None and table.get(event.key) is event:
+                    del table[event.key]
+        elif event is self.gap:
+            self.gap = None
+        elif event is self.drops:
+            self.drops = None
+
+    def compact(self) -> None:
+        voided = self.voided
+        buf = self.buf
+        if voided < _COMPACT_AT or voided * 2 < len(buf):
+            return
+        for _ in range(len(buf)):  # in place: consumers hold ``buf``
+            item = buf.popleft()
+            if item.__class__ is not Event or item.tag != VOID:
+                buf.append(item)
+        self.voided = 0
+
+    def reset(self) -> None:
+        """Empty the buffer (closing)."""
+        self.buf.clear()
+        self.nmsgs = 0
+        if self.latest is not None:
+            self.latest.clear()
+        self.gap = self.drops = None
+        self.after = self.before = None
+        self.voided = 0
 
 
 class DeliveryOptions:
@@ -303,9 +438,27 @@ class Subscriber:
         q = self._q
         assert q is not None
         q.scheduled = False
-        n = q.dropped - q.reported
-        if n <= 0 or (self.closed and self.close_reason is None):
+        if self.closed:
+            return  # an overflow close reported its drops before its notice (see _fail)
+        n = self._take_drops()
+        if not n:
             return
+        on_drop = self._opts.on_drop
+        if self._on_message is None or is_async(on_drop):
+            # In the stream of an iterator, or for the worker to call an async on_drop in
+            # order (one pending call, not one coroutine per loop turn).
+            self._ensure_consumer()
+            q.push_drops(n)
+        elif on_drop is not None:
+            self._call("on_drop", on_drop, n)
+
+    def _take_drops(self) -> int:
+        """Drops not reported yet, now counted in the multiplexer's stats and logged."""
+        q = self._q
+        assert q is not None
+        n = q.dropped - q.reported
+        if n <= 0:
+            return 0
         q.reported = q.dropped
         self._mpx._count_dropped(n)
         now = time.monotonic()
@@ -314,25 +467,21 @@ class Subscriber:
             logger.warning(
                 "%s: dropped %d message(s) (slow consumer, total %d)", self._label(), n, q.dropped
             )
-        if self._on_message is None:
-            self._push_event(DROPPED, n)  # iterators report drops in their event stream
-        if self._opts.on_drop is not None:
-            self._call("on_drop", self._opts.on_drop, n)
+        return n
 
     def _push_event(self, tag: int, arg: Any) -> None:
         q = self._q
         assert q is not None
-        q.buf.append(Event(tag, arg))
-        if q.wake is not None:
-            q.kick()
+        q.push(Event(tag, arg))
 
     def _activated(self, name: bytes) -> None:
         """Redis confirmed ``name`` for us."""
         if self.closed:
             return
-        if self._q is not None:
+        q = self._q
+        if q is not None:
             self._ensure_consumer()
-            self._push_event(ACTIVATION, name)
+            q.push_keyed(ACTIVATION, name, name)
         elif self._on_activation is not None:
             self._call("on_activation", self._on_activation, name)
 
@@ -340,15 +489,29 @@ class Subscriber:
         """The connection carrying our names was lost (once per outage)."""
         if self.closed:
             return
-        if self._q is not None:
+        q = self._q
+        if q is not None:
             self._ensure_consumer()
-            self._push_event(DISCONNECT, error)
+            q.push_gap(error)
         elif self._on_disconnect is not None:
             self._call("on_disconnect", self._on_disconnect, error)
 
     def _refused(self, error: BaseException) -> None:
         """Redis refused one of our names (ACL): told through ``on_disconnect``."""
-        self._disconnected(error)
+        q = self._q
+        name = getattr(error, "name", None)
+        if q is None or name is None or self.closed:
+            self._disconnected(error)
+            return
+        self._ensure_consumer()
+        q.push_keyed(DISCONNECT, (DISCONNECT, name), error)  # not an outage: per name
+
+    def _forget_name(self, name: bytes) -> None:
+        """``name`` was removed: its activation or refusal waiting unread is moot."""
+        q = self._q
+        if q is not None and (q.after or q.before):
+            q.forget(name)
+            q.forget((DISCONNECT, name))
 
     def _callback_failed(self, exc: Exception) -> None:
         self._log_error("on_message", exc)
@@ -414,6 +577,7 @@ class Subscriber:
                 continue
             item = buf.popleft()
             if item.__class__ is Event:
+                q.taken(item)
                 await self._run_event(item)
                 continue
             q.nmsgs -= 1
@@ -445,6 +609,8 @@ class Subscriber:
             fn, which = self._on_activation, "on_activation"
         elif tag == DISCONNECT:
             fn, which = self._on_disconnect, "on_disconnect"
+        elif tag == DROPPED:
+            fn, which = self._opts.on_drop, "on_drop"
         else:
             return
         if fn is None:
@@ -506,10 +672,10 @@ class Subscriber:
             return
         if q.worker is not None:
             q.worker.cancel()
-        q.buf.clear()
-        q.nmsgs = 0
-        if q.latest is not None:
-            q.latest.clear()
+        for item in q.buf:
+            if item.__class__ is Event and item.tag == AWAITABLE:
+                discard(item.arg)  # a callback's coroutine that will never be awaited now
+        q.reset()
         q.kick()
 
     def _fail(self, reason: str) -> None:
@@ -523,37 +689,82 @@ class Subscriber:
         self._mpx._forget(self)
         self._stop()
         error = SubscriptionClosed(f"{type(self).__name__} was closed", reason)
+        # The drops not reported yet (the overflowing message at least) are reported now,
+        # before the notice: nothing of a closed subscription may be heard after it.
+        n = 0 if self._q is None else self._take_drops()
         if self._q is not None and self._on_message is None:
+            if n:
+                self._q.push_drops(n)
             self._push_event(CLOSED, error)  # the buffer was cleared: an iterator raises next
-        if self._on_disconnect is not None:
-            fn = self._on_disconnect
-            # The worker may be the thing that is stuck: run the notice on its own.
-            try:
-                result = fn(error)
-            except Exception as exc:
-                self._log_error("on_disconnect", exc)
-                return
-            if result is not None and inspect.isawaitable(result):
-                self._mpx._spawn(_await_logged(self, result), "redismpx close notice")
+        # The worker may be the thing that is stuck: the notices run on their own.
+        dropping = self._call_now("on_drop", self._opts.on_drop if n else None, n)
+        if dropping is None:
+            result = self._call_now("on_disconnect", self._on_disconnect, error)
+            if result is not None:
+                spawn_callback(self, "on_disconnect", result, "redismpx close notice")
+            return
+        # An async on_drop: the close notice waits for it.
+        task = spawn_callback(
+            self, "on_disconnect", self._notice_after(dropping, error), "redismpx close notice"
+        )
+        task.add_done_callback(lambda t: discard(dropping) if t.cancelled() else None)
+
+    def _call_now(self, which: str, fn: Callable[[Any], Any] | None, arg: Any) -> Any:
+        """Call ``fn(arg)`` if there is one; return its awaitable result, if any."""
+        if fn is None:
+            return None
+        try:
+            result = fn(arg)
+        except Exception as exc:
+            self._log_error(which, exc)
+            return None
+        return result if result is not None and inspect.isawaitable(result) else None
+
+    async def _notice_after(self, dropping: Awaitable[Any], error: SubscriptionClosed) -> None:
+        try:
+            await dropping
+        except Exception as exc:
+            self._log_error("on_drop", exc)
+        result = self._call_now("on_disconnect", self._on_disconnect, error)
+        if result is not None:
+            await result
 
 
-async def _await_logged(
-    sub: Subscriber, awaitable: Awaitable[Any], which: str = "on_disconnect"
-) -> None:
-    try:
-        await awaitable
-    except Exception as exc:
-        sub._log_error(which, exc)
+def discard(awaitable: Any) -> None:
+    """Forget a callback's awaitable that will never be awaited.
+
+    A coroutine is closed: none of its body runs, and Python does not warn that it was never
+    awaited.
+    """
+    if inspect.iscoroutine(awaitable):
+        awaitable.close()
 
 
-def notify(sub: Subscriber, which: str, fn: Callable[[Any], Any] | None, arg: Any) -> None:
-    """Call a state callback of a subscription that has no message worker (promises)."""
-    if fn is None:
+async def _await(awaitable: Awaitable[Any]) -> None:
+    await awaitable
+
+
+def spawn_callback(
+    sub: Subscriber, which: str, awaitable: Awaitable[Any], name: str
+) -> asyncio.Task[None]:
+    """Run a callback's awaitable as a task of the multiplexer; failures are logged.
+
+    A coroutine becomes the task itself (not wrapped): cancelling the task before its first
+    step then means that none of the callback's body ever runs, without a "never awaited"
+    warning. Whoever must stop it on close keeps the task.
+    """
+    if inspect.iscoroutine(awaitable):
+        coro = cast(Coroutine[Any, Any, None], awaitable)
+    else:
+        coro = _await(awaitable)
+    task = sub._mpx._spawn(coro, name)
+    task.add_done_callback(functools.partial(_log_outcome, sub, which))
+    return task
+
+
+def _log_outcome(sub: Subscriber, which: str, task: asyncio.Task[None]) -> None:
+    if task.cancelled():
         return
-    try:
-        result = fn(arg)
-    except Exception as exc:
+    exc = task.exception()
+    if isinstance(exc, Exception):
         sub._log_error(which, exc)
-        return
-    if result is not None and inspect.isawaitable(result):
-        sub._mpx._spawn(_await_logged(sub, result, which), f"redismpx {which}")

@@ -7,7 +7,7 @@ Parsing itself is hiredis's ``Reader``; RESP3 pushes arrive as ``hiredis.PushNot
 
 from __future__ import annotations
 
-from .errors import InvalidArgumentType
+from .errors import InvalidArgument, InvalidArgumentType
 
 # The three kinds of Pub/Sub names, used as indexes into per-kind tables.
 CHANNEL = 0
@@ -50,6 +50,17 @@ def encode_names(command: bytes, names: list[bytes]) -> bytes:
     return b"".join(parts)
 
 
+def encode_str(value: str, what: str) -> bytes:
+    """``value`` as UTF-8; a string UTF-8 cannot encode (a lone surrogate) is InvalidArgument."""
+    try:
+        return value.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(
+            f"{what} cannot be encoded as UTF-8 ({exc.reason} at position {exc.start}); "
+            "pass bytes for names that are not text"
+        ) from None
+
+
 def to_bytes(value: str | bytes, what: str) -> bytes:
     """Accept a ``str`` (encoded as UTF-8) or ``bytes``-like name; anything else is a TypeError."""
     if value.__class__ is bytes:
@@ -57,7 +68,7 @@ def to_bytes(value: str | bytes, what: str) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
-        return value.encode()
+        return encode_str(value, what)
     if isinstance(value, bytearray | memoryview):
         return bytes(value)
     raise InvalidArgumentType(f"{what} must be str or bytes, not {type(value).__name__}")

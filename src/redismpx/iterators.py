@@ -3,7 +3,9 @@
 They are channel and pattern subscriptions whose consumer is the iterating task instead of
 callbacks. Messages wait in the same bounded buffer with the same overflow policies as queued
 callbacks (see :mod:`redismpx._delivery`). ``sub.events()`` yields, in order with the messages,
-:class:`Activated`, :class:`Disconnected` and :class:`Dropped` events. Iteration ends when the
+:class:`Activated`, :class:`Disconnected` and :class:`Dropped` events; while unread, they are
+coalesced (the latest state of each name is kept, see :mod:`redismpx._delivery`), so an
+iterator nobody reads holds O(names) events whatever happens. Iteration ends when the
 subscription (or its multiplexer) is closed; when the library closed it (overflow policy
 ``close``), the iterator raises :class:`~redismpx.SubscriptionClosed` with the reason.
 """
@@ -71,6 +73,7 @@ class _Iterating:
             while buf:
                 item = buf.popleft()
                 if item.__class__ is Event:
+                    q.taken(item)
                     if item.tag == CLOSED:
                         raise item.arg
                     if with_events:
@@ -92,7 +95,13 @@ class _Iterating:
             if q.wake is not None:
                 raise RuntimeError("another task is already iterating this subscription")
             q.wake = wake = loop.create_future()
-            await wake
+            try:
+                await wake
+            finally:
+                # A cancelled wait (a timeout around it) must not leave us registered as
+                # the waiting consumer: the next wait, by any task, would be refused.
+                if q.wake is wake:
+                    q.wake = None
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self

@@ -9,8 +9,9 @@ message published while it is not could be missed silently.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from ._delivery import (
@@ -19,9 +20,9 @@ from ._delivery import (
     OnDisconnect,
     Subscriber,
     check_callback,
-    notify,
+    spawn_callback,
 )
-from ._protocol import PATTERN
+from ._protocol import PATTERN, encode_str
 from .errors import (
     InactiveSubscription,
     InvalidArgument,
@@ -100,6 +101,7 @@ class PromiseSubscription(Subscriber):
     __slots__ = (
         "_activation_waiters",
         "_active",
+        "_notices",
         "_notify_activation",
         "_notify_disconnect",
         "_pending",
@@ -137,6 +139,8 @@ class PromiseSubscription(Subscriber):
         self._pending: dict[bytes, list[asyncio.Future[bytes]]] = {}
         self._active = False
         self._activation_waiters: list[asyncio.Future[None]] = []
+        # Tasks running async state callbacks: close() cancels them.
+        self._notices: set[asyncio.Task[None]] | None = None
 
     _always_activate = True
 
@@ -172,7 +176,7 @@ class PromiseSubscription(Subscriber):
         for w in waiters:
             if not w.done():
                 w.set_result(None)
-        notify(self, "on_activation", self._notify_activation, name)
+        self._notify("on_activation", self._notify_activation, name)
 
     def _disconnected(self, error: BaseException) -> None:
         self._active = False
@@ -180,10 +184,28 @@ class PromiseSubscription(Subscriber):
         exc.__cause__ = error
         self._fail_all(exc)
         if not self.closed:
-            notify(self, "on_disconnect", self._notify_disconnect, error)
+            self._notify("on_disconnect", self._notify_disconnect, error)
 
     def _refused(self, error: BaseException) -> None:
         self._disconnected(error)
+
+    def _notify(self, which: str, fn: Callable[[Any], Any] | None, arg: Any) -> None:
+        """Call a state callback inline; an async one runs as a task that close() cancels
+        (the task that woke up from a failed promise may close us before it starts)."""
+        if fn is None:
+            return
+        try:
+            result = fn(arg)
+        except Exception as exc:
+            self._log_error(which, exc)
+            return
+        if result is not None and inspect.isawaitable(result):
+            task = spawn_callback(self, which, result, f"redismpx {which}")
+            notices = self._notices
+            if notices is None:
+                notices = self._notices = set()
+            notices.add(task)
+            task.add_done_callback(notices.discard)
 
     def _fail_all(self, exc: BaseException) -> None:
         pending, self._pending = self._pending, {}
@@ -220,7 +242,7 @@ class PromiseSubscription(Subscriber):
         self._check_open()
         seconds = _check_timeout(timeout)
         if isinstance(suffix, str):
-            suffix_b = suffix.encode()
+            suffix_b = encode_str(suffix, "suffix")
         elif isinstance(suffix, bytes):
             suffix_b = suffix
         else:
@@ -279,6 +301,10 @@ class PromiseSubscription(Subscriber):
 
     def _stop(self) -> None:
         super()._stop()
+        notices, self._notices = self._notices, None
+        if notices:
+            for task in notices:
+                task.cancel()  # not started yet: the callback's body never runs
         self._active = False
         exc = SubscriptionClosed(f"{self._label()} is closed", self.close_reason)
         self._fail_all(exc)

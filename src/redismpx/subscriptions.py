@@ -109,6 +109,7 @@ class ChannelSubscription(Subscriber):
                 else:
                     held.remove(name)  # type: ignore[union-attr]
                 mpx._remove(kind, name, self)
+                self._forget_name(name)
 
     def clear(self) -> None:
         """Remove every channel."""

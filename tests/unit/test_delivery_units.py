@@ -1,0 +1,166 @@
+"""Pure-logic checks of delivery: name encoding, and the coalescing of buffered events."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from redismpx import (
+    Activated,
+    ChannelIterator,
+    ClusterMultiplexer,
+    ConnectionLost,
+    Disconnected,
+    Dropped,
+    InvalidArgument,
+    Message,
+    Multiplexer,
+    RedisMPXError,
+    SubscribeRefused,
+)
+from redismpx._delivery import DROPPED, VOID, Event, OverflowPolicy
+from redismpx._protocol import to_bytes
+from redismpx.iterators import SubscriptionEvent
+
+BAD_NAME = "a\udc80"  # a lone surrogate: UTF-8 cannot encode it
+NOWHERE = "redis://127.0.0.1:1"  # never connected to: nothing here starts a connection
+
+
+def test_to_bytes_refuses_text_utf8_cannot_encode() -> None:
+    with pytest.raises(InvalidArgument, match="channel name cannot be encoded as UTF-8") as info:
+        to_bytes(BAD_NAME, "channel name")
+    assert isinstance(info.value, RedisMPXError)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert to_bytes("é", "x") == "é".encode()
+
+
+def test_cluster_publish_refuses_unencodable_channel_and_data() -> None:
+    cm = ClusterMultiplexer(NOWHERE)  # outside a loop: not started
+    try:
+        for channel, data in ((BAD_NAME, "x"), ("c", BAD_NAME)):
+            with pytest.raises(InvalidArgument, match="UTF-8"):
+                asyncio.run(cm.publish(channel, data))
+    finally:
+        cm.close()
+
+
+# -- events waiting unread are coalesced: the buffer stays bounded ------------------------------
+
+NAMES = (b"a", b"b", b"c")
+
+
+def _iterator(max_buffer: int, overflow: OverflowPolicy) -> tuple[Multiplexer, ChannelIterator]:
+    mpx = Multiplexer(NOWHERE)  # outside a loop: never started, never connected
+    it = ChannelIterator(mpx, max_buffer=max_buffer, overflow=overflow, sharded=False)
+    it._channels = list(NAMES)  # as if added (the registry is not under test here)
+    return mpx, it
+
+
+def _drain(it: ChannelIterator) -> list[SubscriptionEvent]:
+    async def drain() -> list[SubscriptionEvent]:
+        assert it._q is not None
+        return [await it._next(True) for _ in iter(lambda: bool(it._q and it._q.buf), False)]
+
+    return asyncio.run(drain())
+
+
+def _live(it: ChannelIterator) -> int:
+    assert it._q is not None
+    return sum(1 for e in it._q.buf if not (isinstance(e, Event) and e.tag == VOID))
+
+
+@pytest.mark.parametrize("overflow", ["drop_oldest", "drop_newest", "latest_per_channel"])
+def test_unread_outages_messages_and_drops_keep_the_buffer_bounded(
+    overflow: OverflowPolicy,
+) -> None:
+    mpx, it = _iterator(4, overflow)
+    lost = ConnectionLost("gone")
+    high = 0
+
+    async def outages() -> None:
+        nonlocal high
+        for name in NAMES:
+            it._activated(name)
+        for k in range(500):
+            it.deliver(b"a", b"%d" % k)
+            it.deliver(b"b", b"%d" % k)
+            it._disconnected(lost)
+            for name in NAMES:
+                it._refused(SubscribeRefused("NOPERM", "SUBSCRIBE", name)) if k % 7 == 0 else None
+                it._activated(name)
+            await asyncio.sleep(0)  # a loop turn: the drops are reported
+            assert it._q is not None
+            high = max(high, len(it._q.buf))
+            assert _live(it) <= 4 + 4 * len(NAMES) + 2  # messages + per-name + gap + drops
+
+    asyncio.run(outages())
+    assert high <= 2 * (4 + 4 * len(NAMES) + 2) + 32  # voided events are compacted
+    events = _drain(it)
+    kinds = [type(e).__name__ for e in events]
+    assert kinds.count("Disconnected") == 1
+    assert [e for e in events if isinstance(e, Dropped)] == [Dropped(it.dropped)]
+    last_outage = kinds.index("Disconnected")
+    # the latest state of every name comes after the one outage left
+    assert {e.name for e in events[last_outage:] if isinstance(e, Activated)} == set(NAMES)
+    messages = [e for e in events if isinstance(e, Message)]
+    assert 0 < len(messages) <= 4
+    mpx.close()
+
+
+def test_activation_repeated_without_an_outage_is_queued_once() -> None:
+    mpx, it = _iterator(10, "drop_oldest")
+    for _ in range(3):
+        it._activated(b"a")
+    assert _drain(it) == [Activated(b"a")]
+    it._activated(b"a")  # once read, the next one is news again
+    assert _drain(it) == [Activated(b"a")]
+    mpx.close()
+
+
+def test_consecutive_outages_merge_into_the_latest() -> None:
+    mpx, it = _iterator(10, "drop_oldest")
+    errors = [ConnectionLost(f"outage {i}") for i in range(3)]
+    it._activated(b"a")
+    for error in errors:
+        it._disconnected(error)
+        it._activated(b"a")
+    assert _drain(it) == [Activated(b"a"), Disconnected(errors[-1]), Activated(b"a")]
+    mpx.close()
+
+
+def test_a_removed_name_loses_its_unread_activation() -> None:
+    mpx, it = _iterator(10, "drop_oldest")
+    it._activated(b"a")
+    it._activated(b"b")
+    it._channels.remove(b"a")
+    it._forget_name(b"a")
+    assert _drain(it) == [Activated(b"b")]
+    mpx.close()
+
+
+def test_a_stuck_worker_keeps_one_pending_async_on_drop() -> None:
+    drops: list[int] = []
+
+    async def stuck(channel: bytes, data: bytes) -> None:
+        await asyncio.Event().wait()
+
+    async def on_drop(n: int) -> None:
+        drops.append(n)
+
+    mpx = Multiplexer(NOWHERE)  # outside a loop: never started
+    sub = mpx.new_channel_subscription(stuck, max_buffer=2, on_drop=on_drop)
+    sub._channels = [b"a"]  # as if added
+
+    async def flood() -> None:
+        sub._ensure_consumer()
+        assert sub._q is not None
+        for k in range(200):
+            sub.deliver(b"a", b"%d" % k)
+            await asyncio.sleep(0)  # a loop turn: one drop report each
+        pending = [e for e in sub._q.buf if isinstance(e, Event)]
+        assert [e.tag for e in pending] == [DROPPED]  # not one coroutine per report
+        await mpx.aclose()
+
+    asyncio.run(flood())
+    assert drops == []  # the worker never got to it: nothing ran after close
