@@ -661,10 +661,10 @@ class Subscriber:
         if q is not None:
             # The worker and its wake-up future belong to the closed loop: drop, never call.
             q.worker = q.wake = None
-            q.buf.clear()
-            q.nmsgs = 0
-            if q.latest is not None:
-                q.latest.clear()
+            for item in q.buf:
+                if item.__class__ is Event and item.tag == AWAITABLE:
+                    discard(item.arg)
+            q.reset()
 
     def _stop(self) -> None:
         q = self._q

@@ -296,6 +296,7 @@ class PromiseSubscription(Subscriber):
         # its callbacks there, so they are dropped untouched.
         self._pending = {}
         self._activation_waiters = []
+        self._notices = None
         self._active = False
         super()._abandon(reason)
 
