@@ -705,6 +705,17 @@ class ClusterMultiplexer(Multiplexer):
 
     # -- publishing --------------------------------------------------------------------------
 
+    async def _publish_probe(self, channel: bytes) -> float:
+        # ``ping``'s subscription is a shard channel here, which a classic PUBLISH never
+        # reaches: SPUBLISH it like any message. The publish connection to the owner is made
+        # first, so that the round trip does not count it.
+        owner = (await self._ensure_map()).owners[key_slot(channel)]
+        if owner is not None:
+            await self._commander(owner)
+        sent = asyncio.get_running_loop().time()
+        await self.publish(channel, b"ping", sharded=self._shard_by_default)
+        return sent
+
     async def publish(
         self, channel: str | bytes, data: str | bytes, *, sharded: bool = True
     ) -> int:
