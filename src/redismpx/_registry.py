@@ -439,7 +439,8 @@ class Registry:
             return self._unsolicited(kind, subscribe, name)
         head = pending[0]
         acked = head.acked
-        if head.names[acked] != name or head.kind != kind or head.subscribe is not subscribe:
+        # Kind first: a PING at the head (a heartbeat) has no names to compare with.
+        if head.kind != kind or head.subscribe is not subscribe or head.names[acked] != name:
             return self._unsolicited(kind, subscribe, name)
         head.acked = acked = acked + 1
         if acked == len(head.names):
