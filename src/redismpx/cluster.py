@@ -105,8 +105,15 @@ class ClusterLink(Link):
         self.address = address  # None for the parking link of names without an owner
 
     def on_error(self, message: str) -> None:
-        pending = self.registry.pending
         code = message.split(" ", 1)[0]
+        if code in _CLUSTER_ERRORS:
+            redirect = parse_redirect(message)
+            if self.registry.late_error(None if redirect is None else redirect[0]):
+                # The reply to an unsubscribe that a slot move's pushes completed: the node
+                # dropped those names already, and no one holds them.
+                logger.debug("%r: reply to an unsubscribe completed by a move: %s", self, message)
+                return
+        pending = self.registry.pending
         if not pending or pending[0].kind != SHARD or code not in _CLUSTER_ERRORS:
             super().on_error(message)
             return

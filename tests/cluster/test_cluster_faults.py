@@ -11,6 +11,7 @@ moment it wakes, before it reads anything we sent meanwhile.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -73,6 +74,13 @@ def link_to(mpx: ClusterMultiplexer, node: ClusterNode) -> ClusterLink:
 def shard_subscribers(node: ClusterNode, channel: str) -> int:
     reply = node.command("PUBSUB", "SHARDNUMSUB", channel)
     return int(reply[1])
+
+
+def rejected_calls(node: ClusterNode, command: str) -> int:
+    """How often ``node`` refused ``command`` before running it (``MOVED``, say)."""
+    line = node.info("commandstats").get(f"cmdstat_{command}", "")
+    fields = dict(field.split("=", 1) for field in line.split(",") if "=" in field)
+    return int(fields.get("rejected_calls", 0))
 
 
 async def wait_asleep(node: ClusterNode) -> None:
@@ -142,7 +150,7 @@ async def test_ping_round_trip_over_shard_channels(cluster: RedisCluster, mpx_fa
     mpx = mpx_factory(cluster.url)
     rtt = await mpx.ping(timeout=3)
     assert 0 <= rtt < 3
-    rtt = await mpx.ping(timeout=3)  # the publish connection is kept: again, cheaper
+    rtt = await mpx.ping(timeout=3)  # again: the first probe left nothing behind
     assert 0 <= rtt < 3
     stats = mpx.stats()
     assert stats["subscriptions"] == 0 and stats["shard_channels"] == 0  # cleaned up
@@ -154,7 +162,7 @@ async def test_ping_round_trip_over_shard_channels(cluster: RedisCluster, mpx_fa
 
 async def test_slot_move_with_a_heartbeat_ping_in_flight(two_primaries, mpx_factory) -> None:
     cluster = two_primaries
-    a, b = cluster.primaries()
+    a, b = cluster.nodes  # A has the lower config epoch: B keeps the slots it gets
     x, y = names_on(cluster, a, "hb", 2)
     slot = key_slot(x)
     interval, timeout = 0.3, 5.0
@@ -212,3 +220,96 @@ async def test_slot_move_with_a_heartbeat_ping_in_flight(two_primaries, mpx_fact
     stats = mpx.stats()
     assert stats["reconnects"] == 0
     assert stats["connects"] == 2  # A, and B since x moved there
+
+
+# -- a channel removed while its slot moves ---------------------------------------------------
+
+
+async def remove_during_move(
+    cluster: RedisCluster,
+    mpx: ClusterMultiplexer,
+    caplog: pytest.LogCaptureFixture,
+    prefix: str,
+    *,
+    queued: bool,
+) -> tuple[Recorder, Recorder, Recorder, list[str], int]:
+    """M holds x and Y holds y, both on A; M removes x while x's slot moves to B.
+
+    A then sends the push ``sunsubscribe x`` and ``-MOVED`` for our SUNSUBSCRIBE x. Z adds z
+    (a third slot of A): with ``queued`` in the same turn as the removal (its SSUBSCRIBE is
+    pending behind the SUNSUBSCRIBE), else once the MOVED was read. Returns the recorders,
+    the names and the ``slot_moves`` count before the move.
+    """
+    caplog.set_level(logging.DEBUG, logger="redismpx")
+    a, b = cluster.nodes  # A has the lower config epoch: B keeps the slots it gets
+    names = names_on(cluster, a, prefix, 3)
+    x, y, z = names
+    slot = key_slot(x)
+    m_rec, y_rec, z_rec = Recorder("M"), Recorder("Y"), Recorder("Z")
+    m = mpx.new_channel_subscription(*m_rec.callbacks)
+    m.add(x)
+    mpx.new_channel_subscription(*y_rec.callbacks).add(y)
+    await m_rec.activated(x)
+    await y_rec.activated(y)
+    await received_once(mpx, y_rec, y, "before")
+
+    def moved_read() -> bool:  # logged by the multiplexer (no event exists for it)
+        return any(f"MOVED {slot} " in r.getMessage() for r in caplog.records)
+
+    refused = rejected_calls(a, "sunsubscribe")
+    slot_moves = mpx.stats()["slot_moves"]
+    moving = await stall_then(a, 1, ("CLUSTER", "SETSLOT", slot, "NODE", b.node_id))
+    m.remove(x)
+    if queued:
+        mpx.new_channel_subscription(*z_rec.callbacks).add(z)
+    await b.acommand("CLUSTER", "SETSLOT", slot, "NODE", b.node_id)
+    assert await moving == [b"OK", b"OK"]
+    if not queued:
+        async with asyncio.timeout(5):
+            while not moved_read():
+                await asyncio.sleep(0.01)
+        mpx.new_channel_subscription(*z_rec.callbacks).add(z)
+    # z's acknowledgement comes after the MOVED (Redis answers in order): a barrier.
+    await z_rec.activated(z, timeout=10)
+    assert rejected_calls(a, "sunsubscribe") == refused + 1, "no MOVED for the SUNSUBSCRIBE"
+    return m_rec, y_rec, z_rec, names, slot_moves
+
+
+async def test_remove_while_its_slot_moves_tells_nobody(
+    two_primaries, mpx_factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster = two_primaries
+    a, b = cluster.nodes
+    mpx = mpx_factory(cluster.url)
+    m_rec, y_rec, z_rec, (x, y, _), _ = await remove_during_move(
+        cluster, mpx, caplog, "rm", queued=False
+    )
+
+    # x was being removed: nobody hears anything, and the node link stays up.
+    assert y_rec.disconnects == []
+    assert m_rec.disconnects == [] and z_rec.disconnects == []
+    assert mpx.stats()["reconnects"] == 0
+    await received_once(mpx, y_rec, y, "after")
+    assert y_rec.activations == [y.encode()]
+    assert shard_subscribers(a, x) == 0 and shard_subscribers(b, x) == 0
+    assert mpx.stats()["shard_channels"] == 2  # y and z
+
+
+async def test_remove_while_its_slot_moves_with_a_subscribe_queued_behind(
+    two_primaries, mpx_factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster = two_primaries
+    a = cluster.nodes[0]
+    mpx = mpx_factory(cluster.url)
+    _, _, z_rec, (_, _, z), slot_moves = await remove_during_move(
+        cluster, mpx, caplog, "rq", queued=True
+    )
+
+    # The MOVED answered the SUNSUBSCRIBE, not the SSUBSCRIBE z queued behind it: z was
+    # confirmed by A at once, never sent to B and back.
+    stats = mpx.stats()
+    assert stats["redirects"] == 0
+    assert stats["slot_moves"] == slot_moves
+    assert z_rec.activations == [z.encode()] and z_rec.disconnects == []
+    await received_once(mpx, z_rec, z, "z")
+    assert shard_subscribers(a, z) == 1

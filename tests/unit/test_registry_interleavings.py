@@ -101,6 +101,93 @@ def test_pushed_unsubscribe_behind_a_ping_for_a_name_being_removed() -> None:
     assert X not in reg.tables[SHARD] and not reg.pending
 
 
+# -- the registry: an unsubscribe completed by a push, its MOVED still to come ----------------
+
+
+X2 = b"x2{%s}" % X  # in the slot of X (a hash tag)
+
+
+def test_moved_after_a_pushed_unsubscribe_is_that_unsubscribes() -> None:
+    reg, ls = subscribed(X, Y)
+    reg.remove(SHARD, X, ls[X])
+    reg.commands()
+    assert reg.on_ack(SHARD, False, X) is None  # pushed by the move: completes our SUNSUBSCRIBE
+    assert X not in reg.tables[SHARD] and not reg.pending
+    assert reg.late_error(SX)  # its own reply: dropped, nothing pending is touched
+    assert reg.late_error(SX)  # and so would a second unsubscribe's be
+    assert not reg.late_error(key_slot(Y))  # an error for another slot is no late reply
+    assert reg.is_active(SHARD, Y)
+
+
+def test_moved_after_a_pushed_unsubscribe_spares_a_subscribe_of_another_slot() -> None:
+    reg, ls = subscribed(X, Y)
+    lz = L(9)
+    reg.remove(SHARD, X, ls[X])
+    reg.add(SHARD, Z, lz)
+    assert [(c.subscribe, c.names) for c in reg.commands()] == [(False, [X]), (True, [Z])]
+    assert reg.on_ack(SHARD, False, X) is None  # the push
+    assert reg.late_error(SX)  # the SUNSUBSCRIBE's MOVED: not charged to SSUBSCRIBE Z
+    assert [c.names for c in reg.pending] == [[Z]]
+    assert reg.on_ack(SHARD, True, Z) == [lz]
+    # Z's reply proves every earlier command answered: a MOVED for X's slot now is no late one.
+    assert not reg.late_error(SX)
+
+
+def test_moved_for_the_heads_own_slot_is_the_heads_then_the_late_ones() -> None:
+    reg, ls = subscribed(X, Y)
+    l2 = L(9)
+    reg.remove(SHARD, X, ls[X])
+    reg.add(SHARD, X2, l2)  # same slot as X, queued behind its SUNSUBSCRIBE
+    reg.commands()
+    assert reg.on_ack(SHARD, False, X) is None  # the push
+    # Two MOVED follow, one per command: the first goes to the head (the slot moved for it
+    # too), the second finds no command of that slot and is the unsubscribe's.
+    assert not reg.late_error(SX)
+    failed = reg.on_error()
+    assert failed is not None and failed[0].names == [X2] and failed[1] == [(X2, [l2])]
+    assert reg.late_error(SX)
+    assert not reg.pending
+
+
+def test_an_unsubscribe_answered_in_full_is_forgotten_at_the_next_pong() -> None:
+    reg, ls = subscribed(X, Y)
+    reg.remove(SHARD, X, ls[X])
+    reg.commands()
+    assert reg.on_ack(SHARD, False, X) is None  # its real acknowledgement, as it happens
+    reg.ping()
+    assert reg.late_error(SX)  # not known yet: the PING is no shard command
+    assert reg.on_pong()
+    assert not reg.late_error(SX) and not reg.late_error(None)
+
+
+def test_errors_naming_no_slot() -> None:
+    reg, ls = subscribed(X, Y)
+    reg.remove(SHARD, X, ls[X])
+    reg.commands()
+    reg.on_ack(SHARD, False, X)  # the push
+    assert reg.late_error(None)  # CLUSTERDOWN with nothing pending: the unsubscribe's
+    reg.add(SHARD, Z, L(9))
+    reg.commands()
+    assert not reg.late_error(None)  # with a shard command pending it is the head's
+    reg.on_disconnected()
+    reg.on_connected()
+    assert not reg.late_error(SX)  # a new connection owes nothing
+
+
+def test_pushes_out_of_order_leave_a_multi_name_unsubscribe_to_its_moved() -> None:
+    reg, ls = subscribed(X, X2, Y)
+    reg.remove(SHARD, X, ls[X])
+    reg.remove(SHARD, X2, ls[X2])
+    assert [c.names for c in reg.commands()] == [[X, X2]]  # one slot, one command
+    assert reg.on_ack(SHARD, False, X2) is None  # the node pushes in its own order
+    assert reg.on_ack(SHARD, False, X) is None
+    assert [c.acked for c in reg.pending] == [1]
+    assert not reg.late_error(SX)  # the head's MOVED
+    failed = reg.on_error()
+    assert failed is not None and failed[1] == []
+    assert reg.tables[SHARD].keys() == {Y} and not reg.pending
+
+
 # -- a cluster link fed RESP bytes ------------------------------------------------------------
 
 
@@ -201,3 +288,40 @@ async def test_link_push_then_pong_with_a_ping_in_flight(wire: Wire) -> None:
     wire.error(moved(SX))
     assert wire.owner.refused == [(True, [X], moved(SX))]
     assert wire.aborted is None and wire.owner.lost == []
+
+
+async def test_link_push_then_moved_with_nothing_pending(wire: Wire) -> None:
+    lx, ly = L(0), L(1)
+    wire.reg.add(SHARD, X, lx)
+    wire.reg.add(SHARD, Y, ly)
+    wire.reg.commands()
+    wire.ack(b"ssubscribe", X, 1)
+    wire.ack(b"ssubscribe", Y, 2)
+    wire.reg.remove(SHARD, X, lx)
+    wire.reg.commands()
+    wire.ack(b"sunsubscribe", X, 1)  # pushed by the move
+    wire.error(moved(SX))  # the SUNSUBSCRIBE's own reply
+    assert wire.aborted is None
+    assert wire.owner.names_lost == [] and wire.owner.refused == []
+    assert wire.reg.is_active(SHARD, Y) and X not in wire.reg.tables[SHARD]
+
+
+async def test_link_push_moved_ping_and_a_queued_subscribe(wire: Wire) -> None:
+    lx, ly, lz = L(0), L(1), L(2)
+    wire.reg.add(SHARD, X, lx)
+    wire.reg.add(SHARD, Y, ly)
+    wire.reg.commands()
+    wire.ack(b"ssubscribe", X, 1)
+    wire.ack(b"ssubscribe", Y, 2)
+    wire.reg.remove(SHARD, X, lx)
+    wire.reg.add(SHARD, Z, lz)
+    wire.reg.commands()  # SUNSUBSCRIBE X, SSUBSCRIBE Z
+    wire.link.send_ping()
+    wire.ack(b"sunsubscribe", X, 1)
+    wire.error(moved(SX))
+    wire.ack(b"ssubscribe", Z, 2)
+    wire.pong()
+    assert wire.aborted is None
+    assert lz.activated == [Z] and wire.reg.is_active(SHARD, Z)
+    assert wire.owner.names_lost == [] and wire.owner.refused == []
+    assert not wire.reg.pending
