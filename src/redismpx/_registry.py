@@ -15,7 +15,9 @@ for an earlier subscribe that an unsubscribe followed) therefore never activates
 
 The registry keeps the FIFO of commands whose replies are due. Redis answers in order, so
 an acknowledgement that does not match the head of the FIFO was pushed unasked (a shard
-channel moved to another node: ``sunsubscribe``), and an error reply belongs to the head.
+channel moved to another node: ``sunsubscribe``), and an error reply belongs to the head,
+save one case on a cluster: a push that completed an unsubscribe of ours, whose own reply
+(``MOVED``) still follows (see ``SlotRegistry``, which is told of each completed command).
 """
 
 from __future__ import annotations
@@ -439,11 +441,13 @@ class Registry:
             return self._unsolicited(kind, subscribe, name)
         head = pending[0]
         acked = head.acked
-        if head.names[acked] != name or head.kind != kind or head.subscribe is not subscribe:
+        # Kind first: a PING at the head (a heartbeat) has no names to compare with.
+        if head.kind != kind or head.subscribe is not subscribe or head.names[acked] != name:
             return self._unsolicited(kind, subscribe, name)
         head.acked = acked = acked + 1
         if acked == len(head.names):
             pending.popleft()
+            self._completed(head)
         table = self.tables[kind]
         st = table[name]  # every name in flight has a state
         st.inflight -= 1
@@ -459,6 +463,9 @@ class Registry:
             _delete(table, name)
             self._dirty[kind].pop(name, None)
         return None
+
+    def _completed(self, cmd: Command) -> None:
+        """Every name of ``cmd`` was acknowledged (once per command, not per name)."""
 
     def _unsolicited(self, kind: int, subscribe: bool, name: bytes) -> AckResult | None:
         if subscribe:

@@ -220,7 +220,66 @@ class SlotRegistry(Registry):
     The base registry chunks by count and size; a cluster node refuses a ``SSUBSCRIBE`` or
     ``SUNSUBSCRIBE`` whose names hash to different slots (``CROSSSLOT``), so shard names are
     grouped by slot first (order kept: busiest names still go first after a reconnect).
+
+    Late replies. A node that gives a slot away pushes ``sunsubscribe`` for each of our
+    channels there. If our SUNSUBSCRIBE of such a channel is pending, the push is taken as
+    its acknowledgement and completes it; its own reply, ``-MOVED <slot>``, still follows,
+    before the replies to later commands. So the slots of completed shard unsubscribes are
+    kept until a reply that only a later command can cause arrives (a subscribe's
+    acknowledgement, a PONG), and :meth:`late_error` tells an error that answers one of
+    them from the head command's: commands never mix slots, so the slot a ``MOVED`` names
+    says whose it is.
     """
+
+    def __init__(self, chunk_size: int = 1000, chunk_bytes: int = 1 << 20) -> None:
+        super().__init__(chunk_size=chunk_size, chunk_bytes=chunk_bytes)
+        # Slots of shard unsubscribes completed since the last reply known to answer a later
+        # command: at most one entry per slot, however many unsubscribes.
+        self._late: set[int] = set()
+
+    def _completed(self, cmd: Command) -> None:
+        if cmd.kind == SHARD and not cmd.subscribe:
+            self._late.add(key_slot(cmd.names[0]))
+        elif self._late:
+            # Nothing else is acknowledged unasked: every earlier command was answered.
+            self._late.clear()
+
+    def late_error(self, slot: int | None) -> bool:
+        """Whether a cluster error reply answers a shard unsubscribe completed already.
+
+        ``slot`` is the one a ``MOVED``/``ASK`` names, None for other errors. True: the
+        error is such an unsubscribe's (its names are gone already) and leaves the pending
+        commands alone. False: it is the head command's. An error for the head's own slot
+        is taken as the head's: after a move every command for the slot gets one, so if it
+        was the unsubscribe's, the head's own error follows while a command of another slot
+        (or none) is at the head, and is then taken as the late one.
+        """
+        late = self._late
+        if not late:
+            return False
+        head = self.pending[0] if self.pending else None
+        if (
+            head is not None
+            and head.kind == SHARD
+            and (slot is None or key_slot(head.names[0]) == slot)
+        ):
+            return False
+        # A PING or a classic command at the head gets no cluster error: not theirs either.
+        return slot is None or slot in late
+
+    def on_pong(self) -> bool:
+        if not super().on_pong():
+            return False
+        self._late.clear()  # a PING is never answered unasked
+        return True
+
+    def on_disconnected(self) -> None:
+        super().on_disconnected()
+        self._late.clear()
+
+    def clear(self) -> None:
+        super().clear()
+        self._late.clear()
 
     def _emit(self, kind: int, subscribe: bool, names: list[bytes], out: list[Command]) -> None:
         if kind != SHARD or len(names) < 2:

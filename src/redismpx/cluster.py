@@ -105,8 +105,15 @@ class ClusterLink(Link):
         self.address = address  # None for the parking link of names without an owner
 
     def on_error(self, message: str) -> None:
-        pending = self.registry.pending
         code = message.split(" ", 1)[0]
+        if code in _CLUSTER_ERRORS:
+            redirect = parse_redirect(message)
+            if self.registry.late_error(None if redirect is None else redirect[0]):
+                # The reply to an unsubscribe that a slot move's pushes completed: the node
+                # dropped those names already, and no one holds them.
+                logger.debug("%r: reply to an unsubscribe completed by a move: %s", self, message)
+                return
+        pending = self.registry.pending
         if not pending or pending[0].kind != SHARD or code not in _CLUSTER_ERRORS:
             super().on_error(message)
             return
@@ -722,6 +729,17 @@ class ClusterMultiplexer(Multiplexer):
                 self._retire(addr)
 
     # -- publishing --------------------------------------------------------------------------
+
+    async def _publish_probe(self, channel: bytes) -> float:
+        # ``ping``'s subscription is a shard channel here, which a classic PUBLISH never
+        # reaches: SPUBLISH it like any message. The publish connection to the owner is made
+        # first, so that the round trip does not count it.
+        owner = (await self._ensure_map()).owners[key_slot(channel)]
+        if owner is not None:
+            await self._commander(owner)
+        sent = asyncio.get_running_loop().time()
+        await self.publish(channel, b"ping", sharded=self._shard_by_default)
+        return sent
 
     async def publish(
         self, channel: str | bytes, data: str | bytes, *, sharded: bool = True

@@ -586,19 +586,28 @@ class Multiplexer:
                 active.set_result(None)
 
         sub = self.new_channel_subscription(on_message, None, on_activation)
-        publisher = None
         try:
             async with asyncio.timeout(timeout):
                 sub.add(channel)
                 await active
-                publisher = await connect(self._link_for(0, channel).options)
-                sent = loop.time()
-                await publisher.request(b"PUBLISH", channel, b"ping")
+                sent = await self._publish_probe(channel)
                 return await arrived - sent
         finally:
             sub.close()
-            if publisher is not None:
-                publisher.close()
+
+    async def _publish_probe(self, channel: bytes) -> float:
+        """Publish ``ping``'s message the way its subscription listens; returns when it was sent.
+
+        Here a classic ``PUBLISH`` over a short-lived connection, opened before the clock
+        starts (the round trip does not count the connection).
+        """
+        publisher = await connect(self._link.options)
+        try:
+            sent = asyncio.get_running_loop().time()
+            await publisher.request(b"PUBLISH", channel, b"ping")
+            return sent
+        finally:
+            publisher.close()
 
     # -- introspection -----------------------------------------------------------------------
 
