@@ -1,0 +1,108 @@
+"""Credentials never leak: not through refused handshakes, URL errors or unsendable options.
+
+A refused command's error reply echoes its arguments ("ERR unknown command 'HELLO', with
+args beginning with: '3' 'AUTH' 'default' '<password>'"); errors about a malformed URL or
+option must say what is wrong without quoting the password.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from redismpx import ConnectError, Multiplexer
+from support.logwatch import LogWatch, watch_log
+from support.recorder import Recorder
+
+# A short one, and one longer than the 128 characters a server echoes (it cuts it off).
+PASSWORDS = [secrets.token_hex(6), secrets.token_hex(80)]
+
+
+def _chain(error: BaseException | None) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    todo = [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__]
+
+
+def _texts(m: Multiplexer, log: LogWatch) -> list[str]:
+    """Everything a user or an operator may see of the last error."""
+    texts = [log.text, repr(m), str(m.stats())]
+    for e in _chain(m.last_error):
+        texts += [str(e), repr(e), repr(e.args), repr(vars(e))]
+    return texts
+
+
+def assert_no_secret(m: Multiplexer, log: LogWatch, password: str) -> None:
+    # A prefix as well: a truncated echo shows the start of a long password.
+    for text in _texts(m, log):
+        assert password[:8] not in text, text
+
+
+def _refused(log: LogWatch, command: str) -> int:
+    return log.count(f"{command}: ERR unknown command")
+
+
+@pytest.mark.parametrize("password", PASSWORDS, ids=["short", "long"])
+@pytest.mark.parametrize(
+    ("renamed", "protocol", "command"),
+    [
+        (("HELLO",), 3, "HELLO"),  # RESP3 required: the refused HELLO is the error
+        (("AUTH",), 2, "AUTH"),
+        (("HELLO", "AUTH"), None, "AUTH"),  # HELLO refused, falls back to AUTH, refused too
+    ],
+    ids=["hello-resp3", "auth-resp2", "hello-and-auth"],
+)
+@pytest.mark.parametrize("username", [None, "default"])
+async def test_a_refused_handshake_never_shows_the_password(
+    server_factory: Any,
+    password: str,
+    renamed: tuple[str, ...],
+    protocol: int | None,
+    command: str,
+    username: str | None,
+) -> None:
+    args = ["--requirepass", password]
+    for name in renamed:
+        args += ["--rename-command", name, ""]
+    srv = server_factory(args=args)
+    with watch_log() as log:
+        async with Multiplexer(
+            host=srv.host,
+            port=srv.port,
+            username=username,
+            password=password,
+            protocol=protocol,
+            backoff_cap=0.05,
+        ) as m:
+            m.new_channel_subscription(*Recorder().callbacks).add("x")
+            # Twice: the first refusal is logged as a warning, the repeats at DEBUG level.
+            await log.wait_until(lambda: _refused(log, command) >= 2)
+            assert isinstance(m.last_error, ConnectError)
+            # Still says what went wrong.
+            assert f"{command}: ERR unknown command" in str(m.last_error)
+            assert_no_secret(m, log, password)
+    assert_no_secret(m, log, password)
+
+
+async def test_hello_refused_but_auth_works_falls_back_to_resp2(server_factory: Any) -> None:
+    password = PASSWORDS[0]
+    srv = server_factory(args=["--rename-command", "HELLO", ""], password=password)
+    with watch_log() as log:
+        async with Multiplexer(srv.url) as m:
+            rec = Recorder()
+            m.new_channel_subscription(*rec.callbacks).add("x")
+            await rec.activated("x")
+            assert m._link.conn is not None and m._link.conn.resp == 2
+            await srv.acommand("PUBLISH", "x", "hello")
+            await rec.received(1)
+            assert m.last_error is None
+    assert password not in log.text
