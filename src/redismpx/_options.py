@@ -6,7 +6,7 @@ import math
 import ssl as _ssl
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from .errors import InvalidArgument, InvalidArgumentType
 
@@ -57,6 +57,29 @@ def check_seconds(name: str, value: Any, *, allow_none: bool = False) -> float |
     return _check_timeout(name, value, allow_none=allow_none)
 
 
+# URL errors never quote the URL: a password with an unencoded '#', '/', '?' or '@' is split
+# into the wrong parts (the port, the path, the query), which an error would then show.
+_ENCODE_HINT = "percent-encode special characters such as # / ? @ in the password"
+
+
+def _split_url(url: str) -> SplitResult:
+    try:
+        return urlsplit(url)
+    except ValueError:
+        pass  # outside the except clause: the error quotes a part of the URL
+    raise InvalidArgument(f"malformed URL: unbalanced or invalid [IPv6] host ({_ENCODE_HINT})")
+
+
+def _url_port(parts: SplitResult) -> int | None:
+    try:
+        return parts.port
+    except ValueError:
+        pass  # its message quotes what stood after the last ':' (maybe half a password)
+    raise InvalidArgument(
+        f"bad port in the URL: it must be a number from 1 to 65535 ({_ENCODE_HINT})"
+    )
+
+
 def _default_ssl_context(
     ca_certs: str | None, certfile: str | None, keyfile: str | None, check_hostname: bool
 ) -> _ssl.SSLContext:
@@ -96,16 +119,23 @@ def parse_options(
     if url is not None:
         if not isinstance(url, str):
             raise InvalidArgumentType(f"url must be a str, not {type(url).__name__}")
-        parts = urlsplit(url)
+        parts = _split_url(url)
         scheme = parts.scheme.lower()
         if scheme not in _SCHEMES:
+            # Quoted only when it is one: in "user:password@host" it is the user name.
+            what = repr(parts.scheme) if url.lower().startswith(f"{scheme}://") else "missing"
             raise InvalidArgument(
-                f"unsupported URL scheme {parts.scheme!r}: use redis://, rediss:// or unix://"
+                f"unsupported URL scheme ({what}): use redis://, rediss:// or unix://"
             )
+        if "#" in url:
+            raise InvalidArgument(f"the URL must not contain '#' ({_ENCODE_HINT})")
         if parts.username:
             values["username"] = unquote(parts.username)
         if parts.password is not None:
             values["password"] = unquote(parts.password)
+        if any("=" not in field for field in parts.query.split("&") if field):
+            # "redis://:12?x@host" too: a password cut short at an unencoded '?'
+            raise InvalidArgument(f"the URL query must be key=value pairs ({_ENCODE_HINT})")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         if scheme == "unix":
             if not parts.path:
@@ -113,10 +143,7 @@ def parse_options(
             values["unix_path"] = unquote(parts.path)
         else:
             use_tls = scheme in ("rediss", "valkeys")
-            try:
-                parsed_port = parts.port
-            except ValueError as exc:
-                raise InvalidArgument(f"bad port in URL: {exc}") from None
+            parsed_port = _url_port(parts)
             if parts.hostname:
                 values["host"] = parts.hostname
             if parsed_port is not None:
@@ -124,7 +151,9 @@ def parse_options(
             path = parts.path.strip("/")
             if path:
                 if not path.isdigit():
-                    raise InvalidArgument(f"the URL path must be a db number, not {path!r}")
+                    raise InvalidArgument(
+                        f"the URL path must be a db number such as /0 ({_ENCODE_HINT})"
+                    )
                 values["db"] = int(path)
         for key in ("db", "protocol"):
             if key in query:

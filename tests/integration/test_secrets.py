@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from redismpx import ConnectError, Multiplexer
+from redismpx.errors import InvalidArgument, RedisMPXError
 from support.logwatch import LogWatch, watch_log
 from support.recorder import Recorder
 
@@ -106,3 +107,42 @@ async def test_hello_refused_but_auth_works_falls_back_to_resp2(server_factory: 
             await rec.received(1)
             assert m.last_error is None
     assert password not in log.text
+
+
+# -- URLs ----------------------------------------------------------------------------------------
+
+# Passwords with an unencoded special character: the URL parser splits them into the port,
+# the path, the query or the fragment (or an IPv6 host), where errors used to quote them.
+BAD_URLS = [
+    "redis://:Tr0ub4dor#3xyz@host:6379/0",
+    "redis://user:Tr0ub4dor/3xyz@host:6379/0",
+    "redis://:Tr0ub4dor?3xyz@host:6379/0",
+    "redis://:12345/Tr0ub4dor@host",  # the part before '/' happens to be a valid port
+    "redis://:12345?Tr0ub4dor@host",
+    "redis://:12345#Tr0ub4dor@host",
+    "redis://:Tr0ub[4dor]@host",
+    "redis://:Tr0ub[4dor@host",
+    "rediss://:Tr0ub4dor%@host:port/0",
+    "unix:///tmp/redis.sock?password=Tr0ub4dor#3xyz",
+    "Tr0ub4dor:3xyz@host:6379",  # no scheme: the part before ':' is taken for one
+]
+
+
+@pytest.mark.parametrize("url", BAD_URLS)
+def test_url_errors_do_not_quote_the_password(url: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        Multiplexer(url)
+    for e in _chain(info.value):
+        assert isinstance(e, RedisMPXError), repr(e)  # nothing raw chained
+        for text in (str(e), repr(e)):
+            assert "Tr0ub" not in text and "4dor" not in text and "3xyz" not in text, text
+    if url.startswith("Tr0ub"):
+        assert "scheme" in str(info.value)
+    else:  # says what to do about it
+        assert "percent-encode" in str(info.value)
+
+
+def test_an_encoded_password_is_fine() -> None:
+    m = Multiplexer("redis://:Tr0ub4dor%233%2F%3F%40@host:6379/0")
+    assert m._options.password == "Tr0ub4dor#3/?@"
+    assert "Tr0ub" not in repr(m) and "Tr0ub" not in repr(m._options)
