@@ -80,6 +80,14 @@ def _url_port(parts: SplitResult) -> int | None:
     )
 
 
+def _utf8_encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _default_ssl_context(
     ca_certs: str | None, certfile: str | None, keyfile: str | None, check_hostname: bool
 ) -> _ssl.SSLContext:
@@ -187,9 +195,18 @@ def parse_options(
         raise InvalidArgument(f"db must be >= 0, not {values['db']}")
     if values.get("protocol") not in (None, 2, 3):
         raise InvalidArgument(f"protocol must be 2 or 3, not {values['protocol']!r}")
+    for key in ("username", "password"):
+        if key in values and not _utf8_encodable(values[key]):
+            # Not quoted, nor chained: UnicodeEncodeError's repr holds the whole value.
+            raise InvalidArgument(f"{key} cannot be encoded as UTF-8 (a lone surrogate?)")
     name = values.get("client_name")
-    if name is not None and (not name or any(c in name for c in " \n\r")):
-        raise InvalidArgument("client_name must be non-empty and contain no spaces or newlines")
+    if name is not None and (not name or not all("!" <= c <= "~" for c in name)):
+        # Redis and Valkey refuse the rest ("Client names cannot contain spaces, newlines or
+        # special characters"): the handshake would fail on every attempt.
+        raise InvalidArgument(
+            f"client_name must be non-empty printable ASCII without spaces ('!' to '~'), "
+            f"not {name!r}"
+        )
 
     context: _ssl.SSLContext | None
     if isinstance(ssl, _ssl.SSLContext):

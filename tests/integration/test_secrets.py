@@ -10,11 +10,12 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
 from redismpx import ConnectError, Multiplexer
-from redismpx.errors import InvalidArgument, RedisMPXError
+from redismpx.errors import InvalidArgument, RedisMPXError, ServerError
 from support.logwatch import LogWatch, watch_log
 from support.recorder import Recorder
 
@@ -146,3 +147,45 @@ def test_an_encoded_password_is_fine() -> None:
     m = Multiplexer("redis://:Tr0ub4dor%233%2F%3F%40@host:6379/0")
     assert m._options.password == "Tr0ub4dor#3/?@"
     assert "Tr0ub" not in repr(m) and "Tr0ub" not in repr(m._options)
+
+
+# -- credentials and names that cannot be sent ---------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["username", "password"])
+def test_credentials_utf8_cannot_encode_are_refused_unquoted(key: str) -> None:
+    value = "Tr0ub4dor\udc80xyz"  # a lone surrogate, as os.environ yields for stray bytes
+    kwargs = {"username": "u", "password": "p", key: value}
+    with pytest.raises(InvalidArgument, match=f"{key} cannot be encoded as UTF-8") as info:
+        Multiplexer(**kwargs)
+    for e in _chain(info.value):
+        assert isinstance(e, RedisMPXError), repr(e)
+        assert "Tr0ub" not in str(e) and "Tr0ub" not in repr(e)
+
+
+@pytest.mark.parametrize("name", ["app\udc80", "café", "a\tb", "a b", "a\nb", "", "\x7f"], ids=repr)
+def test_client_names_redis_refuses_are_refused_at_once(name: str) -> None:
+    with pytest.raises(InvalidArgument, match="client_name"):
+        Multiplexer(client_name=name)
+    if (name and name.isprintable()) or name.isspace():  # what a URL can carry
+        with pytest.raises(InvalidArgument, match="client_name"):
+            Multiplexer("redis://host/0?client_name=" + quote(name))
+
+
+async def test_client_name_rule_matches_the_server(redis_server: Any) -> None:
+    # Accepted by the constructor exactly when the server accepts it (printable ASCII).
+    for code in range(1, 256):
+        name = f"a{chr(code)}b"
+        try:
+            Multiplexer(client_name=name)
+        except InvalidArgument:
+            ours = False
+        else:
+            ours = True
+        try:
+            await redis_server.acommand("CLIENT", "SETNAME", name.encode())
+        except ServerError:
+            theirs = False
+        else:
+            theirs = True
+        assert ours == theirs, (code, ours, theirs)
