@@ -1,0 +1,118 @@
+"""The supervisor keeps its promise: nothing ends it, and no option value stops it reconnecting.
+
+Also: once the reader declares a connection dead, nothing more read from it is dispatched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import pytest
+
+import redismpx._link
+from redismpx import ConnectError, ConnectionLost, Multiplexer, State
+from support.logwatch import LogWatch, watch_log
+from support.recorder import Recorder
+
+PASSWORD = "Sup3rvisor-s3cret"
+
+
+def _no_secret(m: Multiplexer, log: LogWatch) -> None:
+    texts = [log.text, repr(m), str(m.stats())]
+    e = m.last_error
+    while e is not None:
+        texts += [str(e), repr(e), repr(vars(e))]
+        e = e.__cause__ or e.__context__
+    for text in texts:
+        assert PASSWORD[:8] not in text, text
+
+
+async def test_an_unencodable_option_slipped_past_validation_is_reported(
+    server_factory: Any,
+) -> None:
+    """The reviewer's case: the handshake's UnicodeEncodeError ended the supervisor silently
+    (state stuck at connecting, no error, nothing logged) and ``aclose()`` raised it."""
+    srv = server_factory(password=PASSWORD)
+    with watch_log() as log:
+        m = Multiplexer(srv.url, backoff_cap=0.05)
+        good = m._link.options
+        m._link.options = dataclasses.replace(good, password=PASSWORD + "\udc80")
+        rec = Recorder()
+        m.new_channel_subscription(*rec.callbacks).add("x")
+        await log.wait_until(lambda: log.count("cannot be encoded") >= 2)
+        assert isinstance(m.last_error, ConnectError)
+        assert "password cannot be encoded as UTF-8" in str(m.last_error)
+        assert m.state is State.CONNECTING
+        assert log.count("cannot be encoded", logging.WARNING) == 1  # then at DEBUG level
+        # Still retrying: with the options mended, it connects.
+        m._link.options = good
+        await rec.activated("x")
+        await m.aclose()  # raises nothing
+    _no_secret(m, log)
+
+
+async def test_a_bug_while_connecting_does_not_end_the_supervisor(
+    server_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv = server_factory(password=PASSWORD)
+    real_connect = redismpx._link.connect
+    broken = True
+
+    async def connect(opts: Any) -> Any:
+        if broken:
+            raise RuntimeError(f"a bug that quotes {opts.password}")
+        return await real_connect(opts)
+
+    monkeypatch.setattr(redismpx._link, "connect", connect)
+    with watch_log() as log:
+        async with Multiplexer(srv.url, backoff_cap=0.05) as m:
+            rec = Recorder()
+            m.new_channel_subscription(*rec.callbacks).add("x")
+            await log.wait_until(lambda: log.count("unexpected RuntimeError") >= 3)
+            assert isinstance(m.last_error, ConnectError)
+            assert "unexpected RuntimeError while connecting" in str(m.last_error)
+            assert m.state is State.CONNECTING
+            # One ERROR with the traceback (password redacted), then DEBUG lines.
+            assert log.count("unexpected RuntimeError", logging.ERROR) == 1
+            assert "Traceback" in log.text and "a bug that quotes (redacted)" in log.text
+            _no_secret(m, log)
+            broken = False
+            await rec.activated("x")
+            await srv.acommand("PUBLISH", "x", "after")
+            await rec.received(1)
+
+
+async def test_a_bug_while_serving_is_an_outage_not_the_end(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with watch_log() as log:
+        async with Multiplexer(redis_server.url, backoff_cap=0.05) as m:
+            rec = Recorder()
+            m.new_channel_subscription(*rec.callbacks).add("x")
+            await rec.activated("x")
+            registry = m._link.registry
+            real = registry.on_connected
+            broken = True
+
+            def on_connected() -> Any:
+                if broken:
+                    raise RuntimeError("a bug in the registry")
+                return real()
+
+            monkeypatch.setattr(registry, "on_connected", on_connected)
+            await redis_server.acommand("CLIENT", "KILL", "TYPE", "pubsub")
+            await rec.disconnected(1)  # the real outage
+            await rec.disconnected(2)  # the bug, reported to subscriptions as an outage
+            error = rec.disconnects[1]
+            assert isinstance(error, ConnectionLost) and "unexpected RuntimeError" in str(error)
+            assert error.__cause__ is None and error.__context__ is None
+            await log.wait_until(lambda: log.count("unexpected RuntimeError while serving") >= 2)
+            # Logged once (the ERROR with its traceback), not once per attempt.
+            assert log.count("unexpected RuntimeError", logging.ERROR) == 1
+            assert log.count("unexpected RuntimeError", logging.WARNING) == 0
+            broken = False
+            await rec.activated("x", count=2)
+            await redis_server.acommand("PUBLISH", "x", "after")
+            await rec.received(1)
