@@ -57,6 +57,42 @@ def check_seconds(name: str, value: Any, *, allow_none: bool = False) -> float |
     return _check_timeout(name, value, allow_none=allow_none)
 
 
+# The bounds of the durations the supervisor waits for. Infinity, or 1e300, would stop it
+# reconnecting (or detecting a dead link); a vanishing backoff_base would make it retry in a
+# hot loop (the delay only doubles 60 times).
+MIN_SECONDS = 0.001
+MAX_SECONDS = 86400.0  # a day
+
+
+def check_duration(name: str, value: Any) -> float:
+    """Validate a supervisor duration: a number of seconds in [MIN_SECONDS, MAX_SECONDS]."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgumentType(f"{name} must be a number of seconds, not {value!r}")
+    if not MIN_SECONDS <= value <= MAX_SECONDS:  # NaN too
+        raise InvalidArgument(
+            f"{name} must be from {MIN_SECONDS:g} to {MAX_SECONDS:g} seconds (a day), not {value!r}"
+        )
+    return float(value)
+
+
+def check_link_settings(
+    *,
+    health_check_interval: Any,
+    health_check_timeout: Any,
+    backoff_base: Any,
+    backoff_cap: Any,
+) -> tuple[float, float, float, float]:
+    """Validate the heartbeat and reconnect settings of a multiplexer (each with
+    :func:`check_duration`, and ``backoff_base <= backoff_cap``); returned in that order."""
+    interval = check_duration("health_check_interval", health_check_interval)
+    timeout = check_duration("health_check_timeout", health_check_timeout)
+    base = check_duration("backoff_base", backoff_base)
+    cap = check_duration("backoff_cap", backoff_cap)
+    if cap < base:
+        raise InvalidArgument(f"backoff_cap ({cap:g}) must be >= backoff_base ({base:g})")
+    return interval, timeout, base, cap
+
+
 # URL errors never quote the URL: a password with an unencoded '#', '/', '?' or '@' is split
 # into the wrong parts (the port, the path, the query), which an error would then show.
 _ENCODE_HINT = "percent-encode special characters such as # / ? @ in the password"
@@ -217,6 +253,5 @@ def parse_options(
         context = None
     else:
         raise InvalidArgumentType("ssl must be an ssl.SSLContext or a bool")
-    timeout = _check_timeout("connect_timeout", connect_timeout)
-    assert timeout is not None
+    timeout = check_duration("connect_timeout", connect_timeout)
     return ConnectOptions(ssl=context, connect_timeout=timeout, **values)

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 import redismpx._link
-from redismpx import ConnectError, ConnectionLost, Multiplexer, State
+from redismpx import ClusterMultiplexer, ConnectError, ConnectionLost, Multiplexer, State
+from redismpx.errors import InvalidArgument
 from support.logwatch import LogWatch, watch_log
 from support.recorder import Recorder
 
@@ -116,3 +117,52 @@ async def test_a_bug_while_serving_is_an_outage_not_the_end(
             await rec.activated("x", count=2)
             await redis_server.acommand("PUBLISH", "x", "after")
             await rec.received(1)
+
+
+# -- durations that would stop the supervisor --------------------------------------------------
+
+DURATIONS = [
+    "connect_timeout",
+    "health_check_interval",
+    "health_check_timeout",
+    "backoff_base",
+    "backoff_cap",
+]
+ABSURD = [float("inf"), 1e300, 86400.5, float("nan"), 0, -1.0, 1e-9, float("-inf")]
+
+
+@pytest.mark.parametrize("value", ABSURD, ids=repr)
+@pytest.mark.parametrize("name", DURATIONS)
+@pytest.mark.parametrize("cls", [Multiplexer, ClusterMultiplexer])
+def test_absurd_durations_are_refused(
+    redis_server: Any, cls: type[Multiplexer], name: str, value: float
+) -> None:
+    kwargs: dict[str, Any] = {name: value}
+    if name == "backoff_base" and value == value and value > 0:
+        kwargs["backoff_cap"] = min(value, 86400)  # fail on backoff_base, not on the cap
+    with pytest.raises(InvalidArgument) as info:
+        cls(redis_server.url, **kwargs)
+    assert name in str(info.value)
+    assert "0.001" in str(info.value) and "86400" in str(info.value)
+
+
+@pytest.mark.parametrize("value", [float("inf"), 1e300, 0], ids=repr)
+def test_absurd_topology_refresh_interval_is_refused(value: float) -> None:
+    with pytest.raises(InvalidArgument, match="topology_refresh_interval"):
+        ClusterMultiplexer("redis://127.0.0.1:1", topology_refresh_interval=value)
+
+
+async def test_the_largest_durations_still_work(redis_server: Any) -> None:
+    async with Multiplexer(
+        redis_server.url,
+        connect_timeout=86400,
+        health_check_interval=86400,
+        health_check_timeout=86400,
+        backoff_base=86400,
+        backoff_cap=86400,
+    ) as m:
+        rec = Recorder()
+        m.new_channel_subscription(*rec.callbacks).add("x")
+        await rec.activated("x")
+        await redis_server.acommand("PUBLISH", "x", "ok")
+        await rec.received(1)
