@@ -130,7 +130,12 @@ class Connection(asyncio.Protocol):
             transport.write(data)
 
     def abort(self, error: BaseException) -> None:
-        """End the connection now; ``closed`` resolves with ``error``."""
+        """End the connection now; ``closed`` resolves with ``error``.
+
+        Nothing more read from it is dispatched, not even the rest of the chunk being read:
+        ``connection_lost`` comes a loop turn later, and the reader stops on ``_link``.
+        """
+        self._link = None
         if not self.closed.done():
             self.closed.set_result(error)
         if self._transport is not None:
@@ -216,7 +221,7 @@ class Connection(asyncio.Protocol):
     def _pubsub_data(self, data: bytes) -> None:
         # The hot path: keep it flat. Messages on plain and shard channels and
         # acknowledgements are handled here; every other frame (pmessage, pongs, errors) goes
-        # to ``_frame``.
+        # to ``_frame``, which may abort the connection: only after it is ``_link`` checked.
         self._rx = True
         reader = self._reader
         reader.feed(data)

@@ -13,6 +13,7 @@ import pytest
 
 import redismpx._link
 from redismpx import ClusterMultiplexer, ConnectError, ConnectionLost, Multiplexer, State
+from redismpx._protocol import encode_command
 from redismpx.errors import InvalidArgument
 from support.logwatch import LogWatch, watch_log
 from support.recorder import Recorder
@@ -166,3 +167,52 @@ async def test_the_largest_durations_still_work(redis_server: Any) -> None:
         await rec.activated("x")
         await redis_server.acommand("PUBLISH", "x", "ok")
         await rec.received(1)
+
+
+# -- the reader after an abort -------------------------------------------------------------------
+
+
+def _message(protocol: int, channel: bytes, data: bytes) -> bytes:
+    head = b">3\r\n" if protocol == 3 else b"*3\r\n"
+    return head + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in (b"message", channel, data))
+
+
+@pytest.mark.parametrize("protocol", [3, 2], ids=["resp3", "resp2"])
+async def test_nothing_is_dispatched_from_a_connection_declared_dead(
+    redis_server: Any, protocol: int
+) -> None:
+    async with Multiplexer(redis_server.url, protocol=protocol, backoff_cap=0.05) as m:
+        rec = Recorder()
+        m.new_channel_subscription(*rec.callbacks).add("x")
+        await rec.activated("x")
+        conn = m._link.conn
+        assert conn is not None
+        # One chunk: an error reply to no command we sent (the protocol is out of step: the
+        # connection is aborted), then a message that must not be believed any more.
+        conn.data_received(b"-ERR out of step\r\n" + _message(protocol, b"x", b"stale"))
+        assert rec.messages == []  # dispatch is inline: it would be there already
+        await rec.disconnected(1)
+        assert "error reply with no command pending" in str(rec.disconnects[0])
+        await rec.activated("x", count=2)
+        await redis_server.acommand("PUBLISH", "x", "fresh")
+        await rec.received(1)
+        assert rec.messages == [(b"x", b"fresh")]
+
+
+async def test_nothing_is_dispatched_after_a_real_out_of_step_error(redis_server: Any) -> None:
+    # The server itself sends the chunk: over RESP3 a subscribed connection may run any
+    # command, so an unknown one and a PUBLISH pipelined on it answer "-ERR unknown
+    # command", then the message, in one write.
+    async with Multiplexer(redis_server.url, protocol=3, backoff_cap=0.05) as m:
+        rec = Recorder()
+        m.new_channel_subscription(*rec.callbacks).add("x")
+        await rec.activated("x")
+        conn = m._link.conn
+        assert conn is not None
+        conn.write(encode_command(b"NO-SUCH-COMMAND") + encode_command(b"PUBLISH", b"x", b"stale"))
+        await rec.disconnected(1)
+        assert "error reply with no command pending" in str(rec.disconnects[0])
+        await rec.activated("x", count=2)
+        await redis_server.acommand("PUBLISH", "x", "fresh")
+        await rec.received(1)
+        assert rec.messages == [(b"x", b"fresh")]
