@@ -51,7 +51,7 @@ from ._delivery import (
     Subscriber,
 )
 from ._link import Link, State
-from ._options import ConnectOptions, check_duration, parse_options
+from ._options import ConnectOptions, check_seconds, parse_options
 from ._protocol import CHANNEL, KINDS, PATTERN, SHARD, to_bytes
 from ._registry import Command, Listener
 from ._slots import Address, SlotMap, SlotRegistry, key_slot, parse_redirect
@@ -135,7 +135,6 @@ class ClusterMultiplexer(Multiplexer):
       ``PUBLISH``, which the cluster broadcasts to every node (a cost paid per message).
     * ``topology_refresh_interval`` (seconds, default 30): how often the slot map is re-read
       when nothing prompts it sooner. Every read opens and closes one plain connection.
-      Like the other durations it must be from 0.001 to 86400 seconds (a day).
     * :meth:`publish` sends ``SPUBLISH`` to the slot's owner (following ``MOVED``) or a
       classic ``PUBLISH``.
 
@@ -210,9 +209,9 @@ class ClusterMultiplexer(Multiplexer):
                 raise InvalidArgument("cluster seeds must be TCP addresses, not unix sockets")
             if opts.db:
                 raise InvalidArgument("a Redis Cluster has only database 0 (db must be 0)")
-        self._refresh_interval = check_duration(
-            "topology_refresh_interval", topology_refresh_interval
-        )
+        interval = check_seconds("topology_refresh_interval", topology_refresh_interval)
+        assert interval is not None
+        self._refresh_interval = interval
         self._seed_options = {(o.host, o.port): o for o in seeds}
         self._map: SlotMap | None = None
         self._links: dict[Address, ClusterLink] = {}

@@ -147,12 +147,6 @@ def test_absurd_durations_are_refused(
     assert "0.001" in str(info.value) and "86400" in str(info.value)
 
 
-@pytest.mark.parametrize("value", [float("inf"), 1e300, 0], ids=repr)
-def test_absurd_topology_refresh_interval_is_refused(value: float) -> None:
-    with pytest.raises(InvalidArgument, match="topology_refresh_interval"):
-        ClusterMultiplexer("redis://127.0.0.1:1", topology_refresh_interval=value)
-
-
 async def test_the_largest_durations_still_work(redis_server: Any) -> None:
     async with Multiplexer(
         redis_server.url,
