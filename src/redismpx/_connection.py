@@ -10,6 +10,7 @@ nothing arrives within ``timeout`` more; ``closed`` resolves with the cause when
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,23 @@ if TYPE_CHECKING:
 
 _ReplyError = hiredis.ReplyError
 _Push = hiredis.PushNotification
+
+# Servers quote the arguments of a command they refuse ("ERR unknown command 'HELLO', with
+# args beginning with: '3' 'AUTH' 'default' 'hunter2'"), each cut to fit a length budget: a
+# cut-off password would escape a plain search-and-replace, so the whole echo goes.
+_ARGS_ECHO = re.compile(r",?\s*with args beginning with:.*", re.DOTALL)
+
+
+def redact_reply(reply: str, secrets: tuple[bytes, ...]) -> str:
+    """An error reply to a command that carried ``secrets``, with no trace of them left."""
+    text, echoed = _ARGS_ECHO.subn("", reply)
+    if echoed:
+        text += ", with args beginning with: (redacted)"
+    # Other servers and proxies may word it differently: never let a whole secret through.
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret.decode(errors="replace"), "(redacted)")
+    return text
 
 
 class Connection(asyncio.Protocol):
@@ -112,7 +130,12 @@ class Connection(asyncio.Protocol):
             transport.write(data)
 
     def abort(self, error: BaseException) -> None:
-        """End the connection now; ``closed`` resolves with ``error``."""
+        """End the connection now; ``closed`` resolves with ``error``.
+
+        Nothing more read from it is dispatched, not even the rest of the chunk being read:
+        ``connection_lost`` comes a loop turn later, and the reader stops on ``_link``.
+        """
+        self._link = None
         if not self.closed.done():
             self.closed.set_result(error)
         if self._transport is not None:
@@ -124,21 +147,35 @@ class Connection(asyncio.Protocol):
 
     # -- handshake ---------------------------------------------------------------------------
 
-    async def request(self, *args: bytes) -> Any:
+    async def request(self, *args: bytes, secrets: tuple[bytes, ...] = ()) -> Any:
+        """Send one command and return its reply; an error reply raises :class:`ServerError`.
+
+        ``secrets``: credentials among ``args``; the server may echo them in an error reply,
+        which is then redacted (see :func:`redact_reply`).
+        """
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._replies.append(fut)
         self.write(encode_command(*args))
         reply = await fut
         if isinstance(reply, _ReplyError):
-            raise ServerError(str(reply), args[0].decode(errors="replace"))
+            text = str(reply)
+            if secrets:
+                text = redact_reply(text, secrets)
+            # Raised outside any ``except``: nothing holding the raw reply gets chained.
+            raise ServerError(text, args[0].decode(errors="replace"))
         return reply
 
     async def handshake(self, opts: ConnectOptions) -> None:
         """HELLO (RESP3 where the server speaks it), AUTH, CLIENT SETNAME and SELECT."""
         auth: tuple[bytes, ...] = ()
+        secrets: tuple[bytes, ...] = ()
         if opts.password is not None:
-            auth = (opts.username or "default").encode(), opts.password.encode()
-        name = opts.client_name.encode() if opts.client_name else None
+            auth = (
+                _encode(opts.username or "default", "username"),
+                _encode(opts.password, "password"),
+            )
+            secrets = (auth[1],)
+        name = _encode(opts.client_name, "client_name") if opts.client_name else None
         hello_done = False
         if opts.protocol != 2:
             args = [b"HELLO", b"3"]
@@ -147,7 +184,7 @@ class Connection(asyncio.Protocol):
             if name:
                 args += [b"SETNAME", name]
             try:
-                info = await self.request(*args)
+                info = await self.request(*args, secrets=secrets)
             except ServerError as exc:
                 unsupported = exc.code in ("NOPROTO", "ERR") and (
                     "unknown command" in exc.reply or exc.code == "NOPROTO"
@@ -162,9 +199,9 @@ class Connection(asyncio.Protocol):
         if not hello_done:
             if auth:
                 if opts.username is None:
-                    await self.request(b"AUTH", auth[1])
+                    await self.request(b"AUTH", auth[1], secrets=secrets)
                 else:
-                    await self.request(b"AUTH", *auth)
+                    await self.request(b"AUTH", *auth, secrets=secrets)
             if name:
                 await self.request(b"CLIENT", b"SETNAME", name)
         if opts.db:
@@ -184,7 +221,7 @@ class Connection(asyncio.Protocol):
     def _pubsub_data(self, data: bytes) -> None:
         # The hot path: keep it flat. Messages on plain and shard channels and
         # acknowledgements are handled here; every other frame (pmessage, pongs, errors) goes
-        # to ``_frame``.
+        # to ``_frame``, which may abort the connection: only after it is ``_link`` checked.
         self._rx = True
         reader = self._reader
         reader.feed(data)
@@ -303,6 +340,16 @@ class Connection(asyncio.Protocol):
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
+
+
+def _encode(value: str, what: str) -> bytes:
+    # ``parse_options`` refuses what UTF-8 cannot encode; options replaced since get here.
+    # The UnicodeEncodeError holds the whole value (a password): never raise or chain it.
+    try:
+        return value.encode()
+    except UnicodeEncodeError:
+        pass
+    raise ConnectError(f"the {what} cannot be encoded as UTF-8")
 
 
 async def connect(opts: ConnectOptions) -> Connection:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 from collections.abc import Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -82,6 +83,7 @@ class Link:
         self.received = 0  # pattern and shard messages, plus plain ones of past connections
         self.dispatched = 0  # the same for deliveries
         self._logged_error: str | None = None
+        self._logged_unexpected: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._flush_handle: asyncio.Handle | None = None
         self._resubscribe_handle: asyncio.Handle | None = None
@@ -144,29 +146,35 @@ class Link:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     raise
+            except Exception:  # ``_run`` reports its own errors: closing must not raise
+                logger.debug("the supervisor of %s failed", self.options.describe())
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while not self._closing:
                 self.state = State.CONNECTING
+                started: float | None = None
                 try:
                     conn = await connect(self.options)
+                    if self._closing:
+                        conn.close()
+                        break
+                    started = loop.time()
+                    self._serve(conn)
+                    error = await conn.closed
+                    self._lost(error)
                 except ConnectError as exc:
                     self._connect_failed(exc)
-                    await self._sleep(self.backoff.next_delay())
-                    continue
-                if self._closing:
-                    conn.close()
-                    break
-                started = loop.time()
-                self._serve(conn)
-                error = await conn.closed
-                self._lost(error)
+                except Exception as exc:
+                    # A bug of ours, or options replaced behind the validation's back: the
+                    # supervisor must not die of it (it promised to reconnect forever).
+                    self._unexpected(exc, serving=started is not None)
                 if self._closing:
                     break
-                if loop.time() - started >= STABLE_AFTER:
+                if started is not None and loop.time() - started >= STABLE_AFTER:
                     self.backoff.reset()
+                    self._logged_unexpected = None
                 await self._sleep(self.backoff.next_delay())
         finally:
             # Closed, or cancelled from outside (``asyncio.run`` cancels every task of a loop
@@ -192,6 +200,41 @@ class Link:
         else:
             logger.debug("%s; retrying", text)
 
+    def _unexpected(self, exc: Exception, *, serving: bool) -> None:
+        """Report an exception that escaped connect or serve, then carry on as for an outage.
+
+        Neither ``exc`` nor its text is kept or chained: it may hold a password (the repr of
+        a UnicodeEncodeError holds the string it failed on). The log gets the traceback with
+        any password replaced.
+        """
+        where = "serving" if serving else "connecting to"
+        text = f"unexpected {type(exc).__name__} while {where} {self.options.describe()}"
+        error = (ConnectionLost if serving else ConnectError)(f"{text} (a bug: see the log)")
+        # Once per distinct error until a connection proves stable: a bug met at every
+        # connection must not log its traceback at every reconnect.
+        if text != self._logged_unexpected:
+            self._logged_unexpected = text
+            logger.error("%s; retrying with backoff\n%s", text, self._trace(exc))
+        else:
+            logger.debug("%s; retrying", text)
+        conn = self.conn
+        if conn is not None:
+            conn.abort(error)
+            try:
+                self._lost(error, log=False)  # tell the subscriptions, as for any outage
+            except Exception as again:
+                logger.error("could not report the outage\n%s", self._trace(again))
+        if serving and not self._closing:
+            self.state = State.DISCONNECTED
+            if self.up is not None:
+                self.up.clear()
+        self.last_error = error
+
+    def _trace(self, exc: BaseException) -> str:
+        trace = "".join(traceback.format_exception(exc)).rstrip()
+        password = self.options.password
+        return trace.replace(password, "(redacted)") if password else trace
+
     def _serve(self, conn: Connection) -> None:
         self.conn = conn
         self.epoch += 1
@@ -214,7 +257,7 @@ class Link:
     def messages_dispatched(self) -> int:
         return self.dispatched + (self.conn.dispatched if self.conn is not None else 0)
 
-    def _lost(self, error: BaseException) -> None:
+    def _lost(self, error: BaseException, *, log: bool = True) -> None:
         if self.conn is not None:
             self.received += self.conn.received
             self.dispatched += self.conn.dispatched
@@ -227,7 +270,8 @@ class Link:
         self.state = State.DISCONNECTED
         self.last_error = error
         self.reconnects += 1
-        logger.warning("lost %s: %s; reconnecting", self.options.describe(), error)
+        if log:
+            logger.warning("lost %s: %s; reconnecting", self.options.describe(), error)
         self.owner._link_lost(self, error)
 
     def _resubscribe_more(self, conn: Connection) -> None:

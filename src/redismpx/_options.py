@@ -6,7 +6,7 @@ import math
 import ssl as _ssl
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from .errors import InvalidArgument, InvalidArgumentType
 
@@ -57,6 +57,73 @@ def check_seconds(name: str, value: Any, *, allow_none: bool = False) -> float |
     return _check_timeout(name, value, allow_none=allow_none)
 
 
+# The bounds of the durations the supervisor waits for. Infinity, or 1e300, would stop it
+# reconnecting (or detecting a dead link); a vanishing backoff_base would make it retry in a
+# hot loop (the delay only doubles 60 times).
+MIN_SECONDS = 0.001
+MAX_SECONDS = 86400.0  # a day
+
+
+def check_duration(name: str, value: Any) -> float:
+    """Validate a supervisor duration: a number of seconds in [MIN_SECONDS, MAX_SECONDS]."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgumentType(f"{name} must be a number of seconds, not {value!r}")
+    if not MIN_SECONDS <= value <= MAX_SECONDS:  # NaN too
+        raise InvalidArgument(
+            f"{name} must be from {MIN_SECONDS:g} to {MAX_SECONDS:g} seconds (a day), not {value!r}"
+        )
+    return float(value)
+
+
+def check_link_settings(
+    *,
+    health_check_interval: Any,
+    health_check_timeout: Any,
+    backoff_base: Any,
+    backoff_cap: Any,
+) -> tuple[float, float, float, float]:
+    """Validate the heartbeat and reconnect settings of a multiplexer (each with
+    :func:`check_duration`, and ``backoff_base <= backoff_cap``); returned in that order."""
+    interval = check_duration("health_check_interval", health_check_interval)
+    timeout = check_duration("health_check_timeout", health_check_timeout)
+    base = check_duration("backoff_base", backoff_base)
+    cap = check_duration("backoff_cap", backoff_cap)
+    if cap < base:
+        raise InvalidArgument(f"backoff_cap ({cap:g}) must be >= backoff_base ({base:g})")
+    return interval, timeout, base, cap
+
+
+# URL errors never quote the URL: a password with an unencoded '#', '/', '?' or '@' is split
+# into the wrong parts (the port, the path, the query), which an error would then show.
+_ENCODE_HINT = "percent-encode special characters such as # / ? @ in the password"
+
+
+def _split_url(url: str) -> SplitResult:
+    try:
+        return urlsplit(url)
+    except ValueError:
+        pass  # outside the except clause: the error quotes a part of the URL
+    raise InvalidArgument(f"malformed URL: unbalanced or invalid [IPv6] host ({_ENCODE_HINT})")
+
+
+def _url_port(parts: SplitResult) -> int | None:
+    try:
+        return parts.port
+    except ValueError:
+        pass  # its message quotes what stood after the last ':' (maybe half a password)
+    raise InvalidArgument(
+        f"bad port in the URL: it must be a number from 1 to 65535 ({_ENCODE_HINT})"
+    )
+
+
+def _utf8_encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _default_ssl_context(
     ca_certs: str | None, certfile: str | None, keyfile: str | None, check_hostname: bool
 ) -> _ssl.SSLContext:
@@ -96,16 +163,23 @@ def parse_options(
     if url is not None:
         if not isinstance(url, str):
             raise InvalidArgumentType(f"url must be a str, not {type(url).__name__}")
-        parts = urlsplit(url)
+        parts = _split_url(url)
         scheme = parts.scheme.lower()
         if scheme not in _SCHEMES:
+            # Quoted only when it is one: in "user:password@host" it is the user name.
+            what = repr(parts.scheme) if url.lower().startswith(f"{scheme}://") else "missing"
             raise InvalidArgument(
-                f"unsupported URL scheme {parts.scheme!r}: use redis://, rediss:// or unix://"
+                f"unsupported URL scheme ({what}): use redis://, rediss:// or unix://"
             )
+        if "#" in url:
+            raise InvalidArgument(f"the URL must not contain '#' ({_ENCODE_HINT})")
         if parts.username:
             values["username"] = unquote(parts.username)
         if parts.password is not None:
             values["password"] = unquote(parts.password)
+        if any("=" not in field for field in parts.query.split("&") if field):
+            # "redis://:12?x@host" too: a password cut short at an unencoded '?'
+            raise InvalidArgument(f"the URL query must be key=value pairs ({_ENCODE_HINT})")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         if scheme == "unix":
             if not parts.path:
@@ -113,10 +187,7 @@ def parse_options(
             values["unix_path"] = unquote(parts.path)
         else:
             use_tls = scheme in ("rediss", "valkeys")
-            try:
-                parsed_port = parts.port
-            except ValueError as exc:
-                raise InvalidArgument(f"bad port in URL: {exc}") from None
+            parsed_port = _url_port(parts)
             if parts.hostname:
                 values["host"] = parts.hostname
             if parsed_port is not None:
@@ -124,7 +195,9 @@ def parse_options(
             path = parts.path.strip("/")
             if path:
                 if not path.isdigit():
-                    raise InvalidArgument(f"the URL path must be a db number, not {path!r}")
+                    raise InvalidArgument(
+                        f"the URL path must be a db number such as /0 ({_ENCODE_HINT})"
+                    )
                 values["db"] = int(path)
         for key in ("db", "protocol"):
             if key in query:
@@ -158,9 +231,18 @@ def parse_options(
         raise InvalidArgument(f"db must be >= 0, not {values['db']}")
     if values.get("protocol") not in (None, 2, 3):
         raise InvalidArgument(f"protocol must be 2 or 3, not {values['protocol']!r}")
+    for key in ("username", "password"):
+        if key in values and not _utf8_encodable(values[key]):
+            # Not quoted, nor chained: UnicodeEncodeError's repr holds the whole value.
+            raise InvalidArgument(f"{key} cannot be encoded as UTF-8 (a lone surrogate?)")
     name = values.get("client_name")
-    if name is not None and (not name or any(c in name for c in " \n\r")):
-        raise InvalidArgument("client_name must be non-empty and contain no spaces or newlines")
+    if name is not None and (not name or not all("!" <= c <= "~" for c in name)):
+        # Redis and Valkey refuse the rest ("Client names cannot contain spaces, newlines or
+        # special characters"): the handshake would fail on every attempt.
+        raise InvalidArgument(
+            f"client_name must be non-empty printable ASCII without spaces ('!' to '~'), "
+            f"not {name!r}"
+        )
 
     context: _ssl.SSLContext | None
     if isinstance(ssl, _ssl.SSLContext):
@@ -171,6 +253,5 @@ def parse_options(
         context = None
     else:
         raise InvalidArgumentType("ssl must be an ssl.SSLContext or a bool")
-    timeout = _check_timeout("connect_timeout", connect_timeout)
-    assert timeout is not None
+    timeout = check_duration("connect_timeout", connect_timeout)
     return ConnectOptions(ssl=context, connect_timeout=timeout, **values)

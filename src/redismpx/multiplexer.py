@@ -24,7 +24,7 @@ from ._delivery import (
     check_buffer,
 )
 from ._link import Link, State
-from ._options import ConnectOptions, check_seconds, parse_options
+from ._options import ConnectOptions, check_link_settings, check_seconds, parse_options
 from ._registry import Listener
 from .errors import (
     ConnectionLost,
@@ -97,6 +97,10 @@ class Multiplexer:
     nothing arrives within ``health_check_timeout`` more, the connection is declared dead.
     A silent dead link is therefore detected within ``2 * interval + timeout`` (15 s by
     default).
+
+    Every duration (``connect_timeout``, ``health_check_interval``, ``health_check_timeout``,
+    ``backoff_base``, ``backoff_cap``) must be from 0.001 to 86400 seconds (a day), and
+    ``backoff_cap >= backoff_base``: anything else raises :class:`InvalidArgument`.
 
     Delivery defaults for subscriptions: ``max_buffer`` pending messages per subscription with
     async callbacks (the memory bound is ``max_buffer`` messages each) and the ``overflow``
@@ -175,15 +179,13 @@ class Multiplexer:
         chunk_size: int,
         random_source: Callable[[], float],
     ) -> None:
-        self._hc = (
-            check_seconds("health_check_interval", health_check_interval),
-            check_seconds("health_check_timeout", health_check_timeout),
+        interval, timeout, base, cap = check_link_settings(
+            health_check_interval=health_check_interval,
+            health_check_timeout=health_check_timeout,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
         )
-        base = check_seconds("backoff_base", backoff_base)
-        cap = check_seconds("backoff_cap", backoff_cap)
-        assert base is not None and cap is not None
-        if cap < base:
-            raise InvalidArgument("backoff_cap must be >= backoff_base")
+        self._hc = (interval, timeout)
         check_buffer(max_buffer, overflow)
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
             raise InvalidArgumentType("chunk_size must be an int")
