@@ -1,10 +1,10 @@
 """Per-subscription delivery: inline for sync callbacks, an ordered bounded worker for async ones.
 
-The reader never awaits user code (DESIGN rule 1). A subscription whose callbacks are plain
-functions is called inline by the reader: nothing is buffered, and a callback that raises is
-logged and skipped. A subscription with any ``async`` callback gets its own worker task fed by
-a bounded buffer; messages and events (activation, disconnect) keep their order in it, and
-when the buffer is full the subscription's overflow policy decides:
+The reader never awaits user code (design rule R1 in docs/spec.md). A subscription whose
+callbacks are plain functions is called inline by the reader: nothing is buffered, and a
+callback that raises is logged and skipped. A subscription with any ``async`` callback gets its
+own worker task fed by a bounded buffer; messages and events (activation, disconnect) keep
+their order in it, and when the buffer is full the subscription's overflow policy decides:
 
 * ``drop_oldest``: the oldest pending message is dropped for the new one;
 * ``drop_newest``: the new message is dropped;

@@ -5,7 +5,8 @@ server events (``on_ack``, ``on_error``, ``on_connected``, ``on_disconnected``) 
 with commands to send and with the listeners to activate or notify. The reader reads its
 per-name ``snapshot`` lists directly: that is the dispatch table of the hot path.
 
-Per name the server state is tracked with two facts (rule 2 of DESIGN.md, behaviour B31):
+Per name the server state is tracked with two facts (design rule R2 and behaviour B31 in
+docs/spec.md):
 
 * ``subscribed``: the *last* command sent for the name was a subscribe;
 * ``inflight``: how many commands for the name still await their acknowledgement.

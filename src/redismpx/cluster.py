@@ -235,6 +235,7 @@ class ClusterMultiplexer(Multiplexer):
         self._connecting: set[asyncio.Task[Connection]] = set()
         self._cluster_error: BaseException | None = None
         self._logged_refresh_error: str | None = None
+        self._logged_refresh_bug: str | None = None
         # connects, reconnects, messages received and dispatched of links closed since
         self._retired_counts = [0, 0, 0, 0]
         self._cluster_counters = {"topology_refreshes": 0, "slot_moves": 0, "redirects": 0}
@@ -565,8 +566,14 @@ class ClusterMultiplexer(Multiplexer):
             self._wake.clear()
             try:
                 ok = await self._refresh_topology()
-            except Exception:  # a bug of ours must not stop the topology from being read
-                logger.exception("cluster topology refresh failed")
+            except Exception as exc:  # a bug of ours must not stop the topology from being read
+                # Logged with its traceback once per distinct error: it repeats with backoff.
+                text = f"{type(exc).__name__}: {exc}"
+                if text != self._logged_refresh_bug:
+                    self._logged_refresh_bug = text
+                    logger.exception("cluster topology refresh failed; retrying with backoff")
+                else:
+                    logger.debug("cluster topology refresh failed again: %s", text)
                 ok = False
             if not ok or self._degraded():
                 await asyncio.sleep(backoff.next_delay())

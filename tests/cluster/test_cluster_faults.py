@@ -21,6 +21,7 @@ import pytest
 from redismpx._protocol import encode_command
 from redismpx.cluster import ClusterLink, ClusterMultiplexer
 from redismpx.server import ClusterNode, RedisCluster, key_slot
+from support.logwatch import watch_log
 from support.recorder import Recorder
 
 pytestmark = pytest.mark.timeout(60)
@@ -313,3 +314,32 @@ async def test_remove_while_its_slot_moves_with_a_subscribe_queued_behind(
     assert z_rec.activations == [z.encode()] and z_rec.disconnects == []
     await received_once(mpx, z_rec, z, "z")
     assert shard_subscribers(a, z) == 1
+
+
+async def test_a_failing_topology_read_is_logged_once_not_per_retry(
+    cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Stands in for a bug of ours inside the topology read: the refresh loop must survive it
+    # and log its traceback once, not once per backoff retry.
+    calls = 0
+    again = asyncio.Event()
+
+    async def broken(self: ClusterMultiplexer) -> None:
+        nonlocal calls
+        calls += 1
+        again.set()
+        raise RuntimeError("topology bug")
+
+    monkeypatch.setattr(ClusterMultiplexer, "_fetch_topology", broken)
+    with watch_log("redismpx") as log:
+        mpx = ClusterMultiplexer(cluster.url, backoff_base=0.001, backoff_cap=0.005)
+        try:
+            await mpx.__aenter__()
+            async with asyncio.timeout(10):
+                while calls < 6:
+                    again.clear()
+                    await again.wait()
+        finally:
+            await mpx.aclose()
+    assert log.count("cluster topology refresh failed", logging.ERROR) == 1
+    assert log.count("cluster topology refresh failed again", logging.DEBUG) >= 4
