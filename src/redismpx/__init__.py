@@ -1,6 +1,5 @@
 """redismpx: many Redis Pub/Sub subscriptions multiplexed over one connection, for asyncio."""
 
-from ._link import State
 from .cluster import ClusterMultiplexer
 from .errors import (
     ConnectError,
@@ -20,6 +19,7 @@ from .errors import (
 from .iterators import Activated, ChannelIterator, Disconnected, Dropped, Message, PatternIterator
 from .multiplexer import Multiplexer
 from .promises import Promise, PromiseSubscription
+from .state import State
 from .subscriptions import ChannelSubscription, PatternSubscription
 
 __all__ = [

@@ -2,8 +2,9 @@
 
 A ``Link`` owns a registry (what this node must be subscribed to) and, while up, one
 connection. It turns the registry's commands into writes, once per event-loop turn, and the
-connection's frames into registry events and user notifications. Its owner (a multiplexer)
-decides who hears about an outage.
+connection's frames into registry events and user notifications. Its owner (a router)
+decides who hears about an outage; its tasks and callbacks belong to the multiplexer's
+:class:`~redismpx._tasks.TaskOwner`.
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from collections.abc import Callable
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._backoff import Backoff
 from ._connection import Connection, connect
-from ._options import ConnectOptions
+from ._options import ConnectOptions, Tuning
 from ._protocol import KIND_NAMES, encode_names
 from ._registry import AckResult, Command, Listener, Registry
+from ._tasks import TaskOwner
 from .errors import ConnectError, ConnectionLost, SubscribeRefused
+from .state import State
 
 if TYPE_CHECKING:
     from ._delivery import Subscriber
@@ -33,24 +34,17 @@ STABLE_AFTER = 1.0
 _PING = b"*1\r\n$4\r\nPING\r\n"
 
 
-class State(StrEnum):
-    """The life of a link (and of a standalone multiplexer), in order.
-
-    ``connecting`` -> ``connected`` -> ``disconnected`` -> ``connecting`` ... -> ``closed``.
-    """
-
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    DISCONNECTED = "disconnected"
-    CLOSED = "closed"
-
-
 class LinkOwner(Protocol):
-    def _link_up(self, link: Link) -> None: ...
-    def _link_lost(self, link: Link, error: BaseException) -> None: ...
-    def _names_lost(
-        self, link: Link, kind: int, name: bytes, listeners: list[Listener]
-    ) -> None: ...
+    """What a link tells its router (the topology decides who hears of what)."""
+
+    def link_up(self, link: Link) -> None:
+        """The link connected (its resubscription is under way)."""
+
+    def link_lost(self, link: Link, error: BaseException) -> None:
+        """The link's connection was lost (not on close); it reconnects by itself."""
+
+    def names_lost(self, link: Link, kind: int, name: bytes, listeners: list[Listener]) -> None:
+        """The server dropped ``name`` by itself (a shard channel's slot moved)."""
 
 
 class Link:
@@ -60,20 +54,17 @@ class Link:
         self,
         owner: LinkOwner,
         options: ConnectOptions,
-        *,
-        backoff: Backoff,
-        health_check_interval: float,
-        health_check_timeout: float,
-        chunk_size: int,
-        sleep: Callable[[float], Any] = asyncio.sleep,
+        tasks: TaskOwner,
+        tuning: Tuning,
+        registry: Registry | None = None,
     ) -> None:
         self.owner = owner
         self.options = options
-        self.registry = Registry(chunk_size=chunk_size)
-        self.backoff = backoff
-        self.hc_interval = health_check_interval
-        self.hc_timeout = health_check_timeout
-        self._sleep = sleep
+        self.tasks = tasks
+        self.registry = registry or Registry(chunk_size=tuning.chunk_size)
+        self.backoff = Backoff(tuning.backoff_base, tuning.backoff_cap, tuning.random_source)
+        self.hc_interval = tuning.health_check_interval
+        self.hc_timeout = tuning.health_check_timeout
         self.state = State.CONNECTING
         self.conn: Connection | None = None
         self.epoch = 0  # bumped on every connection: late activations check it
@@ -88,21 +79,18 @@ class Link:
         self._flush_handle: asyncio.Handle | None = None
         self._resubscribe_handle: asyncio.Handle | None = None
         self._closing = False
-        self.up = asyncio.Event() if _has_loop() else None
-        # Set by ``start``: calls made while the loop is not running (synchronous shutdown
-        # code, say) still schedule their work on it.
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.up: asyncio.Event | None = None  # made by ``start``, in the link's loop
+        self.started = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the supervisor in the tasks' loop (once; again only after ``abandon``)."""
         if self._task is None and not self._closing:
             if self.up is None:
                 self.up = asyncio.Event()
-            self.loop = asyncio.get_running_loop()
-            self._task = self.loop.create_task(
-                self._run(), name=f"redismpx link {self.options.describe()}"
-            )
+            self.started = True
+            self._task = self.tasks.spawn(self._run(), f"redismpx link {self.options.describe()}")
 
     def close(self) -> None:
         """Stop now: no reconnect, the socket is closed, the task cancelled."""
@@ -133,7 +121,7 @@ class Link:
         self.registry.clear()
         self._task = None
         self._flush_handle = self._resubscribe_handle = None
-        self.loop = None
+        self.started = False
         self.up = None
         if not self._closing:
             self.state = State.CONNECTING
@@ -175,7 +163,7 @@ class Link:
                 if started is not None and loop.time() - started >= STABLE_AFTER:
                     self.backoff.reset()
                     self._logged_unexpected = None
-                await self._sleep(self.backoff.next_delay())
+                await asyncio.sleep(self.backoff.next_delay())
         finally:
             # Closed, or cancelled from outside (``asyncio.run`` cancels every task of a loop
             # it ends): either way nothing is connected any more, so say so.
@@ -246,10 +234,10 @@ class Link:
         conn.start_pubsub(self, self.hc_interval, self.hc_timeout)
         self._write(self.registry.on_connected())
         if self.registry.resubscribing():
-            self._resubscribe_handle = conn._loop.call_soon(self._resubscribe_more, conn)
+            self._resubscribe_handle = self.tasks.call_soon(self._resubscribe_more, conn)
         if self.up is not None:
             self.up.set()
-        self.owner._link_up(self)
+        self.owner.link_up(self)
 
     def messages_received(self) -> int:
         return self.received + (self.conn.received if self.conn is not None else 0)
@@ -272,7 +260,7 @@ class Link:
         self.reconnects += 1
         if log:
             logger.warning("lost %s: %s; reconnecting", self.options.describe(), error)
-        self.owner._link_lost(self, error)
+        self.owner.link_lost(self, error)
 
     def _resubscribe_more(self, conn: Connection) -> None:
         # One batch per loop turn: replies to the first batches are read in between.
@@ -281,14 +269,40 @@ class Link:
             return
         self._write(self.registry.resubscribe_more())
         if self.registry.resubscribing():
-            self._resubscribe_handle = conn._loop.call_soon(self._resubscribe_more, conn)
+            self._resubscribe_handle = self.tasks.call_soon(self._resubscribe_more, conn)
+
+    # -- names in and out (called through the router) ----------------------------------------
+
+    def add(self, kind: int, name: bytes, listener: Listener) -> None:
+        """Register ``listener`` for ``name``; Redis is told at the end of the loop turn."""
+        if self.registry.add(kind, name, listener):
+            # B29: a joiner of an already-active name is told in a later loop turn.
+            self.tasks.call_soon(self._late_activation, kind, name, listener, self.epoch)
+        elif self._flush_handle is None:
+            self.schedule_flush()
+
+    def _late_activation(self, kind: int, name: bytes, listener: Listener, epoch: int) -> None:
+        # Only if it still holds the name and nothing happened to the connection meanwhile.
+        registry = self.registry
+        if (
+            self.epoch == epoch
+            and registry.is_active(kind, name)
+            and registry.holds(kind, name, listener)
+        ):
+            listener.notify_activated(name)
+
+    def remove(self, kind: int, name: bytes, listener: Listener) -> None:
+        """Unregister ``listener``; the last one out makes Redis unsubscribe the name."""
+        self.registry.remove(kind, name, listener)
+        if self._flush_handle is None:
+            self.schedule_flush()
 
     # -- commands out ------------------------------------------------------------------------
 
     def schedule_flush(self) -> None:
         """Coalesce every add/remove of this loop turn into one write (B23)."""
-        if self._flush_handle is None and self.conn is not None and self.loop is not None:
-            self._flush_handle = self.loop.call_soon(self._flush)
+        if self._flush_handle is None and self.conn is not None:
+            self._flush_handle = self.tasks.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_handle = None
@@ -351,7 +365,7 @@ class Link:
                 if sub._q is not None or sub._on_activation is not None or sub._always_activate:
                     sub._activated(name)
         else:
-            self.owner._names_lost(self, kind, name, result.lost)
+            self.owner.names_lost(self, kind, name, result.lost)
 
     def on_pong(self) -> None:
         if not self.registry.on_pong():
@@ -383,11 +397,3 @@ class Link:
         logger.error("protocol out of step with %s: %s", self.options.describe(), text)
         if self.conn is not None:
             self.conn.abort(ConnectionLost(text))
-
-
-def _has_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True

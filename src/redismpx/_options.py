@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
+import random
 import ssl as _ssl
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
+from ._delivery import check_buffer
 from .errors import InvalidArgument, InvalidArgumentType
+
+if TYPE_CHECKING:
+    from ._delivery import OverflowPolicy
 
 _SCHEMES = ("redis", "rediss", "unix", "valkey", "valkeys")
 
@@ -255,3 +261,110 @@ def parse_options(
         raise InvalidArgumentType("ssl must be an ssl.SSLContext or a bool")
     timeout = check_duration("connect_timeout", connect_timeout)
     return ConnectOptions(ssl=context, connect_timeout=timeout, **values)
+
+
+# -- the keyword options of the public facades, defined once --------------------------------
+
+
+class ConnectionOptions(TypedDict, total=False):
+    """How to reach one Redis node: the keywords of :func:`parse_options` (``None`` = unset)."""
+
+    host: str | None
+    port: int | None
+    unix_socket_path: str | None
+    username: str | None
+    password: str | None
+    db: int | None
+    client_name: str | None
+    ssl: _ssl.SSLContext | bool | None
+    ssl_ca_certs: str | None
+    ssl_certfile: str | None
+    ssl_keyfile: str | None
+    ssl_check_hostname: bool
+    connect_timeout: float
+    protocol: int | None
+
+
+class TuningOptions(TypedDict, total=False):
+    """Heartbeat, reconnection and delivery defaults (see :class:`Tuning` for the defaults)."""
+
+    health_check_interval: float
+    health_check_timeout: float
+    backoff_base: float
+    backoff_cap: float
+    max_buffer: int
+    overflow: OverflowPolicy
+    chunk_size: int
+    random_source: Callable[[], float]
+
+
+class MultiplexerOptions(ConnectionOptions, TuningOptions, total=False):
+    """Every keyword option of :class:`~redismpx.Multiplexer` (and ``from_redis``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """The validated :class:`TuningOptions` of a multiplexer, with their defaults."""
+
+    health_check_interval: float = 5.0
+    health_check_timeout: float = 5.0
+    backoff_base: float = 0.008
+    backoff_cap: float = 0.512
+    max_buffer: int = 1000
+    overflow: OverflowPolicy = "drop_oldest"
+    chunk_size: int = 1000
+    random_source: Callable[[], float] = random.random
+
+
+_CONNECTION_KEYS = frozenset(ConnectionOptions.__annotations__)
+_TUNING_KEYS = frozenset(f.name for f in fields(Tuning))
+
+
+def split_options(
+    options: Mapping[str, Any], extra: frozenset[str] = frozenset()
+) -> tuple[dict[str, Any], Tuning, dict[str, Any]]:
+    """Split and validate a facade's keywords: connection ones (for :func:`parse_options`),
+    the :class:`Tuning`, and the ``extra`` keys a facade adds (returned as given).
+
+    An unknown keyword raises :class:`InvalidArgumentType`, as a misspelt keyword argument
+    does for any Python function.
+    """
+    connection: dict[str, Any] = {}
+    tuning: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    for key, value in options.items():
+        if key in _CONNECTION_KEYS:
+            connection[key] = value
+        elif key in _TUNING_KEYS:
+            tuning[key] = value
+        elif key in extra:
+            rest[key] = value
+        else:
+            raise InvalidArgumentType(f"unknown option {key!r}")
+    result = Tuning(**tuning)
+    check_link_settings(
+        health_check_interval=result.health_check_interval,
+        health_check_timeout=result.health_check_timeout,
+        backoff_base=result.backoff_base,
+        backoff_cap=result.backoff_cap,
+    )
+    check_buffer(result.max_buffer, result.overflow)
+    chunk = result.chunk_size
+    if isinstance(chunk, bool) or not isinstance(chunk, int):
+        raise InvalidArgumentType("chunk_size must be an int")
+    if chunk < 1:
+        raise InvalidArgument("chunk_size must be >= 1")
+    if not callable(result.random_source):
+        raise InvalidArgumentType("random_source must be callable")
+    # Durations as floats (an int is accepted and kept exact as a float).
+    return (
+        connection,
+        replace(
+            result,
+            health_check_interval=float(result.health_check_interval),
+            health_check_timeout=float(result.health_check_timeout),
+            backoff_base=float(result.backoff_base),
+            backoff_cap=float(result.backoff_cap),
+        ),
+        rest,
+    )

@@ -20,6 +20,7 @@ import pytest
 
 from redismpx._protocol import encode_command
 from redismpx.cluster import ClusterLink, ClusterMultiplexer
+from redismpx.cluster._topology import Topology
 from redismpx.server import ClusterNode, RedisCluster, key_slot
 from support.logwatch import watch_log
 from support.recorder import Recorder
@@ -324,13 +325,13 @@ async def test_a_failing_topology_read_is_logged_once_not_per_retry(
     calls = 0
     again = asyncio.Event()
 
-    async def broken(self: ClusterMultiplexer) -> None:
+    async def broken(self: Topology) -> None:
         nonlocal calls
         calls += 1
         again.set()
         raise RuntimeError("topology bug")
 
-    monkeypatch.setattr(ClusterMultiplexer, "_fetch_topology", broken)
+    monkeypatch.setattr(Topology, "_fetch", broken)
     with watch_log("redismpx") as log:
         mpx = ClusterMultiplexer(cluster.url, backoff_base=0.001, backoff_cap=0.005)
         try:

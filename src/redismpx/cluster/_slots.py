@@ -16,10 +16,14 @@ from binascii import crc_hqx
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from ._protocol import SHARD
-from ._registry import Command, Registry
+from .._protocol import SHARD
+from .._registry import Command, Registry
 
 SLOTS: Final = 16384
+
+#: Redirects followed for one slot between two topology reads (and per publish) before the
+#: names wait for the next read instead: nodes that disagree must not make us ping-pong.
+MAX_REDIRECTS: Final = 5
 
 #: ``(host, port)`` of a cluster node.
 Address = tuple[str, int]

@@ -1,0 +1,149 @@
+"""Topology as a part: which link carries a name (design rule R7).
+
+A multiplexer's hub delegates everything that depends on the topology to one router: which
+:class:`~redismpx._link.Link` carries a name, who hears of an outage, what ``state`` means,
+how ``ping`` publishes its probe. The standalone router here has one link; the cluster's
+lives in :mod:`redismpx.cluster`. A router is also the owner its links report to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from ._connection import connect
+from ._link import Link, LinkOwner
+from ._options import ConnectOptions, Tuning
+from ._registry import Listener
+from ._tasks import TaskOwner
+from .errors import ConnectionLost
+from .state import State
+
+
+class RouterHost(Protocol):
+    """What a router needs of the hub that owns it."""
+
+    tasks: TaskOwner
+    tuning: Tuning
+
+    def notify_all_disconnected(self, error: BaseException) -> None:
+        """Tell every live subscription of an outage (once)."""
+
+
+class Router(LinkOwner, Protocol):
+    """The topology of a multiplexer (see the module docstring)."""
+
+    #: Whether channel subscriptions default to shard channels (``SSUBSCRIBE``).
+    shard_by_default: bool
+
+    def link_for(self, kind: int, name: bytes) -> Link:
+        """The link that carries (or is to carry) ``name``."""
+
+    def all_links(self) -> Sequence[Link]:
+        """Every link, for counters."""
+
+    def start(self) -> None:
+        """Start in the running loop (the hub's tasks are bound to it)."""
+
+    def close(self) -> None:
+        """Stop every link now (no reconnect)."""
+
+    def abandon(self) -> None:
+        """The loop the links ran in is closed: forget them; ``start`` begins afresh."""
+
+    @property
+    def state(self) -> State:
+        """The topology's connection state (never ``closed``: the hub says that)."""
+
+    @property
+    def last_error(self) -> BaseException | None:
+        """The most recent connection error."""
+
+    async def wait_connected(self) -> None:
+        """Return once ``state`` is ``connected``."""
+
+    async def publish_probe(self, channel: bytes) -> float:
+        """Publish ``ping``'s probe the way a default channel subscription listens; returns
+        the loop time at which it was sent."""
+
+    def describe(self) -> str:
+        """Where it connects, for reprs (never a password)."""
+
+    def add_stats(self, stats: dict[str, Any]) -> None:
+        """Add topology-specific counters to (or adjust) the hub's ``stats()``."""
+
+
+class SingleRouter:
+    """One Redis server: one link carries every name; every subscription hears an outage."""
+
+    shard_by_default = False
+
+    def __init__(self, host: RouterHost, options: ConnectOptions) -> None:
+        self._host = host
+        self.link = Link(self, options, host.tasks, host.tuning)
+
+    def link_for(self, kind: int, name: bytes) -> Link:
+        return self.link
+
+    def all_links(self) -> Sequence[Link]:
+        return [self.link]
+
+    def start(self) -> None:
+        self.link.start()
+
+    def close(self) -> None:
+        self.link.close()
+
+    def abandon(self) -> None:
+        self.link.abandon()
+
+    @property
+    def state(self) -> State:
+        return self.link.state
+
+    @property
+    def last_error(self) -> BaseException | None:
+        return self.link.last_error
+
+    async def wait_connected(self) -> None:
+        up = self.link.up
+        assert up is not None  # the hub started the link
+        await up.wait()
+
+    async def publish_probe(self, channel: bytes) -> float:
+        # A classic PUBLISH over a short-lived connection, opened before the clock starts
+        # (the round trip does not count connecting).
+        publisher = await connect(self.link.options)
+        try:
+            sent = asyncio.get_running_loop().time()
+            await publisher.request(b"PUBLISH", channel, b"ping")
+            return sent
+        finally:
+            publisher.close()
+
+    def describe(self) -> str:
+        return self.link.options.describe()
+
+    def add_stats(self, stats: dict[str, Any]) -> None:
+        pass
+
+    # -- LinkOwner ---------------------------------------------------------------------------
+
+    def link_up(self, link: Link) -> None:
+        pass
+
+    def link_lost(self, link: Link, error: BaseException) -> None:
+        # B6/B7: every live subscription hears of the outage once, before any reconnect.
+        self._host.notify_all_disconnected(error)
+
+    def names_lost(self, link: Link, kind: int, name: bytes, listeners: list[Listener]) -> None:
+        # The server dropped a name by itself (a shard channel moved): subscribe again.
+        error = ConnectionLost(f"Redis dropped {name!r} (its slot moved); resubscribing")
+        for listener in listeners:
+            listener.notify_disconnected(error)
+        if link.registry.retry(kind, name):
+            link.schedule_flush()
+
+
+MakeRouter = Callable[[RouterHost], Router]
