@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from .._link import Link
 from .._options import ConnectOptions
-from .._protocol import CHANNEL, KINDS, PATTERN, SHARD
+from .._protocol import CHANNEL, PATTERN, SHARD
 from .._registry import Command, Listener
 from .._router import RouterHost
 from ..errors import ConnectionLost
@@ -121,7 +121,7 @@ class ClusterRouter:
     def all_links(self) -> list[ClusterLink]:
         return [self.limbo, *self.links.values()]
 
-    def _retire(self, address: Address) -> None:
+    def retire(self, address: Address) -> None:
         link = self.links.pop(address)
         self._retired_counts[0] += link.connects
         self._retired_counts[1] += link.reconnects
@@ -152,7 +152,7 @@ class ClusterRouter:
         for link in self.all_links():
             link.close()
         self.publisher.close()
-        self._pulse()
+        self.pulse()
 
     def abandon(self) -> None:
         # The previous event loop is closed: its links and asyncio primitives go with it; the
@@ -270,7 +270,7 @@ class ClusterRouter:
     # -- link events (the LinkOwner protocol) -------------------------------------------------
 
     def link_up(self, link: Link) -> None:
-        self._pulse()
+        self.pulse()
 
     def link_lost(self, link: Link, error: BaseException) -> None:
         # Only the subscriptions with names on this node hear of it, each once.
@@ -293,7 +293,7 @@ class ClusterRouter:
                     for name in [n for n, st in table.items() if st.held]:
                         self.move(kind, name, link, dst, notify=False)
         self.topology.request_refresh()
-        self._pulse()
+        self.pulse()
 
     def names_lost(self, link: Link, kind: int, name: bytes, listeners: list[Listener]) -> None:
         # The node dropped a shard channel (its slot moved). Subscribe again on the same
@@ -353,96 +353,9 @@ class ClusterRouter:
             logger.info("%r on %r: %s; retrying after the next topology read", cmd, link, message)
         self.parked.update((SHARD, name) for name in names)
 
-    # -- applying a topology read ---------------------------------------------------------------
+    # -- state changes -----------------------------------------------------------------------
 
-    def _pulse(self) -> None:
+    def pulse(self) -> None:
         """Wake ``wait_connected`` callers to look at the state again."""
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
-
-    def degraded(self) -> bool:
-        """Something waits for the topology: a down link with names, or names without a node."""
-        if self.map is None or self.parked:
-            return True
-        return any(
-            (link.state is not State.CONNECTED or link is self.limbo)
-            and link.registry.holds_wanted()
-            for link in self.all_links()
-        )
-
-    def candidates(self) -> list[Address]:
-        """Nodes to ask for the topology, most likely to answer first."""
-        out = [a for a, link in self.links.items() if link.state is State.CONNECTED]
-        if self.map is not None:
-            out += self.map.primaries
-        out += self.seeds
-        if self.map is not None:
-            out += self.map.nodes
-        return list(dict.fromkeys(out))
-
-    def apply(self, smap: SlotMap) -> None:
-        """A topology read: move what must move, retire what is idle."""
-        old = self.map
-        self.map = smap
-        self.counters["topology_refreshes"] += 1
-        self.slot_redirects.clear()
-        changed = old is None or not old.same_owners(smap)
-        if changed:
-            logger.info(
-                "cluster topology: %d primaries (%s)",
-                len(smap.primaries),
-                ", ".join(f"{h}:{p}" for h, p in smap.primaries),
-            )
-        if changed or self.degraded() or self.home not in smap.primaries:
-            self._reconcile(smap)
-        self._retire_idle_links(smap)
-        self._pulse()
-
-    def _reconcile(self, smap: SlotMap) -> None:
-        """Move every name whose link is not where the slot map says it belongs."""
-        parked, self.parked = self.parked, set()
-        if self.home not in smap.primaries:
-            self.home = self.pick_home(None)
-        serving = set(smap.primaries)
-        for link in self.all_links():
-            here = link.address
-            up = link.state is State.CONNECTED
-            for kind in KINDS:
-                moves: list[tuple[bytes, Address | None]] = []
-                for name, st in link.registry.tables[kind].items():
-                    if not st.held:
-                        continue
-                    if kind == SHARD:
-                        want = smap.owners[key_slot(name)]
-                        # An active name on a node that serves no slot (a replica, maybe a
-                        # demoted primary in transition) or on a replica of the owner stays:
-                        # the node still delivers it, and tells us (sunsubscribe) when it
-                        # stops. Moving it would interrupt it for nothing.
-                        stay = here is not None and (
-                            want == here
-                            or (
-                                up
-                                and st.active
-                                and want is not None
-                                and (here not in serving or smap.same_shard(here, want))
-                            )
-                        )
-                    else:
-                        # Any node serves classic names: they stay while their link is up.
-                        want = self.home
-                        stay = here is not None and (want == here or up)
-                    if not stay:
-                        moves.append((name, want))
-                    elif (kind, name) in parked and link.registry.retry(kind, name):
-                        link.schedule_flush()
-                for name, want in moves:
-                    dst = self.limbo if want is None else self.node_link(want)
-                    self.move(kind, name, link, dst, notify=True)
-
-    def _retire_idle_links(self, smap: SlotMap) -> None:
-        # Links to serving primaries are kept (no reconnect on add/remove churn); others go
-        # once they hold no wanted name.
-        serving = set(smap.primaries)
-        for addr, link in list(self.links.items()):
-            if addr not in serving and addr != self.home and not link.registry.holds_wanted():
-                self._retire(addr)

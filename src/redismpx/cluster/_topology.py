@@ -4,8 +4,8 @@ The slot map is read (``CLUSTER SHARDS``, else ``CLUSTER SLOTS``) over a short-l
 connection to a known node or a seed: at start, every ``topology_refresh_interval`` seconds,
 and soon after anything suspicious (a lost link, a shard channel dropped by its node, a
 ``MOVED`` reply). While something is wrong (a link holding names is down, names wait for an
-owner) it is read again with the reconnect backoff. Each read goes to the router
-(:meth:`ClusterRouter.apply`), which moves the names whose owner changed.
+owner) it is read again with the reconnect backoff. Each read moves the names whose owner
+changed to their new link, and retires the links nobody needs (:meth:`Topology.apply`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING
 from .._backoff import Backoff
 from .._connection import connect
 from .._options import ConnectOptions
+from .._protocol import KINDS, SHARD
 from ..errors import ConnectError, RedisMPXError, ServerError
-from ._slots import Address, SlotMap
+from ..state import State
+from ._slots import Address, SlotMap, key_slot
 
 if TYPE_CHECKING:
     from ._router import ClusterRouter
@@ -60,10 +62,102 @@ class Topology:
                 if router.map is None:
                     smap = await self._fetch()
                     if smap is not None:
-                        router.apply(smap)
+                        self.apply(smap)
             if router.map is None:
                 raise ConnectError(f"cannot read the cluster topology: {router.error}")
         return router.map
+
+    def degraded(self) -> bool:
+        """Something waits for the topology: a down link with names, or names without a node."""
+        router = self._router
+        if router.map is None or router.parked:
+            return True
+        return any(
+            (link.state is not State.CONNECTED or link is router.limbo)
+            and link.registry.holds_wanted()
+            for link in router.all_links()
+        )
+
+    def candidates(self) -> list[Address]:
+        """Nodes to ask for the topology, most likely to answer first."""
+        router = self._router
+        out = [a for a, link in router.links.items() if link.state is State.CONNECTED]
+        if router.map is not None:
+            out += router.map.primaries
+        out += router.seeds
+        if router.map is not None:
+            out += router.map.nodes
+        return list(dict.fromkeys(out))
+
+    def apply(self, smap: SlotMap) -> None:
+        """A topology read: move what must move, retire what is idle."""
+        router = self._router
+        old = router.map
+        router.map = smap
+        router.counters["topology_refreshes"] += 1
+        router.slot_redirects.clear()
+        changed = old is None or not old.same_owners(smap)
+        if changed:
+            logger.info(
+                "cluster topology: %d primaries (%s)",
+                len(smap.primaries),
+                ", ".join(f"{h}:{p}" for h, p in smap.primaries),
+            )
+        if changed or self.degraded() or router.home not in smap.primaries:
+            self._reconcile(smap)
+        self._retire_idle_links(smap)
+        router.pulse()
+
+    def _reconcile(self, smap: SlotMap) -> None:
+        """Move every name whose link is not where the slot map says it belongs."""
+        router = self._router
+        parked, router.parked = router.parked, set()
+        if router.home not in smap.primaries:
+            router.home = router.pick_home(None)
+        serving = set(smap.primaries)
+        for link in router.all_links():
+            here = link.address
+            up = link.state is State.CONNECTED
+            for kind in KINDS:
+                moves: list[tuple[bytes, Address | None]] = []
+                for name, st in link.registry.tables[kind].items():
+                    if not st.held:
+                        continue
+                    if kind == SHARD:
+                        want = smap.owners[key_slot(name)]
+                        # An active name on a node that serves no slot (a replica, maybe a
+                        # demoted primary in transition) or on a replica of the owner stays:
+                        # the node still delivers it, and tells us (sunsubscribe) when it
+                        # stops. Moving it would interrupt it for nothing.
+                        stay = here is not None and (
+                            want == here
+                            or (
+                                up
+                                and st.active
+                                and want is not None
+                                and (here not in serving or smap.same_shard(here, want))
+                            )
+                        )
+                    else:
+                        # Any node serves classic names: they stay while their link is up.
+                        want = router.home
+                        stay = here is not None and (want == here or up)
+                    if not stay:
+                        moves.append((name, want))
+                    elif (kind, name) in parked and link.registry.retry(kind, name):
+                        link.schedule_flush()
+                for name, want in moves:
+                    dst = router.limbo if want is None else router.node_link(want)
+                    router.move(kind, name, link, dst, notify=True)
+
+    def _retire_idle_links(self, smap: SlotMap) -> None:
+        # Links to serving primaries are kept (no reconnect on add/remove churn); others go
+        # once they hold no wanted name.
+        router = self._router
+        serving = set(smap.primaries)
+        for addr, link in list(router.links.items()):
+            if addr not in serving and addr != router.home and not link.registry.holds_wanted():
+                router.retire(addr)
 
     async def _loop(self) -> None:
         tuning = self._router.host.tuning
@@ -81,7 +175,7 @@ class Topology:
                 else:
                     logger.debug("cluster topology refresh failed again: %s", text)
                 ok = False
-            if not ok or self._router.degraded():
+            if not ok or self.degraded():
                 await asyncio.sleep(backoff.next_delay())
                 continue
             if await self._wait_wake(self._interval):
@@ -107,13 +201,13 @@ class Topology:
             smap = await self._fetch()
             if smap is None:
                 return False
-            self._router.apply(smap)
+            self.apply(smap)
             return True
 
     async def _fetch(self) -> SlotMap | None:
         router = self._router
         errors: list[str] = []
-        for addr in router.candidates():
+        for addr in self.candidates():
             opts = router.node_options(addr)
             try:
                 smap = await _ask(opts, addr)
