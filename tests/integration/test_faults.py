@@ -8,6 +8,7 @@ import signal
 import pytest
 
 from redismpx import HeartbeatTimeout, Multiplexer, State
+from support.internals import link_of
 from support.recorder import AsyncRecorder, Recorder
 
 
@@ -91,7 +92,7 @@ async def test_output_buffer_limit_kill_is_recovered(redis_server, admin) -> Non
         s = m.new_channel_subscription(*rec.callbacks)
         s.add("x")
         await rec.activated("x")
-        conn = m._link.conn
+        conn = link_of(m).conn
         assert conn is not None and conn._transport is not None
         conn._transport.pause_reading()  # what a blocked event loop looks like to Redis
         payload = b"x" * 4096

@@ -17,6 +17,7 @@ import pytest
 from redismpx import ConnectError, Multiplexer
 from redismpx._options import parse_options
 from redismpx.errors import InvalidArgument, RedisMPXError, ServerError
+from support.internals import link_of
 from support.logwatch import LogWatch, watch_log
 from support.recorder import Recorder
 
@@ -104,7 +105,7 @@ async def test_hello_refused_but_auth_works_falls_back_to_resp2(server_factory: 
             rec = Recorder()
             m.new_channel_subscription(*rec.callbacks).add("x")
             await rec.activated("x")
-            assert m._link.conn is not None and m._link.conn.resp == 2
+            assert link_of(m).conn is not None and link_of(m).conn.resp == 2
             await srv.acommand("PUBLISH", "x", "hello")
             await rec.received(1)
             assert m.last_error is None

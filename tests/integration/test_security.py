@@ -7,6 +7,7 @@ import dataclasses
 import logging
 
 from redismpx import ConnectError, Multiplexer, SubscribeRefused
+from support.internals import link_of
 from support.recorder import Recorder
 
 
@@ -40,7 +41,7 @@ async def test_tls_hostname_mismatch_is_refused(tls_server, tls_certs) -> None:
     ctx = tls_certs.client_context()
     async with Multiplexer(host="127.0.0.1", port=tls_server.port, ssl=ctx, backoff_cap=0.05) as m:
         # the certificate names localhost and 127.0.0.1; claim another name
-        m._link.options = dataclasses.replace(m._link.options, server_hostname="example.com")
+        link_of(m).options = dataclasses.replace(link_of(m).options, server_hostname="example.com")
         async with asyncio.timeout(5):
             while m.last_error is None:
                 await asyncio.sleep(0.01)

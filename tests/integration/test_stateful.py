@@ -19,6 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 from redismpx import Multiplexer
 from redismpx.server import RedisServer, find_server_binary
 from support.admin import Admin
+from support.internals import link_of
 from support.recorder import Recorder
 
 CHANNELS = ["a", "b", "p:1", "p:2", "q:1"]
@@ -108,7 +109,7 @@ class MultiplexerMachine(RuleBasedStateMachine):
         self._run(self._check())
 
     async def _check(self) -> None:
-        link = self.mpx._link
+        link = link_of(self.mpx)
         async with asyncio.timeout(10):
             while not (
                 link.conn is not None

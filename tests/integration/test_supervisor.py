@@ -15,6 +15,7 @@ import redismpx._link
 from redismpx import ClusterMultiplexer, ConnectError, ConnectionLost, Multiplexer, State
 from redismpx._protocol import encode_command
 from redismpx.errors import InvalidArgument
+from support.internals import link_of
 from support.logwatch import LogWatch, watch_log
 from support.recorder import Recorder
 
@@ -39,8 +40,8 @@ async def test_an_unencodable_option_slipped_past_validation_is_reported(
     srv = server_factory(password=PASSWORD)
     with watch_log() as log:
         m = Multiplexer(srv.url, backoff_cap=0.05)
-        good = m._link.options
-        m._link.options = dataclasses.replace(good, password=PASSWORD + "\udc80")
+        good = link_of(m).options
+        link_of(m).options = dataclasses.replace(good, password=PASSWORD + "\udc80")
         rec = Recorder()
         m.new_channel_subscription(*rec.callbacks).add("x")
         await log.wait_until(lambda: log.count("cannot be encoded") >= 2)
@@ -49,7 +50,7 @@ async def test_an_unencodable_option_slipped_past_validation_is_reported(
         assert m.state is State.CONNECTING
         assert log.count("cannot be encoded", logging.WARNING) == 1  # then at DEBUG level
         # Still retrying: with the options mended, it connects.
-        m._link.options = good
+        link_of(m).options = good
         await rec.activated("x")
         await m.aclose()  # raises nothing
     _no_secret(m, log)
@@ -94,7 +95,7 @@ async def test_a_bug_while_serving_is_an_outage_not_the_end(
             rec = Recorder()
             m.new_channel_subscription(*rec.callbacks).add("x")
             await rec.activated("x")
-            registry = m._link.registry
+            registry = link_of(m).registry
             real = registry.on_connected
             broken = True
 
@@ -177,7 +178,7 @@ async def test_nothing_is_dispatched_from_a_connection_declared_dead(
         rec = Recorder()
         m.new_channel_subscription(*rec.callbacks).add("x")
         await rec.activated("x")
-        conn = m._link.conn
+        conn = link_of(m).conn
         assert conn is not None
         # One chunk: an error reply to no command we sent (the protocol is out of step: the
         # connection is aborted), then a message that must not be believed any more.
@@ -199,7 +200,7 @@ async def test_nothing_is_dispatched_after_a_real_out_of_step_error(redis_server
         rec = Recorder()
         m.new_channel_subscription(*rec.callbacks).add("x")
         await rec.activated("x")
-        conn = m._link.conn
+        conn = link_of(m).conn
         assert conn is not None
         conn.write(encode_command(b"NO-SUCH-COMMAND") + encode_command(b"PUBLISH", b"x", b"stale"))
         await rec.disconnected(1)

@@ -1,0 +1,13 @@
+"""Reaching the insides of a multiplexer, for the few tests that must (fault injection)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redismpx._link import Link
+
+
+def link_of(mpx: Any) -> Link:
+    """The one link of a standalone multiplexer."""
+    link: Link = mpx._hub.router.link
+    return link
