@@ -7,7 +7,7 @@ import random
 import ssl as _ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from ._delivery import check_buffer
@@ -140,24 +140,43 @@ def _default_ssl_context(
     return ctx
 
 
-def parse_options(
-    url: str | None = None,
-    *,
-    host: str | None = None,
-    port: int | None = None,
-    unix_socket_path: str | None = None,
-    username: str | None = None,
-    password: str | None = None,
-    db: int | None = None,
-    client_name: str | None = None,
-    ssl: _ssl.SSLContext | bool | None = None,
-    ssl_ca_certs: str | None = None,
-    ssl_certfile: str | None = None,
-    ssl_keyfile: str | None = None,
-    ssl_check_hostname: bool = True,
-    connect_timeout: float = 5.0,
-    protocol: int | None = None,
-) -> ConnectOptions:
+# -- the keyword options of the public facades, defined once --------------------------------
+
+
+class ConnectionOptions(TypedDict, total=False):
+    """How to reach one Redis node: the keywords of :func:`parse_options` (``None`` = unset)."""
+
+    host: str | None
+    port: int | None
+    unix_socket_path: str | None
+    username: str | None
+    password: str | None
+    db: int | None
+    client_name: str | None
+    ssl: _ssl.SSLContext | bool | None
+    ssl_ca_certs: str | None
+    ssl_certfile: str | None
+    ssl_keyfile: str | None
+    ssl_check_hostname: bool
+    connect_timeout: float
+    protocol: int | None
+
+
+# Keywords that override what the URL says, and the ConnectOptions field each sets.
+_OVERRIDES = (
+    "host",
+    "port",
+    "unix_socket_path",
+    "username",
+    "password",
+    "db",
+    "client_name",
+    "protocol",
+)
+_FIELD = {"unix_socket_path": "unix_path"}
+
+
+def parse_options(url: str | None = None, **options: Unpack[ConnectionOptions]) -> ConnectOptions:
     """Build :class:`ConnectOptions` from a URL and keyword overrides (keywords win).
 
     URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS, certificate
@@ -213,16 +232,10 @@ def parse_options(
         for key in ("client_name", "username", "password"):
             if key in query:
                 values[key] = query[key]
-    overrides = {
-        "host": host,
-        "port": port,
-        "unix_path": unix_socket_path,
-        "username": username,
-        "password": password,
-        "db": db,
-        "client_name": client_name,
-        "protocol": protocol,
-    }
+    for key in options:
+        if key not in _CONNECTION_KEYS:
+            raise InvalidArgumentType(f"unknown connection option {key!r}")
+    overrides = {_FIELD.get(k, k): options.get(k) for k in _OVERRIDES}
     values.update({k: v for k, v in overrides.items() if v is not None})
 
     for key in ("host", "unix_path", "username", "password", "client_name"):
@@ -250,39 +263,23 @@ def parse_options(
             f"not {name!r}"
         )
 
+    ssl = options.get("ssl")
     context: _ssl.SSLContext | None
     if isinstance(ssl, _ssl.SSLContext):
         context = ssl
     elif ssl is True or (ssl is None and use_tls):
-        context = _default_ssl_context(ssl_ca_certs, ssl_certfile, ssl_keyfile, ssl_check_hostname)
+        context = _default_ssl_context(
+            options.get("ssl_ca_certs"),
+            options.get("ssl_certfile"),
+            options.get("ssl_keyfile"),
+            options.get("ssl_check_hostname", True),
+        )
     elif ssl is None or ssl is False:
         context = None
     else:
         raise InvalidArgumentType("ssl must be an ssl.SSLContext or a bool")
-    timeout = check_duration("connect_timeout", connect_timeout)
+    timeout = check_duration("connect_timeout", options.get("connect_timeout", 5.0))
     return ConnectOptions(ssl=context, connect_timeout=timeout, **values)
-
-
-# -- the keyword options of the public facades, defined once --------------------------------
-
-
-class ConnectionOptions(TypedDict, total=False):
-    """How to reach one Redis node: the keywords of :func:`parse_options` (``None`` = unset)."""
-
-    host: str | None
-    port: int | None
-    unix_socket_path: str | None
-    username: str | None
-    password: str | None
-    db: int | None
-    client_name: str | None
-    ssl: _ssl.SSLContext | bool | None
-    ssl_ca_certs: str | None
-    ssl_certfile: str | None
-    ssl_keyfile: str | None
-    ssl_check_hostname: bool
-    connect_timeout: float
-    protocol: int | None
 
 
 class TuningOptions(TypedDict, total=False):

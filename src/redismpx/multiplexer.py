@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from types import TracebackType
 from typing import Any, Self, Unpack
 
 from ._delivery import OnActivation, OnDisconnect, OnDrop, OnMessage, OverflowPolicy
@@ -127,12 +126,7 @@ class Multiplexer:
         self._hub.start_in_running_loop()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     def __repr__(self) -> str:

@@ -11,7 +11,6 @@ import tempfile
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from types import TracebackType
 from typing import Any, Self
 
 from redismpx.errors import ServerError
@@ -394,12 +393,7 @@ class RedisCluster:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def __repr__(self) -> str:

@@ -17,7 +17,6 @@ import time
 import urllib.parse
 import weakref
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any, Literal, Self
 
 import hiredis
@@ -63,6 +62,15 @@ def kill_all_servers() -> int:
 
 
 atexit.register(kill_all_servers)
+
+
+def _wait_or_kill(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait for ``proc`` to exit; SIGKILL it after ``timeout`` seconds."""
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,11 +370,7 @@ class RedisServer:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
                 proc.send_signal(signal.SIGCONT)  # a paused server must run to handle SIGTERM
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _wait_or_kill(proc, STOP_TIMEOUT)
         self._forget()
 
     def kill(self, sig: int = signal.SIGKILL, timeout: float = 10.0) -> None:
@@ -382,11 +386,7 @@ class RedisServer:
             self._forget()
             return
         self._signal(proc, sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _wait_or_kill(proc, timeout)
         self._forget()
 
     def restart(self, timeout: float = START_TIMEOUT) -> Self:
@@ -639,12 +639,7 @@ class RedisServer:
             self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     async def __aenter__(self) -> Self:
@@ -652,10 +647,5 @@ class RedisServer:
             await self.astart()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.astop()
