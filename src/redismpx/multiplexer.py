@@ -640,3 +640,31 @@ class Multiplexer:
             "callback_errors": self._counters["callback_errors"],
             "last_error": None if link.last_error is None else str(link.last_error),
         }
+
+    # -- Host protocol (redismpx._subscriber.Host) -------------------------------------------
+    # What subscriptions call, under public names: moved to the hub at the architecture merge.
+    # No docstrings: not user API (the API docs render members with docstrings only).
+
+    def start_in_running_loop(self) -> None:
+        self._maybe_start()
+
+    def add(self, kind: int, name: bytes, listener: Listener) -> None:
+        self._add(kind, name, listener)
+
+    def remove(self, kind: int, name: bytes, listener: Listener) -> None:
+        self._remove(kind, name, listener)
+
+    def refresh(self, kind: int, name: bytes) -> None:
+        self._refresh(kind, name)
+
+    def forget(self, sub: Any) -> None:
+        self._forget(sub)
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        return self._spawn(coro, name)
+
+    def count_dropped(self, n: int) -> None:
+        self._count_dropped(n)
+
+    def count_callback_error(self) -> None:
+        self._count_callback_error()
