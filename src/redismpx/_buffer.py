@@ -315,4 +315,3 @@ class Buffer:
         self.after = self.before = None
         self.voided = 0
         return orphans
-

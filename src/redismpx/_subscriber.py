@@ -5,7 +5,7 @@
 * :class:`Subscriber` is the base of every subscription: state callbacks, the one way to call
   user code (:meth:`Subscriber._call`), error logging and the one close path
   (:meth:`Subscriber._finish`). Promise subscriptions build on it directly.
-* ``BufferedSubscriber`` (in :mod:`redismpx.subscriptions`) adds ``on_message`` and delivery
+* ``BufferedSubscriber`` (in ``_buffered.py``) adds ``on_message`` and delivery
   through a bounded buffer, for channel and pattern subscriptions.
 """
 

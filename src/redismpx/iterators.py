@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Self
 
 from ._buffer import ACTIVATION, CLOSED, DISCONNECT, DROPPED, Event, OverflowPolicy
+from ._buffered import BufferedSubscriber
 from ._subscriber import Host
-from .subscriptions import BufferedSubscriber, ChannelSubscription, PatternSubscription
+from .subscriptions import ChannelSubscription, PatternSubscription
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +103,7 @@ class _Iterating(BufferedSubscriber):
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self.close()
 
     def _pattern_of(self) -> bytes | None:
@@ -124,13 +119,7 @@ class ChannelIterator(_Iterating, ChannelSubscription):
         self, host: Host, *, max_buffer: int, overflow: OverflowPolicy, sharded: bool
     ) -> None:
         ChannelSubscription.__init__(
-            self,
-            host,
-            None,  # type: ignore[arg-type]
-            max_buffer=max_buffer,
-            overflow=overflow,
-            sharded=sharded,
-            queued=True,
+            self, host, None, max_buffer=max_buffer, overflow=overflow, sharded=sharded, queued=True
         )
 
 
@@ -143,13 +132,7 @@ class PatternIterator(_Iterating, PatternSubscription):
         self, host: Host, pattern: str | bytes, *, max_buffer: int, overflow: OverflowPolicy
     ) -> None:
         PatternSubscription.__init__(
-            self,
-            host,
-            pattern,
-            None,  # type: ignore[arg-type]
-            max_buffer=max_buffer,
-            overflow=overflow,
-            queued=True,
+            self, host, pattern, None, max_buffer=max_buffer, overflow=overflow, queued=True
         )
 
     def _pattern_of(self) -> bytes | None:

@@ -1,4 +1,5 @@
-"""Pure-logic checks of delivery: name encoding, and the coalescing of buffered events."""
+"""Subscriber-level checks of delivery without a server: name encoding, the Listener hooks
+feeding the buffer (its own rules are in test_buffer.py), name sets, the worker."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from redismpx import (
     ChannelIterator,
     ClusterMultiplexer,
     ConnectionLost,
-    Disconnected,
     Dropped,
     InvalidArgument,
     Message,
@@ -88,7 +88,8 @@ def test_unread_outages_messages_and_drops_keep_the_buffer_bounded(
             it.deliver(b"b", b"%d" % k)
             it.notify_disconnected(lost)
             for name in NAMES:
-                it.notify_refused(SubscribeRefused("NOPERM", "SUBSCRIBE", name)) if k % 7 == 0 else None
+                if k % 7 == 0:
+                    it.notify_refused(SubscribeRefused("NOPERM", "SUBSCRIBE", name))
                 it.notify_activated(name)
             await asyncio.sleep(0)  # a loop turn: the drops are reported
             assert it._queue is not None
@@ -106,27 +107,6 @@ def test_unread_outages_messages_and_drops_keep_the_buffer_bounded(
     assert {e.name for e in events[last_outage:] if isinstance(e, Activated)} == set(NAMES)
     messages = [e for e in events if isinstance(e, Message)]
     assert 0 < len(messages) <= 4
-    mpx.close()
-
-
-def test_activation_repeated_without_an_outage_is_queued_once() -> None:
-    mpx, it = _iterator(10, "drop_oldest")
-    for _ in range(3):
-        it.notify_activated(b"a")
-    assert _drain(it) == [Activated(b"a")]
-    it.notify_activated(b"a")  # once read, the next one is news again
-    assert _drain(it) == [Activated(b"a")]
-    mpx.close()
-
-
-def test_consecutive_outages_merge_into_the_latest() -> None:
-    mpx, it = _iterator(10, "drop_oldest")
-    errors = [ConnectionLost(f"outage {i}") for i in range(3)]
-    it.notify_activated(b"a")
-    for error in errors:
-        it.notify_disconnected(error)
-        it.notify_activated(b"a")
-    assert _drain(it) == [Activated(b"a"), Disconnected(errors[-1]), Activated(b"a")]
     mpx.close()
 
 
@@ -165,3 +145,45 @@ def test_a_stuck_worker_keeps_one_pending_async_on_drop() -> None:
 
     asyncio.run(flood())
     assert drops == []  # the worker never got to it: nothing ran after close
+
+
+# -- a subscription's set of names is sized to its count ----------------------------------------
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 16, 17, 40])
+def test_channel_sets_of_every_size(n: int) -> None:
+    names = [b"ch%d" % i for i in range(n)]
+
+    async def run() -> None:
+        mpx = Multiplexer(NOWHERE)
+        sub = mpx.new_channel_subscription(lambda channel, data: None)
+        sub.add(*names, *names)  # again: adding a held name does nothing (B14)
+        assert sub.channels == frozenset(names)
+        assert sub._holds(b"ch") is False  # never a substring test on a single name
+        assert all(sub._holds(name) for name in names)
+        sub.remove(*names[::2], b"never-added")
+        assert sub.channels == frozenset(names[1::2])
+        assert not any(sub._holds(name) for name in names[::2])
+        sub.add(*names)
+        assert sub.channels == frozenset(names)
+        sub.clear()
+        assert sub.channels == frozenset() and sub._channels is None
+        await mpx.aclose()
+
+    asyncio.run(run())
+
+
+def test_the_hooks_of_the_listener_protocol_exist_on_every_subscription() -> None:
+    mpx = Multiplexer(NOWHERE)  # outside a loop: never started
+    subs = [
+        mpx.new_channel_subscription(lambda channel, data: None),
+        ChannelIterator(mpx, max_buffer=1, overflow="drop_oldest", sharded=False),
+        mpx.new_promise_subscription("p:"),
+    ]
+    hooks = ("notify_activated", "notify_disconnected", "notify_refused")
+    for sub in subs:
+        assert callable(sub.deliver) and isinstance(sub.hears_activations, bool)
+        assert all(callable(getattr(sub, hook)) for hook in hooks)
+    # hears_activations: only what has something to do with an activation
+    assert [sub.hears_activations for sub in subs] == [False, True, True]
+    mpx.close()
