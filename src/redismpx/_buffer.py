@@ -102,6 +102,7 @@ class Buffer:
         "nmsgs",
         "policy",
         "reported",
+        "stale",
         "voided",
     )
 
@@ -121,6 +122,9 @@ class Buffer:
         self.after: dict[Any, Event] | None = None  # per-name events since the last outage
         self.before: dict[Any, Event] | None = None  # ... and before it
         self.voided = 0  # VOID events still in ``buf``
+        # A name was let go: messages of it may wait (or come from a dispatch under way), so
+        # take() asks ``wants`` until it has found the buffer empty.
+        self.stale = False
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -190,9 +194,9 @@ class Buffer:
     def take(self, wants: Callable[[bytes], bool] | None) -> Any:
         """Remove and return the next message or live event; None when empty.
 
-        ``wants(name)`` (None: everything) is asked about each message's channel and each
-        activation's name: what it refuses is skipped (a name removed while it waited, B17).
-        This is the one consumer step of both the worker and the iterators.
+        While ``stale``, ``wants(name)`` (None: everything) is asked about each message's
+        channel and each activation's name: what it refuses is skipped (a name removed while it
+        waited, B17). This is the one consumer step of both the worker and the iterators.
         """
         buf = self.buf
         while buf:
@@ -201,14 +205,19 @@ class Buffer:
                 self.nmsgs -= 1
                 if self.latest is not None:
                     self.latest.pop(item[0], None)
-                if wants is None or wants(item[0]):
+                if not self.stale or wants is None or wants(item[0]):
                     return item
                 continue
             self._taken(item)
             tag = item.tag
-            if tag == VOID or (tag == ACTIVATION and wants is not None and not wants(item.arg)):
+            if tag == VOID:
+                continue
+            if tag == ACTIVATION and self.stale and wants is not None and not wants(item.arg):
                 continue
             return item
+        # Empty, and the consumer runs outside any dispatch: nothing from before a removal is
+        # left to come.
+        self.stale = False
         return None
 
     def _taken(self, event: Event) -> None:

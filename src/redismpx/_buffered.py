@@ -135,6 +135,8 @@ class BufferedSubscriber(Subscriber):
     def _detach(self) -> None:
         for name in self._held():
             self._host.remove(self._kind, name, self)
+        if self._queue is not None:
+            self._queue.stale = True  # what waits of those names is skipped (B17)
 
     def _become_queued(self) -> None:
         if self._queue is not None:
@@ -246,9 +248,10 @@ class BufferedSubscriber(Subscriber):
             q.kick()
 
     def _forget_name(self, name: bytes) -> None:
-        """``name`` was removed: its activation or refusal waiting unread is moot."""
+        """``name`` was removed: its messages, activation or refusal waiting unread are moot."""
         q = self._queue
         if q is not None:
+            q.stale = True  # its messages waiting are skipped (B17)
             q.forget(name)
             q.forget((DISCONNECT, name))
 

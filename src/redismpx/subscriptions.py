@@ -43,7 +43,7 @@ def _names_has(held: Names, name: bytes) -> bool:
 def _names_add(held: Names, name: bytes) -> Names:
     """``held`` with ``name``, which it does not hold."""
     if held is None:
-        return name
+        return bytes(name) if name.__class__ is not bytes else name  # see _holds
     if isinstance(held, bytes):
         return (held, name)
     if isinstance(held, tuple):
@@ -144,7 +144,11 @@ class ChannelSubscription(BufferedSubscriber):
         return _names_all(self._channels)
 
     def _holds(self, name: bytes) -> bool:
-        return _names_has(self._channels, name)
+        # _names_has inlined: the worker asks it per message (B17).
+        held = self._channels
+        if held.__class__ is bytes:
+            return held == name
+        return held is not None and name in held
 
     def _label(self) -> str:
         n = len(self._held())

@@ -153,12 +153,25 @@ def test_take_skips_names_no_longer_wanted() -> None:
     buf.put(b"b", b"0")
     buf.push_keyed(ACTIVATION, b"b", b"b")
     buf.push_keyed(DISCONNECT, (DISCONNECT, b"a"), "refused")
+    buf.stale = True  # b"a" was let go
     assert drain(buf, lambda name: name == b"b") == [
         (b"b", b"0"),
         (ACTIVATION, b"b"),
         (DISCONNECT, "refused"),  # a refusal is news even for a name let go
     ]
     assert buf.nmsgs == 0
+    assert not buf.stale  # found empty: nothing from before the removal is left to come
+
+
+def test_take_asks_nothing_while_no_name_was_let_go() -> None:
+    buf = Buffer(10, "drop_oldest")
+    buf.put(b"a", b"0")
+    buf.push_keyed(ACTIVATION, b"a", b"a")
+
+    def refuse(name: bytes) -> bool:
+        raise AssertionError("asked")
+
+    assert drain(buf, refuse) == [(b"a", b"0"), (ACTIVATION, b"a")]
 
 
 def test_clear_returns_the_awaitables_left_and_empties_everything() -> None:
