@@ -76,10 +76,15 @@ def delivery_options(
 class Queue(Buffer):
     """A :class:`Buffer` with its consumer: the worker task or the waiting iterator."""
 
-    __slots__ = ("logged_at", "scheduled", "wake", "worker")
+    __slots__ = ("logged_at", "on_message", "scheduled", "wake", "worker")
 
-    def __init__(self, max_buffer: int, policy: OverflowPolicy) -> None:
+    def __init__(
+        self, max_buffer: int, policy: OverflowPolicy, on_message: OnMessage | None
+    ) -> None:
         super().__init__(max_buffer, policy)
+        # Here, not on the subscription: only the worker needs it (an inline subscription's
+        # deliver is on_message itself); None for an iterator.
+        self.on_message = on_message
         self.wake: asyncio.Future[None] | None = None  # set while the consumer waits
         self.worker: asyncio.Task[None] | None = None
         self.scheduled = False  # a drop report is due this loop turn
@@ -98,7 +103,7 @@ class BufferedSubscriber(Subscriber):
     The buffer (a :class:`Queue`) exists only once the subscription is queued.
     """
 
-    __slots__ = ("_on_message", "_opts", "_queue")
+    __slots__ = ("_opts", "_queue")
 
     _kind: int  # CHANNEL, SHARD or PATTERN
     _filters_names = False  # True: the consumer skips names no longer held (B17)
@@ -113,13 +118,12 @@ class BufferedSubscriber(Subscriber):
         queued: bool,
     ) -> None:
         super().__init__(host, on_disconnect, on_activation)
-        self._on_message = on_message
         self._opts = opts
         self._queue: Queue | None = None
         if on_message is not None:  # else an iterator: queued below
             self.deliver = on_message
         if queued or any(is_async(f) for f in (on_message, on_disconnect, on_activation)):
-            self._become_queued()
+            self._become_queued(on_message)
 
     @property
     def dropped(self) -> int:
@@ -138,11 +142,11 @@ class BufferedSubscriber(Subscriber):
         if self._queue is not None:
             self._queue.stale = True  # what waits of those names is skipped (B17)
 
-    def _become_queued(self) -> None:
+    def _become_queued(self, on_message: OnMessage | None) -> None:
         if self._queue is not None:
             return
         opts = self._opts
-        self._queue = Queue(opts.max_buffer, opts.overflow)
+        self._queue = Queue(opts.max_buffer, opts.overflow, on_message)
         latest = opts.overflow == "latest_per_channel"
         self.deliver = self._enqueue_latest if latest else self._enqueue
         self.hears_activations = True
@@ -188,7 +192,7 @@ class BufferedSubscriber(Subscriber):
         if not n:
             return
         on_drop = self._opts.on_drop
-        if self._on_message is None or is_async(on_drop):
+        if q.on_message is None or is_async(on_drop):
             # In the stream of an iterator, or for the worker to call an async on_drop in
             # order (one pending call, not one coroutine per loop turn).
             self._consumer().push_drops(n)
@@ -258,7 +262,7 @@ class BufferedSubscriber(Subscriber):
     def _defer(self, which: str, awaitable: Awaitable[Any]) -> None:
         # Awaited by the worker, in order with the messages: the subscription becomes queued.
         if self._queue is None:
-            self._become_queued()
+            self._become_queued(self.deliver)  # still on_message: inline until now
             for name in self._held():  # our deliver changed: rebuild the dispatch lists
                 self._host.refresh(self._kind, name)
         q = self._consumer()
@@ -270,7 +274,7 @@ class BufferedSubscriber(Subscriber):
     # The loop runs: start the worker (a subscription with callbacks).
     def start_consumer(self) -> None:
         q = self._queue
-        if q is not None and q.worker is None and self._on_message is not None and not self.closed:
+        if q is not None and q.worker is None and q.on_message is not None and not self.closed:
             q.worker = self._host.spawn(self._work(q), f"redismpx worker {self._label()}")
 
     async def _wait(self, q: Queue) -> None:
@@ -288,7 +292,7 @@ class BufferedSubscriber(Subscriber):
 
     async def _work(self, q: Queue) -> None:
         """The worker of a subscription with callbacks: calls them in order, one at a time."""
-        on_message = self._on_message
+        on_message = q.on_message
         assert on_message is not None
         take, wants = q.take, (self._holds if self._filters_names else None)
         while True:
@@ -347,7 +351,7 @@ class BufferedSubscriber(Subscriber):
         # The drops not reported yet (the overflowing message at least) are reported now,
         # before the notice: nothing of a closed subscription may be heard after it.
         n = self._take_drops(q)
-        if self._on_message is None:  # an iterator: it raises at its next step
+        if q.on_message is None:  # an iterator: it raises at its next step
             if n:
                 q.push_drops(n)
             q.push(CLOSED, error)
