@@ -14,8 +14,8 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from ._options import Tuning
-from ._registry import Listener
 from ._router import MakeRouter
+from ._subscriber import Listener
 from ._tasks import TaskOwner
 from .errors import EventLoopMismatch, SubscriptionClosed
 from .state import State
@@ -27,7 +27,9 @@ LOOP_ENDED = "the event loop it was used in has ended; subscribe again in the ne
 class Member(Listener, Protocol):
     """What the hub needs of a subscription beyond the :class:`Listener` protocol."""
 
-    closed: bool
+    @property
+    def closed(self) -> bool:
+        """True once closed."""
 
     def shut_down(self) -> None:
         """The multiplexer closes: stop without telling Redis (its connection goes too)."""

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
-from ._delivery import check_buffer
+from ._buffer import check_buffer
 from .errors import InvalidArgument, InvalidArgumentType
 
 if TYPE_CHECKING:
-    from ._delivery import OverflowPolicy
+    from ._buffer import OverflowPolicy
 
 _SCHEMES = ("redis", "rediss", "unix", "valkey", "valkeys")
 

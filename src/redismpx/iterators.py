@@ -12,17 +12,14 @@ subscription (or its multiplexer) is closed; when the library closed it (overflo
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Self
 
-from ._delivery import ACTIVATION, CLOSED, DISCONNECT, DROPPED, Event, OverflowPolicy
+from ._buffer import ACTIVATION, CLOSED, DISCONNECT, DROPPED, Event, OverflowPolicy
+from ._buffered import BufferedSubscriber
+from ._subscriber import Host
 from .subscriptions import ChannelSubscription, PatternSubscription
-
-if TYPE_CHECKING:
-    from .multiplexer import Multiplexer
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,49 +56,33 @@ class Dropped:
 SubscriptionEvent = Message | Activated | Disconnected | Dropped
 
 
-class _Iterating:
-    """The consumer side shared by both iterator classes (a mixin over ``Subscriber``)."""
+class _Iterating(BufferedSubscriber):
+    """The consumer side shared by both iterator classes: the iterating task is the worker."""
 
     __slots__ = ()
 
     async def _next(self, with_events: bool) -> SubscriptionEvent:
-        sub: Any = self
-        q = sub._q
-        buf = q.buf
-        loop = asyncio.get_running_loop()
+        q = self._consumer()
+        wants = self._holds if self._filters_names else None
         while True:
-            while buf:
-                item = buf.popleft()
-                if item.__class__ is Event:
-                    q.taken(item)
-                    if item.tag == CLOSED:
-                        raise item.arg
-                    if with_events:
-                        if item.tag == ACTIVATION:
-                            return Activated(item.arg)
-                        if item.tag == DISCONNECT:
-                            return Disconnected(item.arg)
-                        if item.tag == DROPPED:
-                            return Dropped(item.arg)
-                    continue
-                q.nmsgs -= 1
-                channel = item[0]
-                if q.latest is not None:
-                    q.latest.pop(channel, None)
-                if sub._wants(channel):
-                    return Message(channel, item[1], sub._pattern_of())
-            if sub.closed:
-                raise StopAsyncIteration
-            if q.wake is not None:
-                raise RuntimeError("another task is already iterating this subscription")
-            q.wake = wake = loop.create_future()
-            try:
-                await wake
-            finally:
-                # A cancelled wait (a timeout around it) must not leave us registered as
-                # the waiting consumer: the next wait, by any task, would be refused.
-                if q.wake is wake:
-                    q.wake = None
+            item = q.take(wants)  # the consumer step the worker takes too
+            if item is None:
+                if self._end is not None:
+                    raise StopAsyncIteration
+                await self._wait(q)
+            elif item.__class__ is Event:
+                tag = item.tag
+                if tag == CLOSED:
+                    raise item.arg
+                if with_events:
+                    if tag == ACTIVATION:
+                        return Activated(item.arg)
+                    if tag == DISCONNECT:
+                        return Disconnected(item.arg)
+                    if tag == DROPPED:
+                        return Dropped(item.arg)
+            else:
+                return Message(item[0], item[1], self._pattern_of())
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self
@@ -122,13 +103,8 @@ class _Iterating:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()  # type: ignore[attr-defined]
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _pattern_of(self) -> bytes | None:
         return None
@@ -140,16 +116,10 @@ class ChannelIterator(_Iterating, ChannelSubscription):
     __slots__ = ()
 
     def __init__(
-        self, mpx: Multiplexer, *, max_buffer: int, overflow: OverflowPolicy, sharded: bool
+        self, host: Host, *, max_buffer: int, overflow: OverflowPolicy, sharded: bool
     ) -> None:
         ChannelSubscription.__init__(
-            self,
-            mpx,
-            None,  # type: ignore[arg-type]
-            max_buffer=max_buffer,
-            overflow=overflow,
-            sharded=sharded,
-            queued=True,
+            self, host, None, max_buffer=max_buffer, overflow=overflow, sharded=sharded, queued=True
         )
 
 
@@ -159,16 +129,10 @@ class PatternIterator(_Iterating, PatternSubscription):
     __slots__ = ()
 
     def __init__(
-        self, mpx: Multiplexer, pattern: str | bytes, *, max_buffer: int, overflow: OverflowPolicy
+        self, host: Host, pattern: str | bytes, *, max_buffer: int, overflow: OverflowPolicy
     ) -> None:
         PatternSubscription.__init__(
-            self,
-            mpx,
-            pattern,
-            None,  # type: ignore[arg-type]
-            max_buffer=max_buffer,
-            overflow=overflow,
-            queued=True,
+            self, host, pattern, None, max_buffer=max_buffer, overflow=overflow, queued=True
         )
 
     def _pattern_of(self) -> bytes | None:

@@ -12,11 +12,12 @@ import logging
 import os
 from typing import Any, Self, Unpack
 
-from ._delivery import OnActivation, OnDisconnect, OnDrop, OnMessage, OverflowPolicy
+from ._buffer import OverflowPolicy
 from ._hub import Hub
 from ._options import MultiplexerOptions, check_seconds, parse_options, split_options
 from ._redispy import settings_of_redis_client
 from ._router import SingleRouter
+from ._subscriber import OnActivation, OnDisconnect, OnDrop, OnMessage
 from .errors import SubscriptionClosed
 from .iterators import ChannelIterator, PatternIterator
 from .promises import PromiseSubscription

@@ -9,20 +9,12 @@ message published while it is not could be missed silently.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import math
-from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any
 
-from ._delivery import (
-    DEFAULT_MAX_BUFFER,
-    OnActivation,
-    OnDisconnect,
-    Subscriber,
-    check_callback,
-    spawn_callback,
-)
 from ._protocol import PATTERN, encode_str
+from ._subscriber import Host, OnActivation, OnDisconnect, Subscriber
 from .errors import (
     InactiveSubscription,
     InvalidArgument,
@@ -32,9 +24,6 @@ from .errors import (
     SubscriptionInterrupted,
 )
 from .subscriptions import check_name
-
-if TYPE_CHECKING:
-    from .multiplexer import Multiplexer
 
 _GLOB = frozenset(b"*?[]\\")
 
@@ -66,16 +55,23 @@ class Promise:
     withdraws it; cancelling a task that awaits it withdraws it too.
     """
 
-    __slots__ = ("_fut", "_sub", "_timer", "channel")
+    __slots__ = ("_fut", "_timer", "_withdraw", "channel")
 
     def __init__(
-        self, channel: bytes, fut: asyncio.Future[bytes], sub: PromiseSubscription
+        self,
+        channel: bytes,
+        fut: asyncio.Future[bytes],
+        timeout: float | None,
+        withdraw: Callable[[bytes, asyncio.Future[bytes]], None],
     ) -> None:
         self.channel = channel
         """The channel whose next message fulfils this promise (``prefix + suffix``)."""
         self._fut = fut
-        self._sub = sub
+        self._withdraw = withdraw  # removes ``fut`` from its subscription
         self._timer: asyncio.TimerHandle | None = None
+        if timeout is not None:  # B42: counted from creation
+            self._timer = fut.get_loop().call_later(timeout, _expire, fut, channel, timeout)
+        fut.add_done_callback(self._settled)
 
     def __await__(self) -> Generator[Any, None, bytes]:
         return self._fut.__await__()
@@ -87,8 +83,18 @@ class Promise:
     def cancel(self) -> bool:
         """Withdraw the promise; True if it was still pending."""
         cancelled = self._fut.cancel()
-        self._sub._settled(self)  # at once, not in the done callback's later turn
+        self._settled()  # at once, not in the done callback's later turn
         return cancelled
+
+    def _settled(self, _: object = None) -> None:
+        # Fulfilled, expired, failed or withdrawn: nothing of it stays behind (B45).
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        fut = self._fut
+        self._withdraw(self.channel, fut)
+        if fut.done() and not fut.cancelled():
+            fut.exception()  # mark retrieved: an unawaited expired promise must not warn
 
     def __repr__(self) -> str:
         state = "pending" if not self._fut.done() else "done"
@@ -102,8 +108,6 @@ class PromiseSubscription(Subscriber):
         "_activation_waiters",
         "_active",
         "_notices",
-        "_notify_activation",
-        "_notify_disconnect",
         "_pending",
         "pattern",
         "prefix",
@@ -111,38 +115,23 @@ class PromiseSubscription(Subscriber):
 
     def __init__(
         self,
-        mpx: Multiplexer,
+        host: Host,
         prefix: str | bytes,
         on_disconnect: OnDisconnect | None = None,
         on_activation: OnActivation | None = None,
     ) -> None:
-        check_callback("on_disconnect", on_disconnect, optional=True)
-        check_callback("on_activation", on_activation, optional=True)
-        # Kept apart from the base class's callbacks: a promise subscription has no message
-        # worker, so its state callbacks run inline (or as their own task when async).
-        self._notify_disconnect = on_disconnect
-        self._notify_activation = on_activation
+        super().__init__(host, on_disconnect, on_activation)
         self.prefix: bytes = check_name(prefix, "prefix")
         """The prefix, as bytes: promises wait on ``prefix + suffix``."""
         self.pattern: bytes = escape_glob(self.prefix) + b"*"
         """The pattern subscribed in Redis: the escaped prefix followed by ``*``."""
-        super().__init__(
-            mpx,
-            None,
-            None,
-            None,
-            max_buffer=DEFAULT_MAX_BUFFER,
-            overflow="drop_newest",
-            on_drop=None,
-        )
         self.deliver = self._fulfil
+        self.hears_activations = True  # activation is what makes promises possible (B39)
         self._pending: dict[bytes, list[asyncio.Future[bytes]]] = {}
         self._active = False
         self._activation_waiters: list[asyncio.Future[None]] = []
         # Tasks running async state callbacks: close() cancels them.
         self._notices: set[asyncio.Task[None]] | None = None
-
-    _always_activate = True
 
     @property
     def active(self) -> bool:
@@ -150,15 +139,15 @@ class PromiseSubscription(Subscriber):
         return self._active
 
     def _attach(self) -> None:
-        self._mpx._add(PATTERN, self.pattern, self)
+        self._host.add(PATTERN, self.pattern, self)
 
     def _detach(self) -> None:
-        self._mpx._remove(PATTERN, self.pattern, self)
+        self._host.remove(PATTERN, self.pattern, self)
 
     def _label(self) -> str:
         return f"PromiseSubscription@{id(self):#x}[{self.prefix!r}]"
 
-    # -- events from the link ----------------------------------------------------------------
+    # -- the link's side ---------------------------------------------------------------------
 
     def _fulfil(self, channel: bytes, data: bytes) -> None:
         futures = self._pending.pop(channel, None)
@@ -168,44 +157,34 @@ class PromiseSubscription(Subscriber):
             if not fut.done():
                 fut.set_result(data)
 
-    def _activated(self, name: bytes) -> None:
-        if self.closed:
+    # Redis confirmed the pattern: promises may be created (B39, B40).
+    def notify_activated(self, name: bytes) -> None:
+        if self._end is not None:
             return
         self._active = True
         waiters, self._activation_waiters = self._activation_waiters, []
         for w in waiters:
             if not w.done():
                 w.set_result(None)
-        self._notify("on_activation", self._notify_activation, name)
+        super().notify_activated(name)
 
-    def _disconnected(self, error: BaseException) -> None:
+    # An outage: every pending promise fails (B46).
+    def notify_disconnected(self, error: BaseException) -> None:
         self._active = False
         exc = SubscriptionInterrupted(f"connection lost: {error}")
         exc.__cause__ = error
         self._fail_all(exc)
-        if not self.closed:
-            self._notify("on_disconnect", self._notify_disconnect, error)
+        super().notify_disconnected(error)
 
-    def _refused(self, error: BaseException) -> None:
-        self._disconnected(error)
-
-    def _notify(self, which: str, fn: Callable[[Any], Any] | None, arg: Any) -> None:
-        """Call a state callback inline; an async one runs as a task that close() cancels
-        (the task that woke up from a failed promise may close us before it starts)."""
-        if fn is None:
-            return
-        try:
-            result = fn(arg)
-        except Exception as exc:
-            self._log_error(which, exc)
-            return
-        if result is not None and inspect.isawaitable(result):
-            task = spawn_callback(self, which, result, f"redismpx {which}")
-            notices = self._notices
-            if notices is None:
-                notices = self._notices = set()
-            notices.add(task)
-            task.add_done_callback(notices.discard)
+    def _defer(self, which: str, awaitable: Awaitable[Any]) -> None:
+        # No worker here: an async state callback runs as a task that close() cancels (the
+        # task that woke up from a failed promise may close us before it starts).
+        task = self._spawn_call(which, awaitable, f"redismpx {which}")
+        notices = self._notices
+        if notices is None:
+            notices = self._notices = set()
+        notices.add(task)
+        task.add_done_callback(notices.discard)
 
     def _fail_all(self, exc: BaseException) -> None:
         pending, self._pending = self._pending, {}
@@ -252,12 +231,8 @@ class PromiseSubscription(Subscriber):
         loop = asyncio.get_running_loop()
         channel = self.prefix + suffix_b
         fut: asyncio.Future[bytes] = loop.create_future()
-        promise = Promise(channel, fut, self)
         self._pending.setdefault(channel, []).append(fut)
-        if seconds is not None:
-            promise._timer = loop.call_later(seconds, _expire, fut, channel, seconds)
-        fut.add_done_callback(lambda f: self._settled(promise))
-        return promise
+        return Promise(channel, fut, seconds, self._withdraw)
 
     async def wait_for_new_promise(self, suffix: str | bytes, timeout: float | None) -> Promise:
         """Wait for activation, then create the promise (its timeout starts then)."""
@@ -275,41 +250,28 @@ class PromiseSubscription(Subscriber):
             for fut in futures:
                 fut.cancel()
 
-    def _settled(self, promise: Promise) -> None:
-        fut = promise._fut
-        if promise._timer is not None:
-            promise._timer.cancel()
-            promise._timer = None
-        futures = self._pending.get(promise.channel)
+    def _withdraw(self, channel: bytes, fut: asyncio.Future[bytes]) -> None:
+        futures = self._pending.get(channel)
         if futures is not None:
             try:
                 futures.remove(fut)
             except ValueError:
                 pass
             if not futures:
-                del self._pending[promise.channel]
-        if not fut.cancelled():
-            fut.exception()  # mark retrieved: an unawaited expired promise must not warn
+                del self._pending[channel]
 
-    def _abandon(self, reason: str) -> None:
-        # The futures and timers belong to the closed loop: resolving one would schedule
-        # its callbacks there, so they are dropped untouched.
-        self._pending = {}
-        self._activation_waiters = []
-        self._notices = None
-        self._active = False
-        super()._abandon(reason)
-
-    def _stop(self) -> None:
-        super()._stop()
+    def _release(self, alive: bool) -> None:
         notices, self._notices = self._notices, None
+        waiters, self._activation_waiters = self._activation_waiters, []
+        self._active = False
+        if not alive:
+            self._pending = {}  # futures, timers and tasks of a closed loop: dropped untouched
+            return
         if notices:
             for task in notices:
                 task.cancel()  # not started yet: the callback's body never runs
-        self._active = False
         exc = SubscriptionClosed(f"{self._label()} is closed", self.close_reason)
         self._fail_all(exc)
-        waiters, self._activation_waiters = self._activation_waiters, []
         for w in waiters:
             if not w.done():
                 w.set_exception(exc)

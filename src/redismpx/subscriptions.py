@@ -1,22 +1,21 @@
 """``ChannelSubscription`` and ``PatternSubscription``: the user's handles on the multiplexer.
 
-Both are created by a multiplexer's factories, never directly. Delivery (inline or queued,
-the bounded buffer and its overflow policy) is described in :mod:`redismpx._delivery`.
+Both are created by a multiplexer's factories, never directly, and share their delivery
+(:class:`~redismpx._buffered.BufferedSubscriber`): inline while every callback is a plain
+function, queued in a bounded buffer once any is async. The reader never awaits user code (R1,
+B34-B36 in docs/spec.md); the user's view is the delivery model, docs/delivery.md.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from ._delivery import OnActivation, OnDisconnect, OnDrop, OnMessage, OverflowPolicy, Subscriber
+from ._buffer import OverflowPolicy
+from ._buffered import BufferedSubscriber, delivery_options
 from ._protocol import CHANNEL, PATTERN, SHARD, to_bytes
+from ._subscriber import Host, OnActivation, OnDisconnect, OnDrop, OnMessage, check_callback
 from .errors import InvalidArgument
 
-if TYPE_CHECKING:
-    from .multiplexer import Multiplexer
-
 MAX_NAME_BYTES = 1 << 20
-SMALL_SET = 16  # far above any sane channel name; guards against mistakes
+SMALL_SET = 16  # names held in a tuple up to this many, in a dict beyond
 
 
 def check_name(value: str | bytes, what: str) -> bytes:
@@ -25,12 +24,54 @@ def check_name(value: str | bytes, what: str) -> bytes:
         return name
     if not name:
         raise InvalidArgument(f"{what} must not be empty")
-    if len(name) > MAX_NAME_BYTES:
-        raise InvalidArgument(f"{what} is {len(name)} bytes long; the limit is {MAX_NAME_BYTES}")
-    return name
+    raise InvalidArgument(f"{what} is {len(name)} bytes long; the limit is {MAX_NAME_BYTES}")
 
 
-class ChannelSubscription(Subscriber):
+# A subscription's set of names, sized to its count (most hold one to three): nothing, the one
+# name itself, a tuple up to SMALL_SET, a dict beyond (O(1) membership).
+Names = bytes | tuple[bytes, ...] | dict[bytes, None] | None
+
+
+def _names_has(held: Names, name: bytes) -> bool:
+    if held is None:
+        return False
+    if isinstance(held, bytes):
+        return held == name  # not ``in``: that would be a substring test
+    return name in held
+
+
+def _names_add(held: Names, name: bytes) -> Names:
+    """``held`` with ``name``, which it does not hold."""
+    if held is None:
+        return bytes(name) if name.__class__ is not bytes else name  # see _holds
+    if isinstance(held, bytes):
+        return (held, name)
+    if isinstance(held, tuple):
+        return (*held, name) if len(held) < SMALL_SET else dict.fromkeys((*held, name))
+    held[name] = None
+    return held
+
+
+def _names_remove(held: Names, name: bytes) -> Names:
+    """``held`` without ``name``, which it holds."""
+    if isinstance(held, tuple):
+        rest = tuple(n for n in held if n != name)
+        return rest[0] if len(rest) == 1 else rest
+    if isinstance(held, dict):
+        del held[name]
+        return held or None
+    return None
+
+
+def _names_all(held: Names) -> tuple[bytes, ...]:
+    if held is None:
+        return ()
+    if isinstance(held, bytes):
+        return (held,)
+    return tuple(held)
+
+
+class ChannelSubscription(BufferedSubscriber):
     """A set of channels whose messages reach ``on_message(channel, payload)``.
 
     ``add``/``remove`` return at once; Redis is told in one coalesced command per event-loop
@@ -42,10 +83,12 @@ class ChannelSubscription(Subscriber):
 
     __slots__ = ("_channels", "_kind")
 
+    _filters_names = True
+
     def __init__(
         self,
-        mpx: Multiplexer,
-        on_message: OnMessage,
+        host: Host,
+        on_message: OnMessage | None,  # None: an iterator, its own consumer
         on_disconnect: OnDisconnect | None = None,
         on_activation: OnActivation | None = None,
         *,
@@ -55,60 +98,37 @@ class ChannelSubscription(Subscriber):
         sharded: bool = False,
         queued: bool = False,
     ) -> None:
-        from ._delivery import check_callback
-
-        if not queued:
+        if not queued:  # an iterator (queued) is its own consumer
             check_callback("on_message", on_message, optional=False)
         self._kind = SHARD if sharded else CHANNEL
-        # A list while small (a few channels per WebSocket client is the common case, and a
-        # list costs a third of a dict), a dict once it grows past SMALL_SET.
-        self._channels: list[bytes] | dict[bytes, None] = []
-        super().__init__(
-            mpx,
-            on_message,
-            on_disconnect,
-            on_activation,
-            max_buffer=max_buffer,
-            overflow=overflow,
-            on_drop=on_drop,
-            queued=queued,
-        )
+        self._channels: Names = None
+        opts = delivery_options(max_buffer, overflow, on_drop)
+        super().__init__(host, on_message, on_disconnect, on_activation, opts, queued)
 
     @property
     def channels(self) -> frozenset[bytes]:
         """The channels this subscription holds (as bytes)."""
-        return frozenset(self._channels)
+        return frozenset(_names_all(self._channels))
 
     def add(self, *channels: str | bytes) -> None:
         """Add channels (``str`` is encoded as UTF-8). Adding one already held does nothing."""
-        mpx, kind, held = self._mpx, self._kind, self._channels
-        mpx._maybe_start()  # first, since in a new event loop it closes the old loop's subs
+        host = self._host
+        host.start_in_running_loop()  # first: in a new event loop it closes the old loop's subs
         self._check_open()
         names = [check_name(c, "channel name") for c in channels]  # validate all first
         for name in names:
-            if name in held:
-                continue
-            if held.__class__ is dict:
-                held[name] = None
-            elif len(held) < SMALL_SET:
-                held.append(name)  # type: ignore[union-attr]
-            else:
-                self._channels = held = dict.fromkeys(held)
-                held[name] = None
-            mpx._add(kind, name, self)
+            if not _names_has(self._channels, name):
+                self._channels = _names_add(self._channels, name)
+                host.add(self._kind, name, self)
 
     def remove(self, *channels: str | bytes) -> None:
         """Remove channels; a channel not held is ignored. Delivery stops when this returns."""
         self._check_open()
         names = [check_name(c, "channel name") for c in channels]
-        mpx, kind, held = self._mpx, self._kind, self._channels
         for name in names:
-            if name in held:
-                if held.__class__ is dict:
-                    del held[name]
-                else:
-                    held.remove(name)  # type: ignore[union-attr]
-                mpx._remove(kind, name, self)
+            if _names_has(self._channels, name):
+                self._channels = _names_remove(self._channels, name)
+                self._host.remove(self._kind, name, self)
                 self._forget_name(name)
 
     def clear(self) -> None:
@@ -117,70 +137,56 @@ class ChannelSubscription(Subscriber):
         self._detach()
 
     def _detach(self) -> None:
-        mpx, kind = self._mpx, self._kind
-        names, self._channels = self._channels, []
-        for name in names:
-            mpx._remove(kind, name, self)
+        super()._detach()
+        self._channels = None
 
-    def _refresh_registrations(self) -> None:
-        for name in self._channels:
-            self._mpx._refresh(self._kind, name)
+    def _held(self) -> tuple[bytes, ...]:
+        return _names_all(self._channels)
 
-    def _wants(self, channel: bytes) -> bool:
-        return channel in self._channels
-
-    def _activated(self, name: bytes) -> None:
-        if name in self._channels:
-            super()._activated(name)
+    def _holds(self, name: bytes) -> bool:
+        # _names_has inlined: the worker asks it per message (B17).
+        held = self._channels
+        if held.__class__ is bytes:
+            return held == name
+        return held is not None and name in held
 
     def _label(self) -> str:
-        n = len(self._channels)
+        n = len(self._held())
         return f"ChannelSubscription@{id(self):#x}[{n} channel{'s' if n != 1 else ''}]"
 
 
-class PatternSubscription(Subscriber):
+class PatternSubscription(BufferedSubscriber):
     """One glob-style pattern; ``on_message`` receives the *actual* channel and the payload."""
 
     __slots__ = ("pattern",)
 
+    _kind = PATTERN
+
     def __init__(
         self,
-        mpx: Multiplexer,
+        host: Host,
         pattern: str | bytes,
-        on_message: OnMessage,
+        on_message: OnMessage | None,  # None: a PatternIterator
         on_disconnect: OnDisconnect | None = None,
         on_activation: OnActivation | None = None,
         *,
+        on_drop: OnDrop | None = None,
         max_buffer: int,
         overflow: OverflowPolicy,
-        on_drop: OnDrop | None = None,
         queued: bool = False,
     ) -> None:
-        from ._delivery import check_callback
-
         if not queued:
             check_callback("on_message", on_message, optional=False)
         self.pattern: bytes = check_name(pattern, "pattern")
         """The glob-style pattern, as bytes."""
-        super().__init__(
-            mpx,
-            on_message,
-            on_disconnect,
-            on_activation,
-            max_buffer=max_buffer,
-            overflow=overflow,
-            on_drop=on_drop,
-            queued=queued,
-        )
+        opts = delivery_options(max_buffer, overflow, on_drop)
+        super().__init__(host, on_message, on_disconnect, on_activation, opts, queued)
 
     def _attach(self) -> None:
-        self._mpx._add(PATTERN, self.pattern, self)
+        self._host.add(PATTERN, self.pattern, self)
 
-    def _detach(self) -> None:
-        self._mpx._remove(PATTERN, self.pattern, self)
-
-    def _refresh_registrations(self) -> None:
-        self._mpx._refresh(PATTERN, self.pattern)
+    def _held(self) -> tuple[bytes, ...]:
+        return (self.pattern,)
 
     def _label(self) -> str:
         return f"PatternSubscription@{id(self):#x}[{self.pattern!r}]"

@@ -1,4 +1,5 @@
-"""Pure-logic checks of delivery: name encoding, and the coalescing of buffered events."""
+"""Subscriber-level checks of delivery without a server: name encoding, the Listener hooks
+feeding the buffer (its own rules are in test_buffer.py), name sets, the worker."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from redismpx import (
     ChannelIterator,
     ClusterMultiplexer,
     ConnectionLost,
-    Disconnected,
     Dropped,
     InvalidArgument,
     Message,
@@ -19,7 +19,7 @@ from redismpx import (
     RedisMPXError,
     SubscribeRefused,
 )
-from redismpx._delivery import DROPPED, VOID, Event, OverflowPolicy
+from redismpx._buffer import DROPPED, VOID, Event, OverflowPolicy
 from redismpx._protocol import to_bytes
 from redismpx.iterators import SubscriptionEvent
 
@@ -53,21 +53,22 @@ NAMES = (b"a", b"b", b"c")
 def _iterator(max_buffer: int, overflow: OverflowPolicy) -> tuple[Multiplexer, ChannelIterator]:
     mpx = Multiplexer(NOWHERE)  # outside a loop: never started, never connected
     it = ChannelIterator(mpx, max_buffer=max_buffer, overflow=overflow, sharded=False)
-    it._channels = list(NAMES)  # as if added (the registry is not under test here)
+    it._channels = NAMES  # as if added (the registry is not under test here)
     return mpx, it
 
 
 def _drain(it: ChannelIterator) -> list[SubscriptionEvent]:
     async def drain() -> list[SubscriptionEvent]:
-        assert it._q is not None
-        return [await it._next(True) for _ in iter(lambda: bool(it._q and it._q.buf), False)]
+        assert it._queue is not None
+        q = it._queue
+        return [await it._next(True) for _ in iter(lambda: bool(q.buf), False)]
 
     return asyncio.run(drain())
 
 
 def _live(it: ChannelIterator) -> int:
-    assert it._q is not None
-    return sum(1 for e in it._q.buf if not (isinstance(e, Event) and e.tag == VOID))
+    assert it._queue is not None
+    return sum(1 for e in it._queue.buf if not (isinstance(e, Event) and e.tag == VOID))
 
 
 @pytest.mark.parametrize("overflow", ["drop_oldest", "drop_newest", "latest_per_channel"])
@@ -81,17 +82,18 @@ def test_unread_outages_messages_and_drops_keep_the_buffer_bounded(
     async def outages() -> None:
         nonlocal high
         for name in NAMES:
-            it._activated(name)
+            it.notify_activated(name)
         for k in range(500):
             it.deliver(b"a", b"%d" % k)
             it.deliver(b"b", b"%d" % k)
-            it._disconnected(lost)
+            it.notify_disconnected(lost)
             for name in NAMES:
-                it._refused(SubscribeRefused("NOPERM", "SUBSCRIBE", name)) if k % 7 == 0 else None
-                it._activated(name)
+                if k % 7 == 0:
+                    it.notify_refused(SubscribeRefused("NOPERM", "SUBSCRIBE", name))
+                it.notify_activated(name)
             await asyncio.sleep(0)  # a loop turn: the drops are reported
-            assert it._q is not None
-            high = max(high, len(it._q.buf))
+            assert it._queue is not None
+            high = max(high, len(it._queue.buf))
             assert _live(it) <= 4 + 4 * len(NAMES) + 2  # messages + per-name + gap + drops
 
     asyncio.run(outages())
@@ -108,32 +110,11 @@ def test_unread_outages_messages_and_drops_keep_the_buffer_bounded(
     mpx.close()
 
 
-def test_activation_repeated_without_an_outage_is_queued_once() -> None:
-    mpx, it = _iterator(10, "drop_oldest")
-    for _ in range(3):
-        it._activated(b"a")
-    assert _drain(it) == [Activated(b"a")]
-    it._activated(b"a")  # once read, the next one is news again
-    assert _drain(it) == [Activated(b"a")]
-    mpx.close()
-
-
-def test_consecutive_outages_merge_into_the_latest() -> None:
-    mpx, it = _iterator(10, "drop_oldest")
-    errors = [ConnectionLost(f"outage {i}") for i in range(3)]
-    it._activated(b"a")
-    for error in errors:
-        it._disconnected(error)
-        it._activated(b"a")
-    assert _drain(it) == [Activated(b"a"), Disconnected(errors[-1]), Activated(b"a")]
-    mpx.close()
-
-
 def test_a_removed_name_loses_its_unread_activation() -> None:
     mpx, it = _iterator(10, "drop_oldest")
-    it._activated(b"a")
-    it._activated(b"b")
-    it._channels.remove(b"a")
+    it.notify_activated(b"a")
+    it.notify_activated(b"b")
+    it._channels = (b"b", b"c")
     it._forget_name(b"a")
     assert _drain(it) == [Activated(b"b")]
     mpx.close()
@@ -150,17 +131,59 @@ def test_a_stuck_worker_keeps_one_pending_async_on_drop() -> None:
 
     mpx = Multiplexer(NOWHERE)  # outside a loop: never started
     sub = mpx.new_channel_subscription(stuck, max_buffer=2, on_drop=on_drop)
-    sub._channels = [b"a"]  # as if added
+    sub._channels = b"a"  # as if added
 
     async def flood() -> None:
-        sub._ensure_consumer()
-        assert sub._q is not None
+        sub.start_consumer()
+        assert sub._queue is not None
         for k in range(200):
             sub.deliver(b"a", b"%d" % k)
             await asyncio.sleep(0)  # a loop turn: one drop report each
-        pending = [e for e in sub._q.buf if isinstance(e, Event)]
+        pending = [e for e in sub._queue.buf if isinstance(e, Event)]
         assert [e.tag for e in pending] == [DROPPED]  # not one coroutine per report
         await mpx.aclose()
 
     asyncio.run(flood())
     assert drops == []  # the worker never got to it: nothing ran after close
+
+
+# -- a subscription's set of names is sized to its count ----------------------------------------
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 16, 17, 40])
+def test_channel_sets_of_every_size(n: int) -> None:
+    names = [b"ch%d" % i for i in range(n)]
+
+    async def run() -> None:
+        mpx = Multiplexer(NOWHERE)
+        sub = mpx.new_channel_subscription(lambda channel, data: None)
+        sub.add(*names, *names)  # again: adding a held name does nothing (B14)
+        assert sub.channels == frozenset(names)
+        assert sub._holds(b"ch") is False  # never a substring test on a single name
+        assert all(sub._holds(name) for name in names)
+        sub.remove(*names[::2], b"never-added")
+        assert sub.channels == frozenset(names[1::2])
+        assert not any(sub._holds(name) for name in names[::2])
+        sub.add(*names)
+        assert sub.channels == frozenset(names)
+        sub.clear()
+        assert sub.channels == frozenset() and sub._channels is None
+        await mpx.aclose()
+
+    asyncio.run(run())
+
+
+def test_the_hooks_of_the_listener_protocol_exist_on_every_subscription() -> None:
+    mpx = Multiplexer(NOWHERE)  # outside a loop: never started
+    subs = [
+        mpx.new_channel_subscription(lambda channel, data: None),
+        ChannelIterator(mpx, max_buffer=1, overflow="drop_oldest", sharded=False),
+        mpx.new_promise_subscription("p:"),
+    ]
+    hooks = ("notify_activated", "notify_disconnected", "notify_refused")
+    for sub in subs:
+        assert callable(sub.deliver) and isinstance(sub.hears_activations, bool)
+        assert all(callable(getattr(sub, hook)) for hook in hooks)
+    # hears_activations: only what has something to do with an activation
+    assert [sub.hears_activations for sub in subs] == [False, True, True]
+    mpx.close()
