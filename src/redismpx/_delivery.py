@@ -729,6 +729,32 @@ class Subscriber:
         if result is not None:
             await result
 
+    # -- TEMPORARY (branch arch/protocol) --------------------------------------------------
+    # The public ``Listener`` names (``_names.py``) over today's private ones, so the link can
+    # be written against the protocol before the delivery split lands; that split implements
+    # these names itself: keep its version and drop this block when merging.
+
+    @property
+    def hears_activations(self) -> bool:
+        return self._q is not None or self._on_activation is not None or self._always_activate
+
+    def notify_activated(self, name: bytes) -> None:
+        self._activated(name)
+
+    def notify_disconnected(self, error: BaseException) -> None:
+        self._disconnected(error)
+
+    def notify_refused(self, error: BaseException) -> None:
+        self._refused(error)
+
+    def report_callback_error(self, exc: Exception) -> None:
+        self._callback_failed(exc)
+
+    def await_result(self, result: Any) -> None:
+        self._callback_returned(result)
+
+    # -- end TEMPORARY ----------------------------------------------------------------------
+
 
 def discard(awaitable: Any) -> None:
     """Forget a callback's awaitable that will never be awaited.
