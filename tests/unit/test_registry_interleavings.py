@@ -27,15 +27,14 @@ from redismpx.cluster import ClusterLink
 class L:
     """A listener: hashable, with ``deliver`` and what ``Link.acked`` looks at."""
 
+    hears_activations = True
+
     def __init__(self, n: int) -> None:
         self.n = n
         self.deliver = lambda channel, data: None
-        self._q = None
-        self._on_activation = None
-        self._always_activate = True
         self.activated: list[bytes] = []
 
-    def _activated(self, name: bytes) -> None:
+    def notify_activated(self, name: bytes) -> None:
         self.activated.append(name)
 
     def __repr__(self) -> str:
