@@ -83,7 +83,9 @@ def _row(event: int) -> tuple[int, ...]:
 
 
 NEXT: Final = tuple(_row(event) for event in range(len(EVENTS)))
-_AFTER_SENT = (NEXT[SENT_UNSUBSCRIBE], NEXT[SENT_SUBSCRIBE])  # by ``subscribe``
+AFTER_SENT: Final = (NEXT[SENT_UNSUBSCRIBE], NEXT[SENT_SUBSCRIBE])  # indexed by ``subscribe``
+AFTER_SETTLED: Final = NEXT[SETTLED]
+CONTAINERS: Final = (list, dict)  # how several listeners are stored
 
 
 # -- one name ----------------------------------------------------------------------------------
@@ -104,10 +106,12 @@ class NameState:
     the listener itself, a list up to SMALL, then a dict (O(1) removal).
     """
 
-    __slots__ = ("_ls", "inflight", "phase", "snapshot")
+    __slots__ = ("inflight", "ls", "phase", "snapshot")
 
     def __init__(self) -> None:
-        self._ls: Any = None
+        # The listeners as stored: None, one listener, a list or a dict. Read ``held`` and
+        # ``listeners``; the registry's loops over 100,000 names read it directly.
+        self.ls: Any = None
         # The dispatch list, built lazily by ``build`` and dropped when listeners change.
         self.snapshot: list[Deliver] | None = None
         self.phase = OFF
@@ -122,11 +126,6 @@ class NameState:
         """Apply ``event`` (see ``TRANSITIONS``); returns the new phase."""
         phase = self.phase = NEXT[event][self.phase]
         return phase
-
-    def sent(self, subscribe: bool) -> None:
-        """A command for the name went out (hot: once per name per resubscription)."""
-        self.inflight += 1
-        self.phase = _AFTER_SENT[subscribe][self.phase]
 
     def reset(self) -> None:
         """The connection is gone: nothing is in flight any more."""
@@ -145,29 +144,29 @@ class NameState:
     @property
     def needs_subscribe(self) -> bool:
         """Wanted, and neither subscribed nor refused."""
-        return self._ls is not None and self.phase == OFF
+        return self.ls is not None and self.phase == OFF
 
     @property
     def needs_unsubscribe(self) -> bool:
-        return self._ls is None and self.phase in (SUBSCRIBING, ACTIVE)
+        return self.ls is None and self.phase in (SUBSCRIBING, ACTIVE)
 
     @property
     def deletable(self) -> bool:
         """Nobody holds it, no reply for it is due and Redis does not hold it."""
         phase = self.phase
-        return self._ls is None and self.inflight == 0 and phase in (OFF, REFUSED)
+        return self.ls is None and self.inflight == 0 and phase in (OFF, REFUSED)
 
     # -- listeners ---------------------------------------------------------------------------
 
     @property
     def held(self) -> bool:
         """Whether any listener wants the name (no list is built)."""
-        return self._ls is not None
+        return self.ls is not None
 
     @property
     def listeners(self) -> list[Listener]:
         """The listeners, as a new list."""
-        ls = self._ls
+        ls = self.ls
         if ls is None:
             return []
         if ls.__class__ is list or ls.__class__ is dict:
@@ -175,13 +174,13 @@ class NameState:
         return [ls]
 
     def count(self) -> int:
-        ls = self._ls
+        ls = self.ls
         if ls is None:
             return 0
         return len(ls) if ls.__class__ is list or ls.__class__ is dict else 1
 
     def has(self, listener: Listener) -> bool:
-        ls = self._ls
+        ls = self.ls
         if ls is None:
             return False
         if ls.__class__ is list or ls.__class__ is dict:
@@ -190,9 +189,9 @@ class NameState:
 
     def attach(self, listener: Listener) -> bool:
         """Add a listener; False if it was already there."""
-        ls = self._ls
+        ls = self.ls
         if ls is None:
-            self._ls = listener
+            self.ls = listener
         elif ls.__class__ is dict:
             if listener in ls:
                 return False
@@ -203,18 +202,18 @@ class NameState:
             if len(ls) < SMALL:
                 ls.append(listener)
             else:
-                self._ls = dict.fromkeys(ls)
-                self._ls[listener] = None
+                self.ls = dict.fromkeys(ls)
+                self.ls[listener] = None
         elif ls is listener:
             return False
         else:
-            self._ls = [ls, listener]
+            self.ls = [ls, listener]
         self.snapshot = None
         return True
 
     def detach(self, listener: Listener) -> bool:
         """Remove a listener; False if it was not there."""
-        ls = self._ls
+        ls = self.ls
         if ls is None:
             return False
         if ls.__class__ is list:
@@ -223,14 +222,14 @@ class NameState:
             except ValueError:
                 return False
             if not ls:
-                self._ls = None
+                self.ls = None
         elif ls.__class__ is dict:
             if ls.pop(listener, _MISSING) is _MISSING:
                 return False
             if not ls:
-                self._ls = None
+                self.ls = None
         elif ls is listener:
-            self._ls = None
+            self.ls = None
         else:
             return False
         self._unhook(listener.deliver)

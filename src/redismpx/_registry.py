@@ -20,7 +20,18 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Final
 
-from ._names import ACTIVE, DROPPED, FAILED, SETTLED, WANTED, Listener, NameState
+from ._names import (
+    ACTIVE,
+    AFTER_SENT,
+    AFTER_SETTLED,
+    CONTAINERS,
+    DROPPED,
+    FAILED,
+    OFF,
+    WANTED,
+    Listener,
+    NameState,
+)
 from ._protocol import KINDS, SUBSCRIBE_COMMANDS, UNSUBSCRIBE_COMMANDS
 
 __all__ = ["PING", "AckResult", "Command", "Listener", "NameState", "Registry"]
@@ -183,9 +194,12 @@ class Registry:
         if not names:
             return
         table = self.tables[kind]
+        after = AFTER_SENT[subscribe]  # SENT_(UN)SUBSCRIBE, inlined: once per name
         for chunk in self._chunks(names):
             for name in chunk:
-                table[name].sent(subscribe)
+                st = table[name]
+                st.inflight += 1
+                st.phase = after[st.phase]
             cmd = Command(kind, subscribe, chunk)
             self.pending.append(cmd)
             out.append(cmd)
@@ -229,13 +243,13 @@ class Registry:
         for kind in KINDS:
             self._dirty[kind].clear()
             table = self.tables[kind]
-            counts = {name: st.count() for name, st in table.items() if st.held}
+            wanted = [name for name, st in table.items() if st.ls is not None]
             # Busiest first; names held by one subscription only (the usual case) need no sort.
-            busy = [name for name, n in counts.items() if n > 1]
+            busy = [name for name in wanted if table[name].ls.__class__ in CONTAINERS]
             if busy:
-                busy.sort(key=counts.__getitem__, reverse=True)
-                busy += [name for name, n in counts.items() if n == 1]
-            wanted = busy or list(counts)
+                busy.sort(key=lambda n: len(table[n].ls), reverse=True)
+                busy_set = set(busy)
+                wanted = busy + [name for name in wanted if name not in busy_set]
             if wanted:
                 self._plan.append((kind, wanted, 0))
         return self.resubscribe_more()
@@ -264,7 +278,7 @@ class Registry:
             todo = []
             for name in names[start:stop]:
                 st = table.get(name)
-                if st is not None and st.needs_subscribe:
+                if st is not None and st.phase == OFF and st.ls is not None:  # needs_subscribe
                     todo.append(name)
             self._emit(kind, True, todo, out)
         return out
@@ -307,8 +321,12 @@ class Registry:
         st.inflight -= 1
         if st.inflight:
             return None
-        if st.to(SETTLED) == ACTIVE:
-            return st.listeners or None
+        phase = st.phase = AFTER_SETTLED[st.phase]  # SETTLED, inlined
+        if phase == ACTIVE:
+            ls = st.ls
+            if ls is None:
+                return None
+            return list(ls) if ls.__class__ in CONTAINERS else [ls]
         self._settle(table, name, st)
         return None
 

@@ -57,8 +57,9 @@ def test_stale_acknowledgements_never_activate() -> None:
     # B31: subscribe, unsubscribe, subscribe in flight; active only after the third reply.
     st = NameState()
     st.attach(L(0))
-    for subscribe in (True, False, True):
-        st.sent(subscribe)
+    for event in (SENT_SUBSCRIBE, SENT_UNSUBSCRIBE, SENT_SUBSCRIBE):
+        st.inflight += 1
+        st.to(event)
     assert st.phase == SUBSCRIBING and st.inflight == 3
     for _ in range(2):
         st.inflight -= 1
@@ -94,7 +95,8 @@ def test_what_a_name_needs() -> None:
     listener = L(0)
     st.attach(listener)
     assert st.needs_subscribe and not st.needs_unsubscribe
-    st.sent(True)
+    st.inflight += 1
+    st.to(SENT_SUBSCRIBE)
     assert not st.needs_subscribe
     st.detach(listener)
     assert st.needs_unsubscribe
