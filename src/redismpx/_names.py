@@ -6,8 +6,21 @@ What Redis holds of a name is a *phase*, moved by *events*; the whole state mach
 active only when the last command sent for it was a subscribe and every one has been
 answered (B31 in docs/spec.md), so a stale acknowledgement never activates anything.
 
-``deletable`` is the one rule for forgetting a name: nobody holds it, nothing sent for it
-awaits a reply, and Redis does not hold it.
+What the registry does on each event (its method in brackets):
+
+==================  =======================================================  ==============
+listener joins      WANTED; marked dirty if it ``needs_subscribe``           [add, retry]
+last listener goes  marked dirty if it ``needs_unsubscribe``                 [remove]
+command sent        ``inflight += 1``; SENT_SUBSCRIBE or SENT_UNSUBSCRIBE    [_emit]
+acknowledgement     ``inflight -= 1``; at 0 SETTLED, and if ACTIVE activate  [on_ack]
+error reply         ``inflight -= 1``; FAILED (an ACL denial of several      [on_error]
+                    names: WANTED again, retried one name per command)
+unasked unsubscribe DROPPED; its listeners are told                          [_unsolicited]
+disconnect          DISCONNECTED; ``inflight = 0``                           [on_disconnected]
+==================  =======================================================  ==============
+
+After each, ``deletable`` is the one rule for forgetting a name: nobody holds it, nothing
+sent for it awaits a reply, and Redis does not hold it (``Registry._settle``).
 """
 
 from __future__ import annotations
@@ -169,21 +182,15 @@ class NameState:
         ls = self.ls
         if ls is None:
             return []
-        if ls.__class__ is list or ls.__class__ is dict:
+        if ls.__class__ in CONTAINERS:
             return list(ls)
         return [ls]
-
-    def count(self) -> int:
-        ls = self.ls
-        if ls is None:
-            return 0
-        return len(ls) if ls.__class__ is list or ls.__class__ is dict else 1
 
     def has(self, listener: Listener) -> bool:
         ls = self.ls
         if ls is None:
             return False
-        if ls.__class__ is list or ls.__class__ is dict:
+        if ls.__class__ in CONTAINERS:
             return listener in ls
         return ls is listener
 
