@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -63,7 +62,6 @@ class Link:
         health_check_interval: float,
         health_check_timeout: float,
         chunk_size: int,
-        sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
         self.owner = owner
         self.options = options
@@ -71,7 +69,6 @@ class Link:
         self.backoff = backoff
         self.hc_interval = health_check_interval
         self.hc_timeout = health_check_timeout
-        self._sleep = sleep
         self.state = State.CONNECTING
         self.conn: Connection | None = None
         self.epoch = 0  # bumped on every connection: late activations check it
@@ -173,7 +170,7 @@ class Link:
                 if started is not None and loop.time() - started >= STABLE_AFTER:
                     self.backoff.reset()
                     self._logged_unexpected = None
-                await self._sleep(self.backoff.next_delay())
+                await asyncio.sleep(self.backoff.next_delay())
         finally:
             # Closed, or cancelled from outside (``asyncio.run`` cancels every task of a loop
             # it ends): either way nothing is connected any more, so say so.
