@@ -163,7 +163,8 @@ async def soak(
                     await server.arestart()
                     await m.wait_connected(30)
                     # The outage lasts until every wanted name is confirmed again.
-                    while m._link.registry.pending or m._link.registry.resubscribing():
+                    registry = m._hub.router.link.registry
+                    while registry.pending or registry.resubscribing():
                         await asyncio.sleep(0.01)
                     outages.append((start, loop.time()))
 

@@ -1,10 +1,10 @@
 """One Redis connection: an asyncio Protocol, its handshake, its reader and its heartbeat.
 
 The life of a connection, in order: ``connect()`` opens the transport and runs the handshake
-(request/response, replies matched in order); ``start_pubsub()`` switches ``data_received``
-to the Pub/Sub reader, which parses with hiredis and dispatches messages inline; the
-heartbeat sends a PING after ``interval`` seconds without traffic and aborts the connection if
-nothing arrives within ``timeout`` more; ``closed`` resolves with the cause when it ends.
+(request/response, replies matched in order); ``start_pubsub()`` hands ``data_received`` to
+the sans-I/O :class:`~redismpx._reader.PubSubReader`, which dispatches messages inline; the
+:class:`Heartbeat` sends a PING after ``interval`` seconds without traffic and aborts the
+connection if nothing arrives within ``timeout`` more; ``closed`` resolves with the cause.
 """
 
 from __future__ import annotations
@@ -13,19 +13,20 @@ import asyncio
 import re
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
 import hiredis
 
 from ._options import ConnectOptions
-from ._protocol import ACKS, MESSAGE, PMESSAGE, PONG, SMESSAGE, encode_command
+from ._protocol import encode_command
+from ._reader import PubSubReader
 from .errors import ConnectError, ConnectionLost, HeartbeatTimeout, ServerError
 
 if TYPE_CHECKING:
     from ._link import Link
 
 _ReplyError = hiredis.ReplyError
-_Push = hiredis.PushNotification
 
 # Servers quote the arguments of a command they refuse ("ERR unknown command 'HELLO', with
 # args beginning with: '3' 'AUTH' 'default' 'hunter2'"), each cut to fit a length budget: a
@@ -45,28 +46,71 @@ def redact_reply(reply: str, secrets: tuple[bytes, ...]) -> str:
     return text
 
 
+class Heartbeat:
+    """B8's timing, sans-I/O: after each wait, ``due`` says what to do and how long to wait.
+
+    Wait ``interval``; if no traffic came, PING and wait ``timeout``; if still nothing came,
+    the link is dead. Any traffic starts over. The caller owns the clock.
+    """
+
+    IDLE: Final = 0
+    PING: Final = 1
+    DEAD: Final = 2
+
+    __slots__ = ("interval", "timeout", "waiting")
+
+    def __init__(self, interval: float, timeout: float) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self.waiting = False  # a PING was sent after a silent interval
+
+    def due(self, traffic: bool) -> tuple[int, float]:
+        """``(action, seconds to the next call)``; ``traffic``: anything read since the last."""
+        if traffic:
+            self.waiting = False
+            return self.IDLE, self.interval
+        if self.waiting:
+            return self.DEAD, 0.0
+        self.waiting = True
+        return self.PING, self.timeout
+
+    def error(self) -> HeartbeatTimeout:
+        return HeartbeatTimeout(
+            f"no reply to PING within {self.timeout:g} s (after {self.interval:g} s of silence)"
+        )
+
+
 class Connection(asyncio.Protocol):
     """The Protocol of one Pub/Sub connection (see the module docstring for its life)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._reader = hiredis.Reader()
+        self._parser = hiredis.Reader()
         self._transport: asyncio.Transport | None = None
         self._replies: deque[asyncio.Future[Any]] = deque()
         self.closed: asyncio.Future[BaseException] = loop.create_future()
         self.resp = 2
-        self.server_info: dict[bytes, Any] = {}
-        self._link: Link | None = None
+        self.reader: PubSubReader | None = None  # set by ``start_pubsub``
         self._rx = False  # traffic seen since the last heartbeat tick
-        self._heartbeat: asyncio.TimerHandle | None = None
-        self._hb_interval = 0.0
-        self._hb_timeout = 0.0
-        self._frame_cls: type = list
-        self._on_data = self._handshake_data
-        # Messages read on plain and shard channels, and deliveries handed to subscriptions
-        # (callbacks called or messages buffered); the link counts pattern traffic.
-        self.received = 0
-        self.dispatched = 0
+        self._heartbeat: Heartbeat | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._link: Link | None = None  # asked to PING by the heartbeat
+        self._on_data: Callable[[bytes], None] = self._handshake_data
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the connection runs in."""
+        return self._loop
+
+    @property
+    def received(self) -> int:
+        """Messages read on this connection."""
+        return 0 if self.reader is None else self.reader.received
+
+    @property
+    def dispatched(self) -> int:
+        """Deliveries handed to subscriptions (callbacks called or messages buffered)."""
+        return 0 if self.reader is None else self.reader.dispatched
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -81,14 +125,15 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         # One indirection per chunk (not per message): uvloop caches ``data_received`` at
         # connection time, so the switch to Pub/Sub mode swaps ``_on_data`` instead.
+        self._rx = True
         self._on_data(data)
 
     def _handshake_data(self, data: bytes) -> None:
         # Handshake mode: replies complete the futures of ``request`` in order.
-        self._reader.feed(data)
+        self._parser.feed(data)
         while True:
             try:
-                frame = self._reader.gets()
+                frame = self._parser.gets()
             except hiredis.ProtocolError as exc:
                 self.abort(ConnectionLost(f"protocol error: {exc}"))
                 return
@@ -117,7 +162,7 @@ class Connection(asyncio.Protocol):
         self._replies.clear()
         if not self.closed.done():
             self.closed.set_result(error)
-        self._link = None
+        self._stop_reading()
 
     def eof_received(self) -> bool | None:
         return False  # close the transport: a half-closed Pub/Sub link is useless
@@ -133,9 +178,9 @@ class Connection(asyncio.Protocol):
         """End the connection now; ``closed`` resolves with ``error``.
 
         Nothing more read from it is dispatched, not even the rest of the chunk being read:
-        ``connection_lost`` comes a loop turn later, and the reader stops on ``_link``.
+        ``connection_lost`` comes a loop turn later, and the reader stops now.
         """
-        self._link = None
+        self._stop_reading()
         if not self.closed.done():
             self.closed.set_result(error)
         if self._transport is not None:
@@ -184,7 +229,7 @@ class Connection(asyncio.Protocol):
             if name:
                 args += [b"SETNAME", name]
             try:
-                info = await self.request(*args, secrets=secrets)
+                await self.request(*args, secrets=secrets)
             except ServerError as exc:
                 unsupported = exc.code in ("NOPROTO", "ERR") and (
                     "unknown command" in exc.reply or exc.code == "NOPROTO"
@@ -194,8 +239,6 @@ class Connection(asyncio.Protocol):
             else:
                 hello_done = True
                 self.resp = 3
-                if isinstance(info, dict):
-                    self.server_info = info
         if not hello_done:
             if auth:
                 if opts.username is None:
@@ -210,136 +253,40 @@ class Connection(asyncio.Protocol):
     # -- Pub/Sub mode ------------------------------------------------------------------------
 
     def start_pubsub(self, link: Link, interval: float, timeout: float) -> None:
-        """From now on frames go to ``link``; start the heartbeat."""
+        """From now on frames go to ``link``'s reader; start the heartbeat."""
+        self.reader = PubSubReader(
+            link.registry, link, self.abort, resp3=self.resp == 3, parser=self._parser
+        )
+        self._on_data = self.reader.feed
         self._link = link
-        self._frame_cls = _Push if self.resp == 3 else list
-        self._channels = link.registry.tables[0]
-        self._on_data = self._pubsub_data
-        self._hb_interval, self._hb_timeout = interval, timeout
-        self._heartbeat = self._loop.call_later(interval, self._tick)
+        self._heartbeat = Heartbeat(interval, timeout)
+        self._rx = False  # the handshake's replies are not Pub/Sub traffic
+        self._timer = self._loop.call_later(interval, self._tick)
 
-    def _pubsub_data(self, data: bytes) -> None:
-        # The hot path: keep it flat. Messages on plain and shard channels and
-        # acknowledgements are handled here; every other frame (pmessage, pongs, errors) goes
-        # to ``_frame``, which may abort the connection: only after it is ``_link`` checked.
-        self._rx = True
-        reader = self._reader
-        reader.feed(data)
-        gets = reader.gets
-        frame_cls: Any = self._frame_cls
-        channels = self._channels
-        link = self._link
-        if link is None:
-            return
-        on_ack = link.registry.on_ack
-        shards = link.registry.tables[2]
-        acks = ACKS
-        received = 0  # local counters: one attribute update per chunk, not per message
-        dispatched = 0
-        try:
-            frame: Any
-            while (frame := gets()) is not False:
-                if frame.__class__ is not frame_cls:
-                    self._frame(link, frame)
-                    if self._link is None:
-                        return
-                    continue
-                kind = frame[0]
-                if kind == MESSAGE:
-                    table, k = channels, 0
-                elif kind == SMESSAGE:  # shard channels (a cluster's default) are as hot
-                    table, k = shards, 2
-                else:
-                    ack = acks.get(kind)
-                    if ack is not None:
-                        # One per name after a reconnect: handled here, without calls for
-                        # names nobody needs to hear about.
-                        result = on_ack(ack[0], ack[1], frame[1])
-                        if result is not None:
-                            link.acked(ack[0], frame[1], result)
-                    else:
-                        self._frame(link, frame)
-                        if self._link is None:
-                            return
-                    continue
-                received += 1
-                channel = frame[1]
-                st = table.get(channel)
-                if st is None:
-                    continue
-                payload = frame[2]
-                snap = st.snapshot or st.build()
-                dispatched += len(snap)
-                for deliver in snap:
-                    try:
-                        r = deliver(channel, payload)
-                    except Exception as exc:
-                        link.callback_failed(k, channel, deliver, exc)
-                    else:
-                        if r is not None:
-                            link.callback_returned(k, channel, deliver, r)
-        except hiredis.ProtocolError as exc:
-            self.abort(ConnectionLost(f"protocol error: {exc}"))
-        except Exception as exc:  # a bug of ours: never let it kill the event loop's reader
-            self.abort(ConnectionLost(f"internal error while reading: {exc!r}"))
-            raise
-        finally:
-            self.received += received
-            self.dispatched += dispatched
-
-    def _frame(self, link: Link, frame: Any) -> None:
-        if isinstance(frame, list):
-            kind = frame[0]
-            ack = ACKS.get(kind)
-            if ack is not None:
-                # Hot after a reconnect (one per name): straight to the registry, and to the
-                # link only when someone must hear of it.
-                result = link.registry.on_ack(ack[0], ack[1], frame[1])
-                if result is not None:
-                    link.acked(ack[0], frame[1], result)
-            elif kind == PMESSAGE:
-                link.dispatch(1, frame[1], frame[2], frame[3])
-            elif kind == SMESSAGE:
-                link.dispatch(2, frame[1], frame[1], frame[2])
-            elif kind == PONG and frame.__class__ is list:
-                link.on_pong()
-            else:
-                link.on_unexpected(frame)
-        elif isinstance(frame, _ReplyError):
-            link.on_error(str(frame))
-        elif frame == b"PONG":
-            link.on_pong()
-        else:
-            link.on_unexpected(frame)
+    def _stop_reading(self) -> None:
+        if self.reader is not None:
+            self.reader.stop()
+        self._link = None
 
     # -- heartbeat ---------------------------------------------------------------------------
 
     def _tick(self) -> None:
-        if self._rx:
-            self._rx = False
-            self._heartbeat = self._loop.call_later(self._hb_interval, self._tick)
+        heartbeat, link = self._heartbeat, self._link
+        if heartbeat is None or link is None:
             return
-        if self._link is None:
+        action, delay = heartbeat.due(self._rx)
+        self._rx = False
+        if action == Heartbeat.DEAD:
+            self.abort(heartbeat.error())
             return
-        self._link.send_ping()
-        self._heartbeat = self._loop.call_later(self._hb_timeout, self._deadline)
-
-    def _deadline(self) -> None:
-        if self._rx:
-            self._rx = False
-            self._heartbeat = self._loop.call_later(self._hb_interval, self._tick)
-            return
-        self.abort(
-            HeartbeatTimeout(
-                f"no reply to PING within {self._hb_timeout:g} s "
-                f"(after {self._hb_interval:g} s of silence)"
-            )
-        )
+        if action == Heartbeat.PING:
+            link.send_ping()
+        self._timer = self._loop.call_later(delay, self._tick)
 
     def _stop_heartbeat(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            self._heartbeat = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def _encode(value: str, what: str) -> bytes:

@@ -13,9 +13,9 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
+from ._names import Listener
 from ._options import Tuning
 from ._router import MakeRouter
-from ._subscriber import Listener
 from ._tasks import TaskOwner
 from .errors import EventLoopMismatch, SubscriptionClosed
 from .state import State

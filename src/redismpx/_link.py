@@ -12,19 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ._backoff import Backoff
 from ._connection import Connection, connect
+from ._names import Deliver, Listener
 from ._options import ConnectOptions, Tuning
 from ._protocol import KIND_NAMES, encode_names
-from ._registry import AckResult, Command, Listener, Registry
+from ._registry import AckResult, Command, Registry
 from ._tasks import TaskOwner
 from .errors import ConnectError, ConnectionLost, SubscribeRefused
 from .state import State
-
-if TYPE_CHECKING:
-    from ._delivery import Subscriber
 
 logger = logging.getLogger("redismpx.connection")
 
@@ -71,7 +69,7 @@ class Link:
         self.last_error: BaseException | None = None
         self.reconnects = 0
         self.connects = 0
-        self.received = 0  # pattern and shard messages, plus plain ones of past connections
+        self.received = 0  # messages read on past connections (``conn`` counts its own)
         self.dispatched = 0  # the same for deliveries
         self._logged_error: str | None = None
         self._logged_unexpected: str | None = None
@@ -318,52 +316,36 @@ class Link:
             self.registry.ping()
             self.conn.write(_PING)
 
-    # -- frames in (called by the connection) ------------------------------------------------
+    # -- frames in (the connection's reader is the FrameSink) --------------------------------
 
-    def dispatch(self, kind: int, name: bytes, channel: bytes, data: bytes) -> None:
-        self.received += 1
-        st = self.registry.tables[kind].get(name)
-        if st is None:
-            return
-        snap = st.snapshot or st.build()
-        self.dispatched += len(snap)
-        for deliver in snap:
-            try:
-                r = deliver(channel, data)
-            except Exception as exc:
-                self.callback_failed(kind, name, deliver, exc)
-            else:
-                if r is not None:
-                    self.callback_returned(kind, name, deliver, r)
-
-    def _listener_of(self, kind: int, name: bytes, deliver: Any) -> Subscriber | None:
+    def _listener_of(self, kind: int, name: bytes, deliver: Deliver) -> Listener | None:
+        # Only for the rare callback that raised or returned something: no reverse index.
         st = self.registry.tables[kind].get(name)
         if st is not None:
             for listener in st.listeners:
                 if listener.deliver == deliver:
-                    return listener  # type: ignore[return-value]
+                    return listener
         return None
 
-    def callback_failed(self, kind: int, name: bytes, deliver: Any, exc: Exception) -> None:
-        sub = self._listener_of(kind, name, deliver)
-        if sub is not None:
-            sub._callback_failed(exc)
-        else:
+    def callback_failed(self, kind: int, name: bytes, deliver: Deliver, exc: Exception) -> None:
+        listener = self._listener_of(kind, name, deliver)
+        if listener is not None:
+            listener.report_callback_error(exc)
+        else:  # removed by the callback that raised
             logger.error("on_message raised", exc_info=exc)
 
-    def callback_returned(self, kind: int, name: bytes, deliver: Any, result: Any) -> None:
-        sub = self._listener_of(kind, name, deliver)
-        if sub is not None:
-            sub._callback_returned(result)
+    def callback_returned(self, kind: int, name: bytes, deliver: Deliver, result: Any) -> None:
+        listener = self._listener_of(kind, name, deliver)
+        if listener is not None:
+            listener.await_result(result)
 
     def acked(self, kind: int, name: bytes, result: list[Listener] | AckResult) -> None:
         """What the registry made of an acknowledgement: activations, or a dropped name."""
         if isinstance(result, list):
             for listener in result:
-                sub: Any = listener
                 # Most subscriptions ignore activations: skip the call (100,000 per reconnect).
-                if sub._q is not None or sub._on_activation is not None or sub._always_activate:
-                    sub._activated(name)
+                if listener.hears_activations:
+                    listener.notify_activated(name)
         else:
             self.owner.names_lost(self, kind, name, result.lost)
 
@@ -388,7 +370,7 @@ class Link:
             error = SubscribeRefused(message, command, name)
             logger.warning("Redis refused %s %r: %s", KIND_NAMES[cmd.kind], name, message)
             for listener in listeners:
-                listener._refused(error)  # type: ignore[attr-defined]
+                listener.notify_refused(error)
 
     def on_unexpected(self, frame: Any) -> None:
         logger.debug("ignored unexpected frame %r", frame)

@@ -1,37 +1,88 @@
-"""RESP command encoding and the names of the Pub/Sub frames we read.
+"""The Pub/Sub wire protocol, sans-I/O: command encoding, the kinds of names and of frames.
 
 Parsing itself is hiredis's ``Reader``; RESP3 pushes arrive as ``hiredis.PushNotification``
-(a ``list`` subclass) and RESP2 Pub/Sub frames as plain lists, so both normalise to
-``[kind, *args]`` with ``kind`` one of the byte strings below.
+(a ``list`` subclass) and RESP2 Pub/Sub frames as plain lists, so both are read as
+``[type, *args]``. :func:`classify` says once what a frame is; the reader's hot loop
+(:class:`~redismpx._reader.PubSubReader`) uses the same table, ``FRAME_TYPES``.
 """
 
 from __future__ import annotations
 
+from typing import Any, Final
+
+import hiredis
+
 from .errors import InvalidArgument, InvalidArgumentType
 
 # The three kinds of Pub/Sub names, used as indexes into per-kind tables.
-CHANNEL = 0
-PATTERN = 1
-SHARD = 2
-KINDS = (CHANNEL, PATTERN, SHARD)
-KIND_NAMES = ("channel", "pattern", "shard channel")
+CHANNEL: Final = 0
+PATTERN: Final = 1
+SHARD: Final = 2
+KINDS: Final = (CHANNEL, PATTERN, SHARD)
+KIND_NAMES: Final = ("channel", "pattern", "shard channel")
 
-SUBSCRIBE_COMMANDS = (b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE")
-UNSUBSCRIBE_COMMANDS = (b"UNSUBSCRIBE", b"PUNSUBSCRIBE", b"SUNSUBSCRIBE")
+SUBSCRIBE_COMMANDS: Final = (b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE")
+UNSUBSCRIBE_COMMANDS: Final = (b"UNSUBSCRIBE", b"PUNSUBSCRIBE", b"SUNSUBSCRIBE")
 
-# Acknowledgement frames: kind name -> (name kind, is a subscribe).
-ACKS: dict[bytes, tuple[int, bool]] = {
-    b"subscribe": (CHANNEL, True),
-    b"unsubscribe": (CHANNEL, False),
-    b"psubscribe": (PATTERN, True),
-    b"punsubscribe": (PATTERN, False),
-    b"ssubscribe": (SHARD, True),
-    b"sunsubscribe": (SHARD, False),
+# What a frame is (the answer of ``classify``). A message's type is its name kind, so the
+# hot loop indexes the per-kind tables with it directly; an acknowledgement's kind and
+# direction are ``ACK_OF[type]``.
+MESSAGE: Final = CHANNEL  # [message, channel, payload]
+PMESSAGE: Final = PATTERN  # [pmessage, pattern, channel, payload]
+SMESSAGE: Final = SHARD  # [smessage, channel, payload]
+SUBSCRIBED: Final = 3  # [subscribe, name, count], and psubscribe / ssubscribe: +kind
+UNSUBSCRIBED: Final = 6  # [unsubscribe, name, count], and punsubscribe / sunsubscribe: +kind
+PONG: Final = 9  # RESP2 [pong, ""] in Pub/Sub mode, or the simple string PONG
+ERROR: Final = 10  # an error reply (hiredis.ReplyError)
+PUSH: Final = 11  # an array or push of a type we do not know (RESP3 invalidate, say)
+OTHER: Final = 12  # anything else: a reply no command of ours asks for
+
+FRAME_TYPES: Final[dict[bytes, int]] = {
+    b"message": MESSAGE,
+    b"pmessage": PMESSAGE,
+    b"smessage": SMESSAGE,
+    b"subscribe": SUBSCRIBED + CHANNEL,
+    b"psubscribe": SUBSCRIBED + PATTERN,
+    b"ssubscribe": SUBSCRIBED + SHARD,
+    b"unsubscribe": UNSUBSCRIBED + CHANNEL,
+    b"punsubscribe": UNSUBSCRIBED + PATTERN,
+    b"sunsubscribe": UNSUBSCRIBED + SHARD,
+    b"pong": PONG,
 }
-MESSAGE = b"message"
-PMESSAGE = b"pmessage"
-SMESSAGE = b"smessage"
-PONG = b"pong"
+# Acknowledgement frame type -> (name kind, is a subscribe); None for other types.
+ACK_OF: Final[tuple[tuple[int, bool] | None, ...]] = (
+    *(None for _ in KINDS),
+    *((kind, True) for kind in KINDS),
+    *((kind, False) for kind in KINDS),
+    None,
+    None,
+    None,
+    None,
+)
+# Where a message frame holds (subscribed name, channel, payload), by message type.
+MESSAGE_FIELDS: Final = ((1, 1, 2), (1, 2, 3), (1, 1, 2))
+
+
+def classify(frame: Any) -> int:
+    """What ``frame`` (as hiredis returns it) is: one of the frame types above.
+
+    RESP2 arrays and RESP3 pushes are read alike, by their first element. An array too
+    short for its type is ``PUSH`` (not ours to read).
+    """
+    if isinstance(frame, list):
+        if not frame:
+            return PUSH
+        kind = FRAME_TYPES.get(frame[0], PUSH)
+        if kind < SUBSCRIBED:
+            return kind if len(frame) > MESSAGE_FIELDS[kind][2] else PUSH
+        if kind < PONG and len(frame) < 2:
+            return PUSH
+        return kind
+    if isinstance(frame, hiredis.ReplyError):
+        return ERROR
+    if frame == b"PONG":
+        return PONG
+    return OTHER
 
 
 def _bulk(arg: bytes) -> bytes:
@@ -40,7 +91,7 @@ def _bulk(arg: bytes) -> bytes:
 
 def encode_command(*args: bytes) -> bytes:
     """One RESP command (an array of bulk strings)."""
-    return b"*%d\r\n" % len(args) + b"".join([_bulk(a) for a in args])
+    return encode_names(args[0], list(args[1:]))
 
 
 def encode_names(command: bytes, names: list[bytes]) -> bytes:

@@ -1,18 +1,11 @@
-"""The sans-I/O core: who wants which name, and what Redis must be told.
+"""The sans-I/O registry: who wants which name, and what Redis must be told.
 
 No sockets, tasks or clocks in here. The registry takes calls (``add``, ``remove``) and
 server events (``on_ack``, ``on_error``, ``on_connected``, ``on_disconnected``) and answers
-with commands to send and with the listeners to activate or notify. The reader reads its
-per-name ``snapshot`` lists directly: that is the dispatch table of the hot path.
-
-Per name the server state is tracked with two facts (design rule R2 and behaviour B31 in
-docs/spec.md):
-
-* ``subscribed``: the *last* command sent for the name was a subscribe;
-* ``inflight``: how many commands for the name still await their acknowledgement.
-
-A name is *active* once ``subscribed`` and ``inflight == 0``; a stale acknowledgement (one
-for an earlier subscribe that an unsubscribe followed) therefore never activates anything.
+with commands to send and with the listeners to activate or notify. It alone decides what
+Redis should hold (R2 in docs/spec.md); each name's state and its transitions are
+:class:`~redismpx._names.NameState`'s. The reader reads the per-name ``snapshot`` lists
+directly: that is the dispatch table of the hot path.
 
 The registry keeps the FIFO of commands whose replies are due. Redis answers in order, so
 an acknowledgement that does not match the head of the FIFO was pushed unasked (a shard
@@ -24,147 +17,27 @@ save one case on a cluster: a push that completed an unsubscribe of ours, whose 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator
-from typing import Any, Final, Protocol
+from collections.abc import Iterator
+from typing import Final
 
+from ._names import (
+    ACTIVE,
+    AFTER_SENT,
+    AFTER_SETTLED,
+    CONTAINERS,
+    DROPPED,
+    FAILED,
+    OFF,
+    WANTED,
+    Listener,
+    NameState,
+)
 from ._protocol import KINDS, SUBSCRIBE_COMMANDS, UNSUBSCRIBE_COMMANDS
 
-Deliver = Callable[[bytes, bytes], Any]
+__all__ = ["PING", "AckResult", "Command", "Listener", "NameState", "Registry"]
 
-
-class Listener(Hashable, Protocol):
-    """What the registry needs of a subscription: a stable delivery callable."""
-
-    deliver: Deliver
-
-
-def _noop(channel: bytes, data: bytes) -> None:
-    """Stands in for a listener removed while its name is being dispatched."""
-
-
-def _delete(table: dict[bytes, NameState], name: bytes) -> None:
-    del table[name]
-    if not table:
-        table.clear()  # a dict never shrinks on deletion; clear() gives its memory back
-
-
-class NameState:
-    """Everything known about one name (channel, pattern or shard channel).
-
-    Its listeners are held the cheapest way for their number (a name is usually wanted by
-    one subscription, so a process with 100,000 names saves a container per name): nothing,
-    the listener itself, a list up to SMALL, then a dict (O(1) removal). ``listeners`` gives
-    them as a new list; ``holders`` tells how many there are.
-    """
-
-    __slots__ = ("_ls", "active", "inflight", "refused", "snapshot", "subscribed")
-
-    def __init__(self) -> None:
-        self._ls: Any = None
-        # The dispatch list, built lazily by ``build`` and dropped when listeners change.
-        self.snapshot: list[Deliver] | None = None
-        self.inflight = 0
-        self.subscribed = False
-        self.active = False
-        self.refused = False
-
-    @property
-    def listeners(self) -> list[Listener]:
-        ls = self._ls
-        if ls is None:
-            return []
-        if ls.__class__ is list or ls.__class__ is dict:
-            return list(ls)
-        return [ls]
-
-    @property
-    def held(self) -> bool:
-        """Whether any listener wants the name (no list is built)."""
-        return self._ls is not None
-
-    @property
-    def holders(self) -> int:
-        ls = self._ls
-        if ls is None:
-            return 0
-        if ls.__class__ is list or ls.__class__ is dict:
-            return len(ls)
-        return 1
-
-    def has(self, listener: Listener) -> bool:
-        ls = self._ls
-        if ls is None:
-            return False
-        if ls.__class__ is list or ls.__class__ is dict:
-            return listener in ls
-        return ls is listener
-
-    def attach(self, listener: Listener) -> bool:
-        """Add a listener; False if it was already there."""
-        ls = self._ls
-        if ls is None:
-            self._ls = listener
-        elif ls.__class__ is dict:
-            if listener in ls:
-                return False
-            ls[listener] = None
-        elif ls.__class__ is list:
-            if listener in ls:
-                return False
-            if len(ls) < SMALL:
-                ls.append(listener)
-            else:
-                self._ls = dict.fromkeys(ls)
-                self._ls[listener] = None
-        elif ls is listener:
-            return False
-        else:
-            self._ls = [ls, listener]
-        self.snapshot = None
-        return True
-
-    def detach(self, listener: Listener) -> bool:
-        """Remove a listener; False if it was not there."""
-        ls = self._ls
-        if ls is None:
-            return False
-        if ls.__class__ is list:
-            try:
-                ls.remove(listener)
-            except ValueError:
-                return False
-            if not ls:
-                self._ls = None
-        elif ls.__class__ is dict:
-            if ls.pop(listener, _MISSING) is _MISSING:
-                return False
-            if not ls:
-                self._ls = None
-        elif ls is listener:
-            self._ls = None
-        else:
-            return False
-        self.invalidate(listener)
-        return True
-
-    def build(self) -> list[Deliver]:
-        snap = [listener.deliver for listener in self.listeners]
-        self.snapshot = snap
-        return snap
-
-    def invalidate(self, listener: Listener | None = None) -> None:
-        snap = self.snapshot
-        if snap is None:
-            return
-        self.snapshot = None
-        if listener is not None:
-            # The reader may be iterating this very list (a callback removed a listener of
-            # the message being dispatched): neutralise the entry in place so that nothing
-            # reaches the listener after ``remove`` returned (B17).
-            try:
-                snap[snap.index(listener.deliver)] = _noop
-            except ValueError:
-                pass
+PING: Final = -1  # the kind of a PING's entry in the FIFO
+RESUBSCRIBE_CHUNKS: Final = 4  # chunks per batch of a resubscription
 
 
 class Command:
@@ -173,25 +46,18 @@ class Command:
     __slots__ = ("acked", "kind", "names", "subscribe")
 
     def __init__(self, kind: int, subscribe: bool, names: list[bytes]) -> None:
-        self.kind = kind  # -1 for PING
+        self.kind = kind  # CHANNEL, PATTERN, SHARD, or PING
         self.subscribe = subscribe
         self.names = names
         self.acked = 0
 
     def encode_name(self) -> bytes:
-        if self.kind < 0:
+        if self.kind == PING:
             return b"PING"
         return (SUBSCRIBE_COMMANDS if self.subscribe else UNSUBSCRIBE_COMMANDS)[self.kind]
 
     def __repr__(self) -> str:
         return f"<Command {self.encode_name().decode()} {len(self.names)} names>"
-
-
-PING: Final = -1
-RESUBSCRIBE_CHUNKS: Final = 4  # chunks per batch of a resubscription
-_CONTAINERS: Final = (list, dict)
-_MISSING: Final = object()
-SMALL: Final = 32
 
 
 class AckResult:
@@ -212,6 +78,7 @@ class Registry:
     def __init__(self, chunk_size: int = 1000, chunk_bytes: int = 1 << 20) -> None:
         # One table per kind (CHANNEL, PATTERN, SHARD): name -> state.
         self.tables: tuple[dict[bytes, NameState], ...] = tuple({} for _ in KINDS)
+        # Names to look at in the next ``commands``; a name forgotten meanwhile is skipped.
         self._dirty: tuple[dict[bytes, None], ...] = tuple({} for _ in KINDS)
         # Names to retry one per command (their shared command was refused).
         self._solo: tuple[dict[bytes, None], ...] = tuple({} for _ in KINDS)
@@ -221,6 +88,13 @@ class Registry:
         self.connected = False
         self.chunk_size = chunk_size
         self.chunk_bytes = chunk_bytes
+
+    def _settle(self, table: dict[bytes, NameState], name: bytes, st: NameState) -> None:
+        """Forget the name if the one rule allows it (``NameState.deletable``)."""
+        if st.deletable:
+            del table[name]
+            if not table:
+                table.clear()  # a dict never shrinks on deletion; clear() gives its memory back
 
     # -- calls from subscriptions ------------------------------------------------------------
 
@@ -236,10 +110,9 @@ class Registry:
             st = table[name] = NameState()
         if not st.attach(listener):
             return False
-        if st.refused:
-            # A new request for a refused name earns one more try (not a retry loop).
-            st.refused = False
-        if not st.subscribed:
+        # A new request for a refused name earns one more try (not a retry loop).
+        st.to(WANTED)
+        if st.needs_subscribe:
             self._dirty[kind][name] = None
         return st.active
 
@@ -247,14 +120,12 @@ class Registry:
         """Unregister ``listener``; the last one out makes the name dirty."""
         table = self.tables[kind]
         st = table.get(name)
-        if st is None or not st.detach(listener):
+        if st is None or not st.detach(listener) or st.held:
             return
-        if st._ls is None:
-            if st.subscribed:
-                self._dirty[kind][name] = None
-            elif st.inflight == 0:
-                _delete(table, name)
-                self._dirty[kind].pop(name, None)
+        if st.needs_unsubscribe:
+            self._dirty[kind][name] = None
+        else:
+            self._settle(table, name, st)
 
     def refresh(self, kind: int, name: bytes) -> None:
         """A listener changed its ``deliver`` callable: rebuild the dispatch list."""
@@ -269,9 +140,9 @@ class Registry:
         (redirect, ``TRYAGAIN``, ``CLUSTERDOWN``); False if there is nothing to do.
         """
         st = self.tables[kind].get(name)
-        if st is None or st._ls is None or st.subscribed:
+        if st is None or not st.held or st.subscribed:
             return False
-        st.refused = False
+        st.to(WANTED)
         self._dirty[kind][name] = None
         return True
 
@@ -288,20 +159,18 @@ class Registry:
         """
         out: list[Command] = []
         for kind in KINDS:
-            solo = self._solo[kind]
-            if solo:
-                for name in solo:
-                    st = self.tables[kind].get(name)
-                    wanted = self.connected and st is not None and st._ls is not None
-                    if wanted and not st.subscribed and not st.refused:  # type: ignore[union-attr]
-                        self._emit(kind, True, [name], out)
-                solo.clear()
-            dirty = self._dirty[kind]
-            if not dirty:
-                continue
             table = self.tables[kind]
+            solo, dirty = self._solo[kind], self._dirty[kind]
             if not self.connected:
+                solo.clear()
                 dirty.clear()
+                continue
+            for name in solo:
+                st = table.get(name)
+                if st is not None and st.needs_subscribe:
+                    self._emit(kind, True, [name], out)
+            solo.clear()
+            if not dirty:
                 continue
             subs: list[bytes] = []
             unsubs: list[bytes] = []
@@ -309,13 +178,12 @@ class Registry:
                 st = table.get(name)
                 if st is None:
                     continue
-                want = st._ls is not None and not st.refused
-                if want and not st.subscribed:
+                if st.needs_subscribe:
                     subs.append(name)
-                elif not want and st.subscribed:
+                elif st.needs_unsubscribe:
                     unsubs.append(name)
-                elif not want and st.inflight == 0:
-                    _delete(table, name)
+                else:
+                    self._settle(table, name, st)
             dirty.clear()
             # Unsubscribes first: they free server memory before new names take it.
             self._emit(kind, False, unsubs, out)
@@ -326,12 +194,12 @@ class Registry:
         if not names:
             return
         table = self.tables[kind]
+        after = AFTER_SENT[subscribe]  # SENT_(UN)SUBSCRIBE, inlined: once per name
         for chunk in self._chunks(names):
             for name in chunk:
                 st = table[name]
                 st.inflight += 1
-                st.subscribed = subscribe
-                st.active = False
+                st.phase = after[st.phase]
             cmd = Command(kind, subscribe, chunk)
             self.pending.append(cmd)
             out.append(cmd)
@@ -375,11 +243,11 @@ class Registry:
         for kind in KINDS:
             self._dirty[kind].clear()
             table = self.tables[kind]
-            wanted = [name for name, st in table.items() if st._ls is not None]
+            wanted = [name for name, st in table.items() if st.ls is not None]
             # Busiest first; names held by one subscription only (the usual case) need no sort.
-            busy = [name for name in wanted if table[name]._ls.__class__ in _CONTAINERS]
+            busy = [name for name in wanted if table[name].ls.__class__ in CONTAINERS]
             if busy:
-                busy.sort(key=lambda n: len(table[n]._ls), reverse=True)
+                busy.sort(key=lambda n: len(table[n].ls), reverse=True)
                 busy_set = set(busy)
                 wanted = busy + [name for name in wanted if name not in busy_set]
             if wanted:
@@ -410,7 +278,7 @@ class Registry:
             todo = []
             for name in names[start:stop]:
                 st = table.get(name)
-                if st is not None and st._ls is not None and not st.subscribed:
+                if st is not None and st.phase == OFF and st.ls is not None:  # needs_subscribe
                     todo.append(name)
             self._emit(kind, True, todo, out)
         return out
@@ -424,11 +292,10 @@ class Registry:
             self._dirty[kind].clear()
             self._solo[kind].clear()
             table = self.tables[kind]
-            for name in [n for n, st in table.items() if st._ls is None]:
-                _delete(table, name)
             for st in table.values():
-                st.subscribed = st.active = st.refused = False
-                st.inflight = 0
+                st.reset()
+            for name in [n for n, st in table.items() if st.deletable]:
+                self._settle(table, name, table[name])
 
     def on_ack(self, kind: int, subscribe: bool, name: bytes) -> list[Listener] | AckResult | None:
         """An acknowledgement frame ``(p|s)(un)subscribe name count`` arrived.
@@ -454,15 +321,13 @@ class Registry:
         st.inflight -= 1
         if st.inflight:
             return None
-        if st.subscribed:
-            st.active = True
-            ls = st._ls
+        phase = st.phase = AFTER_SETTLED[st.phase]  # SETTLED, inlined
+        if phase == ACTIVE:
+            ls = st.ls
             if ls is None:
                 return None
-            return list(ls) if ls.__class__ in _CONTAINERS else [ls]
-        if st._ls is None:
-            _delete(table, name)
-            self._dirty[kind].pop(name, None)
+            return list(ls) if ls.__class__ in CONTAINERS else [ls]
+        self._settle(table, name, st)
         return None
 
     def _completed(self, cmd: Command) -> None:
@@ -472,13 +337,13 @@ class Registry:
         if subscribe:
             return None  # nothing asks for this; ignore rather than guess
         # The server dropped the name by itself (a shard channel's slot moved away).
-        st = self.tables[kind].get(name)
+        table = self.tables[kind]
+        st = table.get(name)
         if st is None or not st.subscribed:
             return None
-        st.subscribed = st.active = False
+        st.to(DROPPED)
         lost = st.listeners
-        if not lost and st.inflight == 0:
-            _delete(self.tables[kind], name)
+        self._settle(table, name, st)
         return AckResult(lost=lost)
 
     def on_pong(self) -> bool:
@@ -508,28 +373,23 @@ class Registry:
         rest = cmd.names[cmd.acked :]
         solo = split and cmd.subscribe and len(rest) > 1
         for name in rest:
-            st = table.get(name)
-            if st is None:  # pragma: no cover
-                continue
+            st = table[name]  # every name in flight has a state
             st.inflight -= 1
-            if cmd.subscribe and st.subscribed:
-                st.subscribed = st.active = False
+            if cmd.subscribe and st.subscribed:  # still the last command sent for the name
+                st.to(FAILED)
                 if solo:
+                    st.to(WANTED)
                     self._solo[cmd.kind][name] = None
                     continue
-                st.refused = True
                 refused.append((name, st.listeners))
-            if st._ls is None and st.inflight == 0 and not st.subscribed:
-                _delete(table, name)
+            self._settle(table, name, st)
         return cmd, refused
 
     def clear(self) -> None:
         """Forget everything (the multiplexer closed); in-flight dispatch sees no listener."""
         for table in self.tables:
             for st in table.values():
-                if st.snapshot is not None:
-                    st.snapshot[:] = [_noop] * len(st.snapshot)
-                    st.snapshot = None
+                st.silence()
             table.clear()
         for dirty in (*self._dirty, *self._solo):
             dirty.clear()
@@ -549,4 +409,5 @@ class Registry:
 
     def counts(self) -> tuple[int, int, int]:
         """Names wanted per kind (channels, patterns, shard channels)."""
-        return tuple(sum(1 for st in t.values() if st._ls is not None) for t in self.tables)  # type: ignore[return-value]
+        channels, patterns, shards = (sum(st.held for st in t.values()) for t in self.tables)
+        return channels, patterns, shards

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 from ._connection import connect
 from ._link import Link, LinkOwner
+from ._names import Listener
 from ._options import ConnectOptions, Tuning
-from ._registry import Listener
 from ._tasks import TaskOwner
 from .errors import ConnectionLost
 from .state import State

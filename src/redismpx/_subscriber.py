@@ -1,7 +1,8 @@
 """What every subscription shares: how it is called, how it calls user code, how it closes.
 
-* :class:`Listener` is what the link calls on a subscription, :class:`Host` what a subscription
-  needs of its multiplexer: both declared with public names (R7 in docs/spec.md).
+* :class:`Host` is what a subscription needs of its multiplexer, and
+  :class:`~redismpx._names.Listener` what the link calls on it: both declared with public
+  names (R7 in docs/spec.md).
 * :class:`Subscriber` is the base of every subscription: state callbacks, the one way to call
   user code (:meth:`Subscriber._call`), error logging and the one close path
   (:meth:`Subscriber._finish`). Promise subscriptions build on it directly.
@@ -16,9 +17,10 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
+from ._names import Listener
 from .errors import InvalidArgumentType, SubscriptionClosed
 
 logger = logging.getLogger("redismpx.delivery")
@@ -27,19 +29,6 @@ OnMessage = Callable[[bytes, bytes], "Awaitable[Any] | Any"]
 OnDisconnect = Callable[[BaseException], "Awaitable[Any] | Any"]
 OnActivation = Callable[[bytes], "Awaitable[Any] | Any"]
 OnDrop = Callable[[int], "Awaitable[Any] | Any"]
-
-
-class Listener(Hashable, Protocol):
-    """What the link calls on a subscription (all in the reader's context)."""
-
-    deliver: Callable[[bytes, bytes], Any]  # the hot path: called per message
-    hears_activations: bool  # False: the link skips activation calls entirely
-
-    def notify_activated(self, name: bytes) -> None: ...
-    def notify_disconnected(self, error: BaseException) -> None: ...
-    def notify_refused(self, error: BaseException) -> None: ...
-    def report_callback_error(self, exc: Exception) -> None: ...  # a sync deliver raised
-    def await_result(self, result: Any) -> None: ...  # a sync deliver returned non-None
 
 
 class Host(Protocol):
@@ -280,34 +269,3 @@ class Subscriber:
         result = None if fn is None else self._call("on_disconnect", fn, error, defer=False)
         if result is not None:
             self._spawn_call("on_disconnect", result, "redismpx close notice")
-
-    # Old names, used by _link.py/multiplexer.py/cluster.py until the architecture merge.
-    @property
-    def _q(self) -> object | None:  # the link's "call _activated?" test
-        return self if self.hears_activations else None
-
-    _always_activate = False
-
-    def _activated(self, name: bytes) -> None:
-        self.notify_activated(name)
-
-    def _disconnected(self, error: BaseException) -> None:
-        self.notify_disconnected(error)
-
-    def _refused(self, error: BaseException) -> None:
-        self.notify_refused(error)
-
-    def _callback_failed(self, exc: Exception) -> None:
-        self.report_callback_error(exc)
-
-    def _callback_returned(self, result: Any) -> None:
-        self.await_result(result)
-
-    def _ensure_consumer(self) -> None:
-        self.start_consumer()
-
-    def _shutdown(self) -> None:
-        self.shut_down()
-
-    def _abandon(self, reason: str) -> None:
-        self.abandon(reason)

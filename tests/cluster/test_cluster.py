@@ -19,6 +19,7 @@ import pytest
 from redismpx import InvalidArgument, InvalidArgumentType, State, SubscriptionClosed
 from redismpx.cluster import ClusterMultiplexer
 from redismpx.server import ClusterNode, RedisCluster, key_slot
+from support.internals import router_of
 from support.recorder import Recorder
 
 pytestmark = pytest.mark.timeout(60)
@@ -456,7 +457,7 @@ async def test_stale_slot_map_is_corrected_by_moved(cluster: RedisCluster, mpx) 
     slot = key_slot(tag)
     try:
         # Hold the topology lock: no topology read may fix the map first, only MOVED.
-        async with mpx._refresh_lock:
+        async with router_of(mpx).topology._lock:
             await setslot(cluster, slot, b)
             name = f"late{{{tag}}}"
             sub.add(name)
@@ -485,7 +486,7 @@ async def test_primary_killed_and_restarted(cluster: RedisCluster, mpx) -> None:
     await victim.activated(*victim_names)
     await other.activated(*other_names)
     await pattern.activated("kill.*")
-    home_killed = mpx._home == (a.host, a.port)
+    home_killed = router_of(mpx).home == (a.host, a.port)
     try:
         await a.akill()
         await victim.disconnected(1)
@@ -524,7 +525,7 @@ async def test_failover_to_replica(cluster_with_replicas: RedisCluster) -> None:
         pattern = Recorder("pattern")
         m.new_pattern_subscription("fo.*", *pattern.callbacks)
         await pattern.activated("fo.*")
-        home = next(p for p in primaries if (p.host, p.port) == m._home)
+        home = next(p for p in primaries if (p.host, p.port) == router_of(m).home)
         victim_node = next(p for p in primaries if p is not home)
         (replica,) = cluster.replicas_of(victim_node)
         survivors = [p for p in primaries if p is not victim_node]
@@ -542,8 +543,9 @@ async def test_failover_to_replica(cluster_with_replicas: RedisCluster) -> None:
         # the replica is promoted after the node timeout (2 s) and a vote
         await victim.activated(*victim_names, count=2, timeout=15)
         print(f"\nfailover: kill -> re-activation {time.monotonic() - killed_at:.2f} s")
-        assert (replica.host, replica.port) in m._links
-        assert (victim_node.host, victim_node.port) not in m._links  # closed: not a primary
+        assert (replica.host, replica.port) in router_of(m).links
+        # closed: not a primary
+        assert (victim_node.host, victim_node.port) not in router_of(m).links
         for name in victim_names:
             assert await m.publish(name, "promoted") == 1
         await victim.received(len(victim_names))

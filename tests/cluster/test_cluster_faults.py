@@ -22,6 +22,7 @@ from redismpx._protocol import encode_command
 from redismpx.cluster import ClusterLink, ClusterMultiplexer
 from redismpx.cluster._topology import Topology
 from redismpx.server import ClusterNode, RedisCluster, key_slot
+from support.internals import router_of
 from support.logwatch import watch_log
 from support.recorder import Recorder
 
@@ -70,7 +71,7 @@ def names_on(cluster: RedisCluster, node: ClusterNode, prefix: str, n: int) -> l
 
 
 def link_to(mpx: ClusterMultiplexer, node: ClusterNode) -> ClusterLink:
-    return next(link for addr, link in mpx._links.items() if addr[1] == node.port)
+    return next(link for addr, link in router_of(mpx).links.items() if addr[1] == node.port)
 
 
 def shard_subscribers(node: ClusterNode, channel: str) -> int:

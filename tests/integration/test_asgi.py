@@ -109,7 +109,7 @@ def test_kwargs_and_attribute(redis_server: Any) -> None:
     app = Starlette(lifespan=lifespan)
     with TestClient(app):
         assert isinstance(app.state.pubsub, Multiplexer)
-        assert app.state.pubsub._max_buffer == 7
+        assert app.state.pubsub._hub.tuning.max_buffer == 7
     assert not hasattr(app.state, "pubsub")
 
 

@@ -17,6 +17,7 @@ from redismpx import (
     SubscriptionClosed,
 )
 from support.admin import Admin
+from support.internals import link_of
 from support.recorder import Recorder
 
 
@@ -197,7 +198,7 @@ def test_bad_arguments_are_typed_errors() -> None:
 
 def test_password_never_in_repr_or_errors() -> None:
     m = Multiplexer("redis://user:hunter2@127.0.0.1:1/0")
-    assert "hunter2" not in repr(m) and "hunter2" not in repr(m._options)
+    assert "hunter2" not in repr(m) and "hunter2" not in repr(link_of(m).options)
     assert "hunter2" not in str(m.stats())
 
 

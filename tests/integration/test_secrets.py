@@ -147,8 +147,8 @@ def test_url_errors_do_not_quote_the_password(url: str) -> None:
 
 def test_an_encoded_password_is_fine() -> None:
     m = Multiplexer("redis://:Tr0ub4dor%233%2F%3F%40@host:1/0")
-    assert m._options.password == "Tr0ub4dor#3/?@"
-    assert "Tr0ub" not in repr(m) and "Tr0ub" not in repr(m._options)
+    assert link_of(m).options.password == "Tr0ub4dor#3/?@"
+    assert "Tr0ub" not in repr(m) and "Tr0ub" not in repr(link_of(m).options)
 
 
 # -- credentials and names that cannot be sent ---------------------------------------------------

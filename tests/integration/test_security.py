@@ -99,7 +99,7 @@ async def test_from_redis_keeps_tls(tls_server, tls_certs) -> None:
         ssl_keyfile=tls_certs.client_key_file,
     )
     async with Multiplexer.from_redis(client) as m:
-        assert m._options.ssl is not None  # never silently plain text
+        assert link_of(m).options.ssl is not None  # never silently plain text
         rec = Recorder()
         m.new_channel_subscription(*rec.callbacks).add("x")
         await rec.activated("x")

@@ -11,3 +11,8 @@ def link_of(mpx: Any) -> Link:
     """The one link of a standalone multiplexer."""
     link: Link = mpx._hub.router.link
     return link
+
+
+def router_of(mpx: Any) -> Any:
+    """The router of a multiplexer (for a cluster: links, home node, topology reader)."""
+    return mpx._hub.router

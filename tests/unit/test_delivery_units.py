@@ -52,7 +52,7 @@ NAMES = (b"a", b"b", b"c")
 
 def _iterator(max_buffer: int, overflow: OverflowPolicy) -> tuple[Multiplexer, ChannelIterator]:
     mpx = Multiplexer(NOWHERE)  # outside a loop: never started, never connected
-    it = ChannelIterator(mpx, max_buffer=max_buffer, overflow=overflow, sharded=False)
+    it = mpx.subscribe(max_buffer=max_buffer, overflow=overflow, sharded=False)
     it._channels = NAMES  # as if added (the registry is not under test here)
     return mpx, it
 
@@ -177,7 +177,7 @@ def test_the_hooks_of_the_listener_protocol_exist_on_every_subscription() -> Non
     mpx = Multiplexer(NOWHERE)  # outside a loop: never started
     subs = [
         mpx.new_channel_subscription(lambda channel, data: None),
-        ChannelIterator(mpx, max_buffer=1, overflow="drop_oldest", sharded=False),
+        mpx.subscribe(max_buffer=1, overflow="drop_oldest", sharded=False),
         mpx.new_promise_subscription("p:"),
     ]
     hooks = ("notify_activated", "notify_disconnected", "notify_refused")

@@ -11,31 +11,31 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from redismpx._backoff import Backoff
 from redismpx._connection import Connection
-from redismpx._options import parse_options
+from redismpx._options import Tuning, parse_options
 from redismpx._protocol import SHARD
 from redismpx._registry import AckResult
-from redismpx._slots import SlotRegistry, key_slot
+from redismpx._tasks import TaskOwner
 from redismpx.cluster import ClusterLink
+from redismpx.cluster._slots import SlotRegistry, key_slot
 
 
 class L:
     """A listener: hashable, with ``deliver`` and what ``Link.acked`` looks at."""
 
+    hears_activations = True
+
     def __init__(self, n: int) -> None:
         self.n = n
         self.deliver = lambda channel, data: None
-        self._q = None
-        self._on_activation = None
-        self._always_activate = True
         self.activated: list[bytes] = []
 
-    def _activated(self, name: bytes) -> None:
+    def notify_activated(self, name: bytes) -> None:
         self.activated.append(name)
 
     def __repr__(self) -> str:
@@ -192,24 +192,27 @@ def test_pushes_out_of_order_leave_a_multi_name_unsubscribe_to_its_moved() -> No
 
 
 class Owner:
-    """What a ClusterLink tells its multiplexer, recorded."""
+    """What a ClusterLink tells its router, recorded (and what it needs of the router)."""
 
     def __init__(self) -> None:
+        self.host = SimpleNamespace(
+            tasks=TaskOwner(), tuning=Tuning(health_check_interval=3600, health_check_timeout=3600)
+        )
         self.lost: list[BaseException] = []
-        self.names_lost: list[tuple[bytes, list[Any]]] = []
+        self.lost_names: list[tuple[bytes, list[Any]]] = []
         self.refused: list[tuple[bool, list[bytes], str]] = []
 
-    def _link_up(self, link: Any) -> None:
+    def link_up(self, link: Any) -> None:
         pass
 
-    def _link_lost(self, link: Any, error: BaseException) -> None:
+    def link_lost(self, link: Any, error: BaseException) -> None:
         self.lost.append(error)
 
-    def _names_lost(self, link: Any, kind: int, name: bytes, listeners: list[Any]) -> None:
-        self.names_lost.append((name, listeners))
+    def names_lost(self, link: Any, kind: int, name: bytes, listeners: list[Any]) -> None:
+        self.lost_names.append((name, listeners))
         link.registry.retry(kind, name)
 
-    def _shard_refused(self, link: Any, cmd: Any, names: list[bytes], message: str) -> None:
+    def shard_refused(self, link: Any, cmd: Any, names: list[bytes], message: str) -> None:
         self.refused.append((cmd.subscribe, names, message))
 
 
@@ -226,10 +229,6 @@ class Wire:
             self.owner,  # type: ignore[arg-type]
             parse_options("redis://127.0.0.1:7000"),
             ("127.0.0.1", 7000),
-            backoff=Backoff(0.01, 0.1),
-            health_check_interval=3600,
-            health_check_timeout=3600,
-            chunk_size=1000,
         )
         self.conn = Connection(asyncio.get_running_loop())
         self.conn.resp = resp
@@ -281,7 +280,7 @@ async def test_link_push_then_pong_with_a_ping_in_flight(wire: Wire) -> None:
     wire.ack(b"sunsubscribe", X, 1)  # the slot of X moved while the PING was due
     wire.pong()
     assert wire.aborted is None
-    assert wire.owner.names_lost == [(X, [ls[X]])]
+    assert wire.owner.lost_names == [(X, [ls[X]])]
     assert wire.reg.is_active(SHARD, Y) and not wire.reg.pending
     # X subscribed again on the same link: the node redirects it.
     assert [(c.subscribe, c.names) for c in wire.reg.commands()] == [(True, [X])]
@@ -302,7 +301,7 @@ async def test_link_push_then_moved_with_nothing_pending(wire: Wire) -> None:
     wire.ack(b"sunsubscribe", X, 1)  # pushed by the move
     wire.error(moved(SX))  # the SUNSUBSCRIBE's own reply
     assert wire.aborted is None
-    assert wire.owner.names_lost == [] and wire.owner.refused == []
+    assert wire.owner.lost_names == [] and wire.owner.refused == []
     assert wire.reg.is_active(SHARD, Y) and X not in wire.reg.tables[SHARD]
 
 
@@ -323,5 +322,5 @@ async def test_link_push_moved_ping_and_a_queued_subscribe(wire: Wire) -> None:
     wire.pong()
     assert wire.aborted is None
     assert lz.activated == [Z] and wire.reg.is_active(SHARD, Z)
-    assert wire.owner.names_lost == [] and wire.owner.refused == []
+    assert wire.owner.lost_names == [] and wire.owner.refused == []
     assert not wire.reg.pending

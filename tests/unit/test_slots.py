@@ -6,7 +6,7 @@ import hypothesis.strategies as st
 from hypothesis import given
 
 from redismpx._protocol import CHANNEL, SHARD
-from redismpx._slots import SLOTS, SlotMap, SlotRegistry, key_slot, parse_redirect
+from redismpx.cluster._slots import SLOTS, SlotMap, SlotRegistry, key_slot, parse_redirect
 from redismpx.server import key_slot as reference_slot
 
 

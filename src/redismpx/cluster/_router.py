@@ -16,9 +16,10 @@ import logging
 from typing import Any, Final
 
 from .._link import Link
+from .._names import Listener
 from .._options import ConnectOptions
 from .._protocol import CHANNEL, PATTERN, SHARD
-from .._registry import Command, Listener
+from .._registry import Command
 from .._router import RouterHost
 from ..errors import ConnectionLost
 from ..state import State
