@@ -38,7 +38,8 @@ def _tls_of_redis_client(client: Any, ck: dict[str, Any]) -> _ssl.SSLContext | N
     ``rediss://`` client must never be turned into a plain-text multiplexer.
     """
     if ck.get("ssl_context") is not None:
-        return ck["ssl_context"]  # type: ignore[no-any-return]
+        context: _ssl.SSLContext = ck["ssl_context"]
+        return context
     cls_name = getattr(client.connection_pool.connection_class, "__name__", "")
     if "SSL" not in cls_name and not any(k.startswith("ssl_") for k in ck):
         return None

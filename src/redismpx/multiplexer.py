@@ -164,7 +164,7 @@ class Multiplexer:
         """
         self._check_open()
         size, policy = self._delivery(max_buffer, overflow)
-        sub = ChannelSubscription(
+        return ChannelSubscription(
             self._hub,
             on_message,
             on_disconnect,
@@ -174,8 +174,6 @@ class Multiplexer:
             on_drop=on_drop,
             sharded=self._hub.router.shard_by_default if sharded is None else sharded,
         )
-        self._hub.register(sub)
-        return sub
 
     def new_pattern_subscription(
         self,
@@ -191,7 +189,7 @@ class Multiplexer:
         """A subscription to one glob-style pattern (``PSUBSCRIBE``)."""
         self._check_open()
         size, policy = self._delivery(max_buffer, overflow)
-        sub = PatternSubscription(
+        return PatternSubscription(
             self._hub,
             pattern,
             on_message,
@@ -201,9 +199,6 @@ class Multiplexer:
             overflow=policy,
             on_drop=on_drop,
         )
-        self._hub.register(sub)
-        sub._attach()
-        return sub
 
     def new_promise_subscription(
         self,
@@ -217,10 +212,7 @@ class Multiplexer:
         promises can be created and when pending ones were failed by an outage.
         """
         self._check_open()
-        sub = PromiseSubscription(self._hub, prefix, on_disconnect, on_activation)
-        self._hub.register(sub)
-        sub._attach()
-        return sub
+        return PromiseSubscription(self._hub, prefix, on_disconnect, on_activation)
 
     def subscribe(
         self,
@@ -242,8 +234,11 @@ class Multiplexer:
         if sharded is None:
             sharded = self._hub.router.shard_by_default
         sub = ChannelIterator(self._hub, max_buffer=size, overflow=policy, sharded=sharded)
-        sub.add(*channels)  # validates every name before registering anything
-        self._hub.register(sub)
+        try:
+            sub.add(*channels)  # validates every name before registering any
+        except BaseException:
+            sub.close()  # a bad name: nothing stays behind
+            raise
         return sub
 
     def psubscribe(
@@ -256,10 +251,7 @@ class Multiplexer:
         """A pattern to consume with ``async for``; messages carry the matching pattern."""
         self._check_open()
         size, policy = self._delivery(max_buffer, overflow)
-        sub = PatternIterator(self._hub, pattern, max_buffer=size, overflow=policy)
-        self._hub.register(sub)
-        sub._attach()
-        return sub
+        return PatternIterator(self._hub, pattern, max_buffer=size, overflow=policy)
 
     async def ping(self, timeout: float = 5.0) -> float:
         """End-to-end probe: publish on a private channel and see it arrive here.

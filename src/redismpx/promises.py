@@ -132,14 +132,13 @@ class PromiseSubscription(Subscriber):
         self._activation_waiters: list[asyncio.Future[None]] = []
         # Tasks running async state callbacks: close() cancels them.
         self._notices: set[asyncio.Task[None]] | None = None
+        host.register(self)
+        host.add(PATTERN, self.pattern, self)
 
     @property
     def active(self) -> bool:
         """True while Redis has confirmed the pattern (promises may be created)."""
         return self._active
-
-    def _attach(self) -> None:
-        self._host.add(PATTERN, self.pattern, self)
 
     def _detach(self) -> None:
         self._host.remove(PATTERN, self.pattern, self)

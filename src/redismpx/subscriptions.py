@@ -104,6 +104,7 @@ class ChannelSubscription(BufferedSubscriber):
         self._channels: Names = None
         opts = delivery_options(max_buffer, overflow, on_drop)
         super().__init__(host, on_message, on_disconnect, on_activation, opts, queued)
+        host.register(self)
 
     @property
     def channels(self) -> frozenset[bytes]:
@@ -181,9 +182,8 @@ class PatternSubscription(BufferedSubscriber):
         """The glob-style pattern, as bytes."""
         opts = delivery_options(max_buffer, overflow, on_drop)
         super().__init__(host, on_message, on_disconnect, on_activation, opts, queued)
-
-    def _attach(self) -> None:
-        self._host.add(PATTERN, self.pattern, self)
+        host.register(self)
+        host.add(PATTERN, self.pattern, self)
 
     def _held(self) -> tuple[bytes, ...]:
         return (self.pattern,)

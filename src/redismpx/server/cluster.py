@@ -66,8 +66,11 @@ class ClusterNode(RedisServer):
         node_timeout: int = 2000,
         args: Sequence[str] = (),
         directory: str | None = None,
+        ports_picked: bool = False,
     ) -> None:
-        auto = port is None and bus_port is None
+        # ``ports_picked``: the caller chose free ports itself, so a conflict at start may
+        # move the node elsewhere as if it had picked them here.
+        auto = ports_picked or (port is None and bus_port is None)
         if port is None or bus_port is None:
             auto_port, auto_bus = _free_ports(2, host)
             port = auto_port if port is None else port
@@ -187,12 +190,11 @@ class RedisCluster:
                 node_timeout=node_timeout,
                 args=args,
                 directory=os.path.join(self._dir, f"node-{i}"),
+                ports_picked=True,
             )
             for i in range(total)
         ]
         """Every node: the primaries (as created) first, then the replicas."""
-        for node in self.nodes:
-            node._auto_port = True  # the ports were picked here: retry elsewhere on a conflict
 
     # -- layout -------------------------------------------------------------------------------
 
