@@ -14,7 +14,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypedDict
 
 from ._buffer import (
     ACTIVATION,
@@ -41,6 +41,19 @@ from ._subscriber import (
     logger,
 )
 from .errors import SubscriptionClosed
+
+
+class BufferKeywords(TypedDict, total=False):
+    """The buffer keywords of the subscription factories (``None``: the multiplexer's)."""
+
+    max_buffer: int | None
+    overflow: OverflowPolicy | None
+
+
+class DeliveryKeywords(BufferKeywords, total=False):
+    """The delivery keywords of the callback subscription factories."""
+
+    on_drop: OnDrop | None
 
 
 class DeliveryOptions:

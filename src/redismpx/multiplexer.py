@@ -13,11 +13,12 @@ import os
 from typing import Any, Self, Unpack
 
 from ._buffer import OverflowPolicy
+from ._buffered import BufferKeywords, DeliveryKeywords
 from ._hub import Hub
 from ._options import MultiplexerOptions, check_seconds, parse_options, split_options
 from ._redispy import settings_of_redis_client
 from ._router import SingleRouter
-from ._subscriber import OnActivation, OnDisconnect, OnDrop, OnMessage
+from ._subscriber import OnActivation, OnDisconnect, OnMessage
 from .errors import SubscriptionClosed
 from .iterators import ChannelIterator, PatternIterator
 from .promises import PromiseSubscription
@@ -136,13 +137,16 @@ class Multiplexer:
     # -- subscription factories --------------------------------------------------------------
 
     def _delivery(
-        self, max_buffer: int | None, overflow: OverflowPolicy | None
-    ) -> tuple[int, OverflowPolicy]:
+        self, max_buffer: int | None = None, overflow: OverflowPolicy | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        # A subscription's delivery settings, the multiplexer's where not given. A misspelt
+        # keyword reaches the subscription's constructor: a TypeError, as for any call.
         tuning = self._hub.tuning
-        return (
-            tuning.max_buffer if max_buffer is None else max_buffer,
-            tuning.overflow if overflow is None else overflow,
-        )
+        return {
+            "max_buffer": tuning.max_buffer if max_buffer is None else max_buffer,
+            "overflow": tuning.overflow if overflow is None else overflow,
+            **extra,
+        }
 
     def new_channel_subscription(
         self,
@@ -150,10 +154,8 @@ class Multiplexer:
         on_disconnect: OnDisconnect | None = None,
         on_activation: OnActivation | None = None,
         *,
-        max_buffer: int | None = None,
-        overflow: OverflowPolicy | None = None,
-        on_drop: OnDrop | None = None,
         sharded: bool | None = None,
+        **delivery: Unpack[DeliveryKeywords],
     ) -> ChannelSubscription:
         """A subscription to a set of channels managed with ``add``/``remove``.
 
@@ -163,16 +165,15 @@ class Multiplexer:
         fed by the cluster-wide broadcast of ``PUBLISH``).
         """
         self._check_open()
-        size, policy = self._delivery(max_buffer, overflow)
+        if sharded is None:
+            sharded = self._hub.router.shard_by_default
         return ChannelSubscription(
             self._hub,
             on_message,
             on_disconnect,
             on_activation,
-            max_buffer=size,
-            overflow=policy,
-            on_drop=on_drop,
-            sharded=self._hub.router.shard_by_default if sharded is None else sharded,
+            sharded=sharded,
+            **self._delivery(**delivery),
         )
 
     def new_pattern_subscription(
@@ -181,23 +182,17 @@ class Multiplexer:
         on_message: OnMessage,
         on_disconnect: OnDisconnect | None = None,
         on_activation: OnActivation | None = None,
-        *,
-        max_buffer: int | None = None,
-        overflow: OverflowPolicy | None = None,
-        on_drop: OnDrop | None = None,
+        **delivery: Unpack[DeliveryKeywords],
     ) -> PatternSubscription:
         """A subscription to one glob-style pattern (``PSUBSCRIBE``)."""
         self._check_open()
-        size, policy = self._delivery(max_buffer, overflow)
         return PatternSubscription(
             self._hub,
             pattern,
             on_message,
             on_disconnect,
             on_activation,
-            max_buffer=size,
-            overflow=policy,
-            on_drop=on_drop,
+            **self._delivery(**delivery),
         )
 
     def new_promise_subscription(
@@ -217,9 +212,8 @@ class Multiplexer:
     def subscribe(
         self,
         *channels: str | bytes,
-        max_buffer: int | None = None,
-        overflow: OverflowPolicy | None = None,
         sharded: bool | None = None,
+        **buffer: Unpack[BufferKeywords],
     ) -> ChannelIterator:
         """Channels to consume with ``async for`` (``async with mpx.subscribe("a") as sub``).
 
@@ -230,10 +224,9 @@ class Multiplexer:
         :class:`~redismpx.ClusterMultiplexer`).
         """
         self._check_open()
-        size, policy = self._delivery(max_buffer, overflow)
         if sharded is None:
             sharded = self._hub.router.shard_by_default
-        sub = ChannelIterator(self._hub, max_buffer=size, overflow=policy, sharded=sharded)
+        sub = ChannelIterator(self._hub, sharded=sharded, **self._delivery(**buffer))
         try:
             sub.add(*channels)  # validates every name before registering any
         except BaseException:
@@ -244,14 +237,11 @@ class Multiplexer:
     def psubscribe(
         self,
         pattern: str | bytes,
-        *,
-        max_buffer: int | None = None,
-        overflow: OverflowPolicy | None = None,
+        **buffer: Unpack[BufferKeywords],
     ) -> PatternIterator:
         """A pattern to consume with ``async for``; messages carry the matching pattern."""
         self._check_open()
-        size, policy = self._delivery(max_buffer, overflow)
-        return PatternIterator(self._hub, pattern, max_buffer=size, overflow=policy)
+        return PatternIterator(self._hub, pattern, **self._delivery(**buffer))
 
     async def ping(self, timeout: float = 5.0) -> float:
         """End-to-end probe: publish on a private channel and see it arrive here.

@@ -380,14 +380,20 @@ class RedisServer:
         port and then reset it, and a restart on the same port may fail to bind. If the process
         has not exited after ``timeout`` seconds it gets SIGKILL. Does nothing if not running.
         """
+        proc = self._send_exit_signal(sig)
+        if proc is not None:
+            _wait_or_kill(proc, timeout)
+            self._forget()
+
+    def _send_exit_signal(self, sig: int) -> subprocess.Popen[bytes] | None:
+        """Send ``sig`` to the running process and return it; None (forgotten) if none runs."""
         self._check_exit_signal(sig)
         proc = self._proc
         if proc is None or proc.poll() is not None:
             self._forget()
-            return
+            return None
         self._signal(proc, sig)
-        _wait_or_kill(proc, timeout)
-        self._forget()
+        return proc
 
     def restart(self, timeout: float = START_TIMEOUT) -> Self:
         """Start the server again on the same port and directory (stopping it first, as
@@ -454,12 +460,9 @@ class RedisServer:
 
     async def akill(self, sig: int = signal.SIGKILL, timeout: float = 10.0) -> None:
         """:meth:`kill` without blocking the event loop."""
-        self._check_exit_signal(sig)
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            self._forget()
+        proc = self._send_exit_signal(sig)
+        if proc is None:
             return
-        self._signal(proc, sig)
         if not await self._await_exit(proc, timeout):
             proc.kill()
             await self._await_exit(proc, 60.0)
