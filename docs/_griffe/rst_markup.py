@@ -28,8 +28,8 @@ ROLE = re.compile(
 )
 
 # Targets that are documented as prose pages rather than as API objects: an explicit anchor
-# with this id exists in the page (``[](){#redismpx._delivery}``).
-PAGE_ANCHORS = {"redismpx._delivery"}
+# with this id exists in the page (``[](){#redismpx._buffer}``).
+PAGE_ANCHORS = {"redismpx._buffer"}
 
 
 def _resolve(obj: griffe.Object, target: str) -> str:

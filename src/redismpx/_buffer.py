@@ -37,13 +37,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from .errors import InvalidArgument, InvalidArgumentType
-
-OverflowPolicy = Literal["drop_oldest", "drop_newest", "close", "latest_per_channel"]
-OVERFLOW_POLICIES: Final = ("drop_oldest", "drop_newest", "close", "latest_per_channel")
-DEFAULT_MAX_BUFFER: Final = 1000
+from .typedefs import OVERFLOW_POLICIES, OverflowPolicy
 
 # Event tags.
 ACTIVATION: Final = 0

@@ -25,22 +25,11 @@ from ._buffer import (
     DROPPED,
     Buffer,
     Event,
-    OverflowPolicy,
     check_buffer,
 )
-from ._subscriber import (
-    Host,
-    OnActivation,
-    OnDisconnect,
-    OnDrop,
-    OnMessage,
-    Subscriber,
-    check_callback,
-    discard,
-    is_async,
-    logger,
-)
+from ._subscriber import Host, Subscriber, check_callback, discard, is_async, logger
 from .errors import SubscriptionClosed
+from .typedefs import OnActivation, OnDisconnect, OnDrop, OnMessage, OverflowPolicy
 
 
 class BufferKeywords(TypedDict, total=False):
@@ -193,7 +182,7 @@ class BufferedSubscriber(Subscriber):
             )
         elif n and not q.scheduled:
             q.scheduled = True
-            asyncio.get_running_loop().call_soon(self._report_drops)
+            self._host.call_soon(self._report_drops)  # once per loop turn
 
     def _report_drops(self) -> None:
         q = self._queue

@@ -10,7 +10,7 @@ hears of an outage, it asks the router.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from ._names import Listener
@@ -133,8 +133,8 @@ class Hub:
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         return self.tasks.spawn(coro, name)
 
-    def call_soon(self, fn: Any, *args: Any) -> asyncio.Handle:
-        return self.tasks.call_soon(fn, *args)
+    def call_soon(self, fn: Callable[[], None]) -> asyncio.Handle:
+        return self.tasks.call_soon(fn)
 
     def count_dropped(self, n: int) -> None:
         self.dropped += n

@@ -7,14 +7,12 @@ import random
 import ssl as _ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from ._buffer import check_buffer
 from .errors import InvalidArgument, InvalidArgumentType
-
-if TYPE_CHECKING:
-    from ._buffer import OverflowPolicy
+from .typedefs import OverflowPolicy
 
 _SCHEMES = ("redis", "rediss", "unix", "valkey", "valkeys")
 

@@ -22,13 +22,9 @@ from typing import Any, Protocol
 
 from ._names import Listener
 from .errors import InvalidArgumentType, SubscriptionClosed
+from .typedefs import OnActivation, OnDisconnect
 
 logger = logging.getLogger("redismpx.delivery")
-
-OnMessage = Callable[[bytes, bytes], "Awaitable[Any] | Any"]
-OnDisconnect = Callable[[BaseException], "Awaitable[Any] | Any"]
-OnActivation = Callable[[bytes], "Awaitable[Any] | Any"]
-OnDrop = Callable[[int], "Awaitable[Any] | Any"]
 
 
 class Host(Protocol):
@@ -41,6 +37,7 @@ class Host(Protocol):
     def refresh(self, kind: int, name: bytes) -> None: ...
     def forget(self, sub: Any) -> None: ...
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]: ...
+    def call_soon(self, fn: Callable[[], None]) -> asyncio.Handle: ...
     def count_dropped(self, n: int) -> None: ...
     def count_callback_error(self) -> None: ...
 

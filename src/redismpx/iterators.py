@@ -2,9 +2,9 @@
 
 They are channel and pattern subscriptions whose consumer is the iterating task instead of
 callbacks. Messages wait in the same bounded buffer with the same overflow policies as queued
-callbacks (see :mod:`redismpx._delivery`). ``sub.events()`` yields, in order with the messages,
+callbacks (see :mod:`redismpx._buffer`). ``sub.events()`` yields, in order with the messages,
 :class:`Activated`, :class:`Disconnected` and :class:`Dropped` events; while unread, they are
-coalesced (the latest state of each name is kept, see :mod:`redismpx._delivery`), so an
+coalesced (the latest state of each name is kept, see :mod:`redismpx._buffer`), so an
 iterator nobody reads holds O(names) events whatever happens. Iteration ends when the
 subscription (or its multiplexer) is closed; when the library closed it (overflow policy
 ``close``), the iterator raises :class:`~redismpx.SubscriptionClosed` with the reason.
@@ -16,10 +16,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Self
 
-from ._buffer import ACTIVATION, CLOSED, DISCONNECT, DROPPED, Event, OverflowPolicy
+from ._buffer import ACTIVATION, CLOSED, DISCONNECT, DROPPED, Event
 from ._buffered import BufferedSubscriber
 from ._subscriber import Host
 from .subscriptions import ChannelSubscription, PatternSubscription
+from .typedefs import OverflowPolicy
 
 
 @dataclass(frozen=True, slots=True)

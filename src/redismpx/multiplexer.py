@@ -12,18 +12,17 @@ import logging
 import os
 from typing import Any, Self, Unpack
 
-from ._buffer import OverflowPolicy
 from ._buffered import BufferKeywords, DeliveryKeywords
 from ._hub import Hub
 from ._options import MultiplexerOptions, check_seconds, parse_options, split_options
 from ._redispy import settings_of_redis_client
 from ._router import SingleRouter
-from ._subscriber import OnActivation, OnDisconnect, OnMessage
 from .errors import SubscriptionClosed
 from .iterators import ChannelIterator, PatternIterator
 from .promises import PromiseSubscription
 from .state import State
 from .subscriptions import ChannelSubscription, PatternSubscription
+from .typedefs import OnActivation, OnDisconnect, OnMessage, OverflowPolicy
 
 logger = logging.getLogger("redismpx")
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 from ._protocol import PATTERN, encode_str
-from ._subscriber import Host, OnActivation, OnDisconnect, Subscriber
+from ._subscriber import Host, Subscriber
 from .errors import (
     InactiveSubscription,
     InvalidArgument,
@@ -24,6 +24,7 @@ from .errors import (
     SubscriptionInterrupted,
 )
 from .subscriptions import check_name
+from .typedefs import OnActivation, OnDisconnect
 
 _GLOB = frozenset(b"*?[]\\")
 

@@ -8,11 +8,11 @@ B34-B36 in docs/spec.md); the user's view is the delivery model, docs/delivery.m
 
 from __future__ import annotations
 
-from ._buffer import OverflowPolicy
 from ._buffered import BufferedSubscriber, delivery_options
 from ._protocol import CHANNEL, PATTERN, SHARD, to_bytes
-from ._subscriber import Host, OnActivation, OnDisconnect, OnDrop, OnMessage, check_callback
+from ._subscriber import Host, check_callback
 from .errors import InvalidArgument
+from .typedefs import OnActivation, OnDisconnect, OnDrop, OnMessage, OverflowPolicy
 
 MAX_NAME_BYTES = 1 << 20
 SMALL_SET = 16  # names held in a tuple up to this many, in a dict beyond

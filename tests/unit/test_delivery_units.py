@@ -19,9 +19,10 @@ from redismpx import (
     RedisMPXError,
     SubscribeRefused,
 )
-from redismpx._buffer import DROPPED, VOID, Event, OverflowPolicy
+from redismpx._buffer import DROPPED, VOID, Event
 from redismpx._protocol import to_bytes
 from redismpx.iterators import SubscriptionEvent
+from redismpx.typedefs import OverflowPolicy
 
 BAD_NAME = "a\udc80"  # a lone surrogate: UTF-8 cannot encode it
 NOWHERE = "redis://127.0.0.1:1"  # never connected to: nothing here starts a connection
