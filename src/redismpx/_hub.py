@@ -158,9 +158,6 @@ class Hub:
             return State.DISCONNECTED  # the links ended with their event loop
         return self.router.state
 
-    def subscriptions(self) -> int:
-        return len(self._members)
-
     def close(self) -> None:
         """Close every subscription, every link and every task, now; idempotent."""
         if self.closed:

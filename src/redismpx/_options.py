@@ -7,12 +7,12 @@ import random
 import ssl as _ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, TypedDict, Unpack
+from typing import Any, Unpack
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from ._buffer import check_buffer
 from .errors import InvalidArgument, InvalidArgumentType
-from .typedefs import OverflowPolicy
+from .typedefs import DEFAULT_MAX_BUFFER, ConnectionOptions, OverflowPolicy
 
 _SCHEMES = ("redis", "rediss", "unix", "valkey", "valkeys")
 
@@ -141,25 +141,6 @@ def _default_ssl_context(
 # -- the keyword options of the public facades, defined once --------------------------------
 
 
-class ConnectionOptions(TypedDict, total=False):
-    """How to reach one Redis node: the keywords of :func:`parse_options` (``None`` = unset)."""
-
-    host: str | None
-    port: int | None
-    unix_socket_path: str | None
-    username: str | None
-    password: str | None
-    db: int | None
-    client_name: str | None
-    ssl: _ssl.SSLContext | bool | None
-    ssl_ca_certs: str | None
-    ssl_certfile: str | None
-    ssl_keyfile: str | None
-    ssl_check_hostname: bool
-    connect_timeout: float
-    protocol: int | None
-
-
 # Keywords that override what the URL says, and the ConnectOptions field each sets.
 _OVERRIDES = (
     "host",
@@ -280,23 +261,6 @@ def parse_options(url: str | None = None, **options: Unpack[ConnectionOptions]) 
     return ConnectOptions(ssl=context, connect_timeout=timeout, **values)
 
 
-class TuningOptions(TypedDict, total=False):
-    """Heartbeat, reconnection and delivery defaults (see :class:`Tuning` for the defaults)."""
-
-    health_check_interval: float
-    health_check_timeout: float
-    backoff_base: float
-    backoff_cap: float
-    max_buffer: int
-    overflow: OverflowPolicy
-    chunk_size: int
-    random_source: Callable[[], float]
-
-
-class MultiplexerOptions(ConnectionOptions, TuningOptions, total=False):
-    """Every keyword option of :class:`~redismpx.Multiplexer` (and ``from_redis``)."""
-
-
 @dataclass(frozen=True, slots=True)
 class Tuning:
     """The validated :class:`TuningOptions` of a multiplexer, with their defaults."""
@@ -305,7 +269,7 @@ class Tuning:
     health_check_timeout: float = 5.0
     backoff_base: float = 0.008
     backoff_cap: float = 0.512
-    max_buffer: int = 1000
+    max_buffer: int = DEFAULT_MAX_BUFFER
     overflow: OverflowPolicy = "drop_oldest"
     chunk_size: int = 1000
     random_source: Callable[[], float] = random.random

@@ -27,6 +27,10 @@ class RouterHost(Protocol):
     tasks: TaskOwner
     tuning: Tuning
 
+    @property
+    def closed(self) -> bool:
+        """True once the multiplexer was closed."""
+
     def notify_all_disconnected(self, error: BaseException) -> None:
         """Tell every live subscription of an outage (once)."""
 

@@ -14,7 +14,7 @@ from typing import Any, Self, Unpack
 
 from ._buffered import BufferKeywords, DeliveryKeywords
 from ._hub import Hub
-from ._options import MultiplexerOptions, check_seconds, parse_options, split_options
+from ._options import check_seconds, parse_options, split_options
 from ._redispy import settings_of_redis_client
 from ._router import SingleRouter
 from .errors import SubscriptionClosed
@@ -22,7 +22,7 @@ from .iterators import ChannelIterator, PatternIterator
 from .promises import PromiseSubscription
 from .state import State
 from .subscriptions import ChannelSubscription, PatternSubscription
-from .typedefs import OnActivation, OnDisconnect, OnMessage, OverflowPolicy
+from .typedefs import MultiplexerOptions, OnActivation, OnDisconnect, OnMessage, OverflowPolicy
 
 logger = logging.getLogger("redismpx")
 

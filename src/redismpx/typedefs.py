@@ -1,9 +1,10 @@
-"""The types in the public signatures: callbacks and the overflow policy."""
+"""The types in the public signatures: callbacks, the overflow policy, the keyword options."""
 
 from __future__ import annotations
 
+import ssl as _ssl
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypedDict
 
 OnMessage = Callable[[bytes, bytes], "Awaitable[Any] | Any"]
 """``on_message(channel, payload)``: a plain function, or one returning an awaitable."""
@@ -23,3 +24,43 @@ OverflowPolicy = Literal["drop_oldest", "drop_newest", "close", "latest_per_chan
 OVERFLOW_POLICIES: Final = ("drop_oldest", "drop_newest", "close", "latest_per_channel")
 DEFAULT_MAX_BUFFER: Final = 1000
 """Pending messages per queued subscription, unless the multiplexer says otherwise."""
+
+
+class ConnectionOptions(TypedDict, total=False):
+    """How to reach Redis: the connection keywords of every facade (``None`` means unset).
+
+    See :class:`~redismpx.Multiplexer` for what each means.
+    """
+
+    host: str | None
+    port: int | None
+    unix_socket_path: str | None
+    username: str | None
+    password: str | None
+    db: int | None
+    client_name: str | None
+    ssl: _ssl.SSLContext | bool | None
+    ssl_ca_certs: str | None
+    ssl_certfile: str | None
+    ssl_keyfile: str | None
+    ssl_check_hostname: bool
+    connect_timeout: float
+    protocol: int | None
+
+
+class TuningOptions(TypedDict, total=False):
+    """Heartbeat, reconnection and delivery defaults of a multiplexer (see
+    :class:`~redismpx.Multiplexer` for each and its default)."""
+
+    health_check_interval: float
+    health_check_timeout: float
+    backoff_base: float
+    backoff_cap: float
+    max_buffer: int
+    overflow: OverflowPolicy
+    chunk_size: int
+    random_source: Callable[[], float]
+
+
+class MultiplexerOptions(ConnectionOptions, TuningOptions, total=False):
+    """Every keyword option of :class:`~redismpx.Multiplexer` (and ``from_redis``)."""

@@ -44,10 +44,11 @@ from collections.abc import Sequence
 from typing import Unpack
 
 from .._hub import Hub
-from .._options import MultiplexerOptions, check_seconds, parse_options, split_options
+from .._options import check_seconds, parse_options, split_options
 from .._router import RouterHost
 from ..errors import InvalidArgument, InvalidArgumentType
 from ..multiplexer import Multiplexer
+from ..typedefs import MultiplexerOptions
 from ._router import ClusterLink, ClusterRouter
 from ._slots import MAX_REDIRECTS, SlotRegistry, key_slot
 

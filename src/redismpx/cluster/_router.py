@@ -90,7 +90,6 @@ class ClusterRouter:
         self.seeds = {(o.host, o.port): o for o in seeds}
         self.map: SlotMap | None = None
         self.links: dict[Address, ClusterLink] = {}
-        self._retired: dict[ClusterLink, None] = {}
         self.limbo = ClusterLink(self, seeds[0], None)  # never started
         self.home: Address | None = None  # the node carrying patterns and classic channels
         self.parked: set[tuple[int, bytes]] = set()  # retried after the next topology read
@@ -218,7 +217,7 @@ class ClusterRouter:
         stats.update(self.counters)
 
     def host_closed(self) -> bool:
-        return bool(getattr(self.host, "closed", False))
+        return self.host.closed
 
     # -- routing -----------------------------------------------------------------------------
 
