@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from ._names import Listener
 from ._options import Tuning
+from ._protocol import CHANNEL, KINDS, PATTERN, SHARD
 from ._router import MakeRouter
 from ._tasks import TaskOwner
 from .errors import EventLoopMismatch, SubscriptionClosed
@@ -115,7 +116,7 @@ class Hub:
         if _running_loop() is not self._loop:
             # First use in this loop (or before any): start or move before registering.
             self.start_in_running_loop()
-            if getattr(listener, "closed", False):
+            if listener not in self._members:  # made in a loop that has ended: abandoned
                 raise SubscriptionClosed("the subscription is closed", LOOP_ENDED)
         self.router.link_for(kind, name).add(kind, name, listener)
 
@@ -177,17 +178,17 @@ class Hub:
     def stats(self) -> dict[str, Any]:
         """The counters every topology shares (see ``Multiplexer.stats``)."""
         links = self.router.all_links()
-        counts = [0, 0, 0]
+        counts = [0] * len(KINDS)
         for link in links:
-            for i, n in enumerate(link.registry.counts()):
-                counts[i] += n
+            for kind, n in zip(KINDS, link.registry.counts(), strict=True):
+                counts[kind] += n
         error = self.router.last_error
         stats: dict[str, Any] = {
             "state": self.state.value,
             "subscriptions": len(self._members),
-            "channels": counts[0],
-            "patterns": counts[1],
-            "shard_channels": counts[2],
+            "channels": counts[CHANNEL],
+            "patterns": counts[PATTERN],
+            "shard_channels": counts[SHARD],
             "messages_received": sum(link.messages_received() for link in links),
             "messages_dispatched": sum(link.messages_dispatched() for link in links),
             "connects": sum(link.connects for link in links),

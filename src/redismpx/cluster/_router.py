@@ -98,7 +98,9 @@ class ClusterRouter:
         self._changed = asyncio.Event()
         self.error: BaseException | None = None
         # connects, reconnects, messages received and dispatched of links retired since
-        self._retired_counts = [0, 0, 0, 0]
+        self._retired_counts = dict.fromkeys(
+            ("connects", "reconnects", "messages_received", "messages_dispatched"), 0
+        )
         self.counters = {"topology_refreshes": 0, "slot_moves": 0, "redirects": 0}
         self.topology = Topology(self, refresh_interval)
         self.publisher = Publisher(self)
@@ -123,11 +125,16 @@ class ClusterRouter:
 
     def retire(self, address: Address) -> None:
         link = self.links.pop(address)
-        self._retired_counts[0] += link.connects
-        self._retired_counts[1] += link.reconnects
-        self._retired_counts[2] += link.messages_received()
-        self._retired_counts[3] += link.messages_dispatched()
+        self._keep_counts(link)
         link.close()
+
+    def _keep_counts(self, link: Link) -> None:
+        # A link that goes away leaves its counters to the multiplexer's totals.
+        kept = self._retired_counts
+        kept["connects"] += link.connects
+        kept["reconnects"] += link.reconnects
+        kept["messages_received"] += link.messages_received()
+        kept["messages_dispatched"] += link.messages_dispatched()
 
     # -- the Router protocol ------------------------------------------------------------------
 
@@ -158,11 +165,8 @@ class ClusterRouter:
         # The previous event loop is closed: its links and asyncio primitives go with it; the
         # slot map is kept (still the best guess) and read again in the new loop.
         for link in self.links.values():
-            self._retired_counts[0] += link.connects
-            self._retired_counts[1] += link.reconnects
             link.abandon()
-            self._retired_counts[2] += link.messages_received()
-            self._retired_counts[3] += link.messages_dispatched()
+            self._keep_counts(link)
         self.links.clear()
         self.limbo.abandon()
         self.parked.clear()
@@ -208,11 +212,8 @@ class ClusterRouter:
         return "seeds=" + ",".join(f"{h}:{p}" for h, p in self.seeds)
 
     def add_stats(self, stats: dict[str, Any]) -> None:
-        retired = self._retired_counts
-        for i, key in enumerate(("connects", "reconnects")):
-            stats[key] += retired[i]
-        stats["messages_received"] += retired[2]
-        stats["messages_dispatched"] += retired[3]
+        for key, n in self._retired_counts.items():
+            stats[key] += n
         stats["nodes"] = sum(1 for link in self.links.values() if link.state is State.CONNECTED)
         stats.update(self.counters)
 
