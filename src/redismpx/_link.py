@@ -78,7 +78,6 @@ class Link:
         self._resubscribe_handle: asyncio.Handle | None = None
         self._closing = False
         self.up: asyncio.Event | None = None  # made by ``start``, in the link's loop
-        self.started = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -87,7 +86,6 @@ class Link:
         if self._task is None and not self._closing:
             if self.up is None:
                 self.up = asyncio.Event()
-            self.started = True
             self._task = self.tasks.spawn(self._run(), f"redismpx link {self.options.describe()}")
 
     def close(self) -> None:
@@ -119,7 +117,6 @@ class Link:
         self.registry.clear()
         self._task = None
         self._flush_handle = self._resubscribe_handle = None
-        self.started = False
         self.up = None
         if not self._closing:
             self.state = State.CONNECTING

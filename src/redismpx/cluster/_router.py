@@ -91,6 +91,7 @@ class ClusterRouter:
         self.map: SlotMap | None = None
         self.links: dict[Address, ClusterLink] = {}
         self.limbo = ClusterLink(self, seeds[0], None)  # never started
+        self._running = False  # between start() and close() (or the loop's end)
         self.home: Address | None = None  # the node carrying patterns and classic channels
         self.parked: set[tuple[int, bytes]] = set()  # retried after the next topology read
         self.slot_redirects: dict[int, int] = {}
@@ -116,7 +117,7 @@ class ClusterRouter:
         link = self.links.get(address)
         if link is None:
             link = self.links[address] = ClusterLink(self, self.node_options(address), address)
-            if self.limbo.started:  # the multiplexer runs: so do its node links
+            if self._running:  # the multiplexer runs: so do its node links
                 link.start()
         return link
 
@@ -148,14 +149,15 @@ class ClusterRouter:
         return self.limbo if want is None else self.node_link(want)
 
     def start(self) -> None:
-        # The limbo link is marked started without a task of its own: node links start when
-        # a name first needs them, and the topology reader starts now.
-        self.limbo.started = True
+        # Node links start when a name first needs them (the limbo link never does); the
+        # topology reader starts now.
+        self._running = True
         for link in self.links.values():
             link.start()
         self.topology.start()
 
     def close(self) -> None:
+        self._running = False  # no node link starts any more
         for link in self.all_links():
             link.close()
         self.publisher.close()
@@ -169,6 +171,7 @@ class ClusterRouter:
             self._keep_counts(link)
         self.links.clear()
         self.limbo.abandon()
+        self._running = False
         self.parked.clear()
         self._lost_batch = {}
         self._changed = asyncio.Event()
