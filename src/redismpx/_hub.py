@@ -10,6 +10,7 @@ hears of an outage, it asks the router.
 from __future__ import annotations
 
 import asyncio
+from asyncio.events import _get_running_loop  # the C accessor: None outside a loop, no raise
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -42,13 +43,6 @@ class Member(Listener, Protocol):
         """Start its worker, if it has one, now that the loop runs."""
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
 class Hub:
     """Registrations, tasks, counters and the event loop of one multiplexer."""
 
@@ -61,6 +55,7 @@ class Hub:
         self._members: dict[Member, None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.router = make_router(self)
+        self._link_for = self.router.link_for  # bound once: add/remove are hot during churn
 
     # -- the event loop ----------------------------------------------------------------------
 
@@ -74,7 +69,7 @@ class Hub:
         """
         if self.closed:
             return
-        loop = _running_loop()
+        loop = _get_running_loop()
         if loop is None or loop is self._loop:
             return  # started at the first use inside a loop; or already running here
         old = self._loop
@@ -113,15 +108,15 @@ class Hub:
             member.start_consumer()  # else at its first event, which runs in the loop
 
     def add(self, kind: int, name: bytes, listener: Listener) -> None:
-        if _running_loop() is not self._loop:
+        if _get_running_loop() is not self._loop:
             # First use in this loop (or before any): start or move before registering.
             self.start_in_running_loop()
             if listener not in self._members:  # made in a loop that has ended: abandoned
                 raise SubscriptionClosed("the subscription is closed", LOOP_ENDED)
-        self.router.link_for(kind, name).add(kind, name, listener)
+        self._link_for(kind, name).add(kind, name, listener)
 
     def remove(self, kind: int, name: bytes, listener: Listener) -> None:
-        self.router.link_for(kind, name).remove(kind, name, listener)
+        self._link_for(kind, name).remove(kind, name, listener)
 
     def refresh(self, kind: int, name: bytes) -> None:
         self.router.link_for(kind, name).registry.refresh(kind, name)

@@ -98,6 +98,7 @@ def _row(event: int) -> tuple[int, ...]:
 NEXT: Final = tuple(_row(event) for event in range(len(EVENTS)))
 AFTER_SENT: Final = (NEXT[SENT_UNSUBSCRIBE], NEXT[SENT_SUBSCRIBE])  # indexed by ``subscribe``
 AFTER_SETTLED: Final = NEXT[SETTLED]
+AFTER_WANTED: Final = NEXT[WANTED]
 CONTAINERS: Final = (list, dict)  # how several listeners are stored
 
 

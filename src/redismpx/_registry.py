@@ -24,10 +24,12 @@ from ._names import (
     ACTIVE,
     AFTER_SENT,
     AFTER_SETTLED,
+    AFTER_WANTED,
     CONTAINERS,
     DROPPED,
     FAILED,
     OFF,
+    SUBSCRIBING,
     WANTED,
     Listener,
     NameState,
@@ -37,6 +39,7 @@ from ._protocol import KINDS, SUBSCRIBE_COMMANDS, UNSUBSCRIBE_COMMANDS
 __all__ = ["PING", "AckResult", "Command", "Listener", "NameState", "Registry"]
 
 PING: Final = -1  # the kind of a PING's entry in the FIFO
+_SUBSCRIBED: Final = (SUBSCRIBING, ACTIVE)  # phases in which Redis holds (or will) the name
 RESUBSCRIBE_CHUNKS: Final = 4  # chunks per batch of a resubscription
 
 
@@ -104,6 +107,7 @@ class Registry:
         The caller then reports the activation to this joiner alone (B29); otherwise the
         joiner is activated with everyone else when the acknowledgement arrives (B30).
         """
+        # Hot during churn: the table's WANTED row and the phases are read directly here.
         table = self.tables[kind]
         st = table.get(name)
         if st is None:
@@ -111,18 +115,18 @@ class Registry:
         if not st.attach(listener):
             return False
         # A new request for a refused name earns one more try (not a retry loop).
-        st.to(WANTED)
-        if st.needs_subscribe:
+        phase = st.phase = AFTER_WANTED[st.phase]
+        if phase == OFF:  # needs_subscribe: it is held now
             self._dirty[kind][name] = None
-        return st.active
+        return phase == ACTIVE
 
     def remove(self, kind: int, name: bytes, listener: Listener) -> None:
         """Unregister ``listener``; the last one out makes the name dirty."""
         table = self.tables[kind]
         st = table.get(name)
-        if st is None or not st.detach(listener) or st.held:
+        if st is None or not st.detach(listener) or st.ls is not None:
             return
-        if st.needs_unsubscribe:
+        if st.phase in _SUBSCRIBED:  # needs_unsubscribe: nobody holds it now
             self._dirty[kind][name] = None
         else:
             self._settle(table, name, st)

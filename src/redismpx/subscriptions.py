@@ -35,9 +35,9 @@ Names = bytes | tuple[bytes, ...] | dict[bytes, None] | None
 def _names_has(held: Names, name: bytes) -> bool:
     if held is None:
         return False
-    if isinstance(held, bytes):
+    if held.__class__ is bytes:
         return held == name  # not ``in``: that would be a substring test
-    return name in held
+    return name in held  # a tuple or a dict here
 
 
 def _names_add(held: Names, name: bytes) -> Names:
@@ -55,7 +55,8 @@ def _names_add(held: Names, name: bytes) -> Names:
 def _names_remove(held: Names, name: bytes) -> Names:
     """``held`` without ``name``, which it holds."""
     if isinstance(held, tuple):
-        rest = tuple(n for n in held if n != name)
+        i = held.index(name)
+        rest = held[:i] + held[i + 1 :]
         return rest[0] if len(rest) == 1 else rest
     if isinstance(held, dict):
         del held[name]
