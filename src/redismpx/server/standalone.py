@@ -73,6 +73,29 @@ def _wait_or_kill(proc: subprocess.Popen[bytes], timeout: float) -> None:
         proc.wait()
 
 
+def _work_dir(
+    owner: object, directory: str | None, prefix: str
+) -> tuple[str, weakref.finalize[Any, Any] | None]:
+    """``directory``, or a new temporary one and the finalizer that removes it (called at the
+    latest when ``owner`` is collected)."""
+    if directory is not None:
+        return directory, None
+    path = tempfile.mkdtemp(prefix=prefix)
+    return path, weakref.finalize(owner, shutil.rmtree, path, ignore_errors=True)
+
+
+def _stop_servers(servers: Sequence[RedisServer]) -> None:
+    """Stop every server in order, whatever happens to one; raise the first error after."""
+    errors: list[BaseException] = []
+    for server in servers:
+        try:
+            server.stop()
+        except BaseException as exc:  # stop all of them whatever happens
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
 # --------------------------------------------------------------------------------------------
 # Standalone server
 
@@ -116,10 +139,7 @@ class RedisServer:
         self._port = _binary.free_port(host) if port is None else port
         self._args = list(args)
         self._own_dir = directory is None
-        self._dir = tempfile.mkdtemp(prefix="redismpx-server-") if directory is None else directory
-        self._cleanup: weakref.finalize[Any, Any] | None = None
-        if self._own_dir:
-            self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
+        self._dir, self._cleanup = _work_dir(self, directory, "redismpx-server-")
         self._unix_path: str | None = None
         if unix_socket:
             self._unix_path = os.path.join(self._dir, "redis.sock")
