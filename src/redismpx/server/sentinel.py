@@ -199,7 +199,9 @@ class RedisSentinel:
 
     @property
     def primary(self) -> RedisServer:
-        """The data node a sentinel names as the primary now."""
+        """The data node the first running sentinel names as the primary now (right after
+        a failover the sentinels may disagree for a moment: :meth:`wait_ready` waits until
+        they agree)."""
         return self._node_at(self.primary_address())
 
     @property
@@ -262,7 +264,12 @@ class RedisSentinel:
             problems.append(f"the sentinels disagree on the primary: {sorted(views)}")
         if problems:
             return problems
-        primary_port = views.pop()
+        return self._replication_problems(views.pop())
+
+    def _replication_problems(self, primary_port: int) -> list[str]:
+        """Why the data nodes are not yet a primary on ``primary_port`` with every other node
+        replicating it, connected and caught up (empty when they are)."""
+        problems: list[str] = []
         for node in self.data_nodes:
             role = node.command("ROLE")
             if node.port == primary_port and role[0] != b"master":
@@ -271,7 +278,15 @@ class RedisSentinel:
                 problems.append(f"{node.port} does not replicate {primary_port} yet: {role}")
             elif node.port != primary_port and role[3] != b"connected":
                 problems.append(f"{node.port} replication state {role[3]!r}")
-        return problems
+        if problems:
+            return problems
+        # "connected" is not enough: after a full sync a primary streams writes to a replica
+        # only once the replica has sent its first ACK (up to 1 s later). So: a write that
+        # changes no data (PUBLISH is replicated), and WAIT until every replica has it.
+        primary, count = self._node_at(("", primary_port)), len(self.data_nodes) - 1
+        sync = ["PUBLISH", "__redismpx__:sync", "x"]
+        acked = primary.pipeline(sync, ["WAIT", count, 100])[1]
+        return [] if acked >= count else [f"{count - acked} replica(s) not caught up"]
 
     def _sentinel_problems(self, sentinel: SentinelNode, views: set[int]) -> list[str]:
         name, tag = self.service_name, f"sentinel {sentinel.port}"
@@ -300,7 +315,8 @@ class RedisSentinel:
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait until every process runs, every sentinel names the same primary (flags just
         ``master``), knows every other data node as a healthy replica of it and sees every
-        other sentinel, and every replica is connected to that primary (``ROLE``)."""
+        other sentinel, and every replica is connected to that primary (``ROLE``) and receives
+        its writes (a ``PUBLISH`` acknowledged within ``WAIT``)."""
         self._wait(self._problems, timeout, "deployment not ready")
 
     async def await_ready(self, timeout: float = 60.0) -> None:
@@ -339,7 +355,8 @@ class RedisSentinel:
 
     def wait_primary_changed(self, old: tuple[str, int], timeout: float = 30.0) -> RedisServer:
         """Wait until a running sentinel names a primary other than ``old`` and that node
-        says ``ROLE`` master; return it."""
+        says ``ROLE`` master; return it. The other sentinels may name ``old`` a little longer
+        (they learn the new configuration from the winner's hello messages)."""
         found: list[RedisServer] = []
 
         def problems() -> list[str]:
@@ -366,13 +383,8 @@ class RedisSentinel:
             for node in self.data_nodes:
                 node.start()
             deadline = time.monotonic() + timeout
-            primary, count = self.data_nodes[0], len(self.data_nodes) - 1
-            while primary.info("replication").get("connected_slaves") != str(count) or any(
-                n.info("replication").get("master_link_status") != "up" for n in self.data_nodes[1:]
-            ):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"replicas not in sync after {timeout:g} s")
-                time.sleep(_POLL)
+            port = self.data_nodes[0].port
+            self._wait(lambda: self._replication_problems(port), timeout, "replicas not in sync")
             for sentinel in self.sentinels:
                 sentinel.start()
             self.wait_ready(max(deadline - time.monotonic(), 0.0))
