@@ -16,7 +16,8 @@ from ._resp import Arg
 from .standalone import START_TIMEOUT, RedisServer, _stop_servers, _work_dir
 
 #: The failure-detection timings of a :class:`RedisSentinel` (``sentinel <option> <name> N``).
-#: A SIGKILLed primary is replaced in about 2-4 s, a ``SENTINEL FAILOVER`` takes about 1 s.
+#: Measured on Valkey 8.1 and Redis 7.0: a SIGKILLed primary is replaced in about 2.6 s,
+#: ``SENTINEL FAILOVER`` names a new primary in about 0.5 s and all is settled after 3.8 s.
 SENTINEL_TIMINGS: dict[str, int] = {
     "down-after-milliseconds": 1000,
     "failover-timeout": 5000,
@@ -118,11 +119,11 @@ class RedisSentinel:
     fast :data:`SENTINEL_TIMINGS` and :data:`SENTINEL_DEBUG_PERIODS`.
 
     ``password`` protects the data nodes, ``sentinel_password`` the sentinels; :attr:`url`
-    holds neither. Data nodes live in ``<directory>/data-<i>``
-    (``data-0`` is the first primary), sentinels in ``<directory>/sentinel-<i>``. Every
-    process is a :class:`RedisServer`: kill, pause or restart them directly, then
-    :meth:`wait_ready`. A restarted old primary comes back as a primary and is turned into a
-    replica by the sentinels about 2-3 s later.
+    holds neither. Data nodes live in ``<directory>/data-<i>`` (``data-0`` is the first
+    primary), sentinels in ``<directory>/sentinel-<i>``. Every process is a
+    :class:`RedisServer`: kill, pause or restart them directly, then :meth:`wait_ready`. A
+    restarted data node comes back with its first role (primary, or replica of ``data-0``);
+    the sentinels reconfigure it to follow the current primary about 2-3 s later.
     """
 
     def __init__(
