@@ -178,13 +178,17 @@ class Registry:
                 continue
             subs: list[bytes] = []
             unsubs: list[bytes] = []
+            # Hot during churn (a loop over every name changed this turn): ``needs_subscribe``
+            # and ``needs_unsubscribe`` read inline.
             for name in dirty:
                 st = table.get(name)
                 if st is None:
                     continue
-                if st.needs_subscribe:
-                    subs.append(name)
-                elif st.needs_unsubscribe:
+                phase = st.phase
+                if st.ls is not None:
+                    if phase == OFF:
+                        subs.append(name)
+                elif phase in _SUBSCRIBED:
                     unsubs.append(name)
                 else:
                     self._settle(table, name, st)

@@ -32,28 +32,20 @@ def check_name(value: str | bytes, what: str) -> bytes:
 Names = bytes | tuple[bytes, ...] | dict[bytes, None] | None
 
 
-def _names_has(held: Names, name: bytes) -> bool:
-    if held is None:
-        return False
-    if held.__class__ is bytes:
-        return held == name  # not ``in``: that would be a substring test
-    return name in held  # a tuple or a dict here
+# One name is kept as the bytes itself and compared with ``==`` (``in`` would test for a
+# substring); ``add`` and ``remove`` handle no name and one name inline (hot during churn).
 
 
-def _names_add(held: Names, name: bytes) -> Names:
-    """``held`` with ``name``, which it does not hold."""
-    if held is None:
-        return bytes(name) if name.__class__ is not bytes else name  # see _holds
-    if isinstance(held, bytes):
-        return (held, name)
+def _names_add(held: tuple[bytes, ...] | dict[bytes, None], name: bytes) -> Names:
+    """``held`` (two names or more) with ``name``, which it does not hold."""
     if isinstance(held, tuple):
         return (*held, name) if len(held) < SMALL_SET else dict.fromkeys((*held, name))
     held[name] = None
     return held
 
 
-def _names_remove(held: Names, name: bytes) -> Names:
-    """``held`` without ``name``, which it holds."""
+def _names_remove(held: tuple[bytes, ...] | dict[bytes, None], name: bytes) -> Names:
+    """``held`` (two names or more) without ``name``, which it holds."""
     if isinstance(held, tuple):
         i = held.index(name)
         rest = held[:i] + held[i + 1 :]
@@ -115,23 +107,42 @@ class ChannelSubscription(BufferedSubscriber):
     def add(self, *channels: str | bytes) -> None:
         """Add channels (``str`` is encoded as UTF-8). Adding one already held does nothing."""
         host = self._host
-        host.start_in_running_loop()  # first: in a new event loop it closes the old loop's subs
-        self._check_open()
+        self._check_open()  # (in a new event loop, host.add closes the old loop's subs: raises)
         names = [check_name(c, "channel name") for c in channels]  # validate all first
+        kind = self._kind
         for name in names:
-            if not _names_has(self._channels, name):
-                self._channels = _names_add(self._channels, name)
-                host.add(self._kind, name, self)
+            # The common sizes (no name, one name) handled inline: add is hot during churn.
+            held = self._channels
+            if held is None:
+                self._channels = name if name.__class__ is bytes else bytes(name)  # see _holds
+            elif isinstance(held, bytes):
+                if held == name:
+                    continue
+                self._channels = (held, name)
+            elif name in held:  # a tuple or a dict here
+                continue
+            else:
+                self._channels = _names_add(held, name)
+            host.add(kind, name, self)
 
     def remove(self, *channels: str | bytes) -> None:
         """Remove channels; a channel not held is ignored. Delivery stops when this returns."""
         self._check_open()
         names = [check_name(c, "channel name") for c in channels]
         for name in names:
-            if _names_has(self._channels, name):
-                self._channels = _names_remove(self._channels, name)
-                self._host.remove(self._kind, name, self)
-                self._forget_name(name)
+            held = self._channels
+            if held is None:
+                return
+            if isinstance(held, bytes):  # one name, inline: remove is hot during churn
+                if held != name:
+                    continue
+                self._channels = None
+            elif name in held:  # a tuple or a dict here
+                self._channels = _names_remove(held, name)
+            else:
+                continue
+            self._host.remove(self._kind, name, self)
+            self._forget_name(name)
 
     def clear(self) -> None:
         """Remove every channel."""
@@ -146,7 +157,7 @@ class ChannelSubscription(BufferedSubscriber):
         return _names_all(self._channels)
 
     def _holds(self, name: bytes) -> bool:
-        # _names_has inlined: the worker asks it per message (B17).
+        # Inline: the worker asks it per message (B17); one name is compared with ``==``.
         held = self._channels
         if held.__class__ is bytes:
             return held == name
