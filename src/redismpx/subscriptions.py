@@ -15,7 +15,7 @@ from .errors import InvalidArgument
 from .typedefs import OnActivation, OnDisconnect, OnDrop, OnMessage, OverflowPolicy
 
 MAX_NAME_BYTES = 1 << 20
-SMALL_SET = 16  # names held in a tuple up to this many, in a dict beyond
+SMALL_SET = 4  # names held in a tuple up to this many (copied on change), in a dict beyond
 
 
 def check_name(value: str | bytes, what: str) -> bytes:
