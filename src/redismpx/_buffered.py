@@ -139,8 +139,7 @@ class BufferedSubscriber(Subscriber):
         return True
 
     def _detach(self) -> None:
-        for name in self._held():
-            self._host.remove(self._kind, name, self)
+        self._host.remove(self._kind, self._held(), self)
         if self._queue is not None:
             self._queue.stale = True  # what waits of those names is skipped (B17)
 

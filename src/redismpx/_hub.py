@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from asyncio.events import _get_running_loop  # the C accessor: None outside a loop, no raise
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 from ._names import Listener
@@ -55,7 +55,7 @@ class Hub:
         self._members: dict[Member, None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.router = make_router(self)
-        self._link_for = self.router.link_for  # bound once: add/remove are hot during churn
+        self._route = self.router.route  # bound once: add/remove are hot during churn
 
     # -- the event loop ----------------------------------------------------------------------
 
@@ -107,16 +107,18 @@ class Hub:
         if self._loop is not None:
             member.start_consumer()  # else at its first event, which runs in the loop
 
-    def add(self, kind: int, name: bytes, listener: Listener) -> None:
+    def add(self, kind: int, names: Sequence[bytes], listener: Listener) -> None:
         if _get_running_loop() is not self._loop:
             # First use in this loop (or before any): start or move before registering.
             self.start_in_running_loop()
             if listener not in self._members:  # made in a loop that has ended: abandoned
                 raise SubscriptionClosed("the subscription is closed", LOOP_ENDED)
-        self._link_for(kind, name).add(kind, name, listener)
+        for link, part in self._route(kind, names):
+            link.add(kind, part, listener)
 
-    def remove(self, kind: int, name: bytes, listener: Listener) -> None:
-        self._link_for(kind, name).remove(kind, name, listener)
+    def remove(self, kind: int, names: Sequence[bytes], listener: Listener) -> None:
+        for link, part in self._route(kind, names):
+            link.remove(kind, part, listener)
 
     def refresh(self, kind: int, name: bytes) -> None:
         self.router.link_for(kind, name).registry.refresh(kind, name)

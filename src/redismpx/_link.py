@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from ._backoff import Backoff
@@ -268,12 +269,17 @@ class Link:
 
     # -- names in and out (called through the router) ----------------------------------------
 
-    def add(self, kind: int, name: bytes, listener: Listener) -> None:
-        """Register ``listener`` for ``name``; Redis is told at the end of the loop turn."""
-        if self.registry.add(kind, name, listener):
-            # B29: a joiner of an already-active name is told in a later loop turn.
-            self.tasks.call_soon(self._late_activation, kind, name, listener, self.epoch)
-        elif self._flush_handle is None:
+    def add(self, kind: int, names: Sequence[bytes], listener: Listener) -> None:
+        """Register ``listener`` for ``names``; Redis is told at the end of the loop turn."""
+        registry = self.registry
+        flush = False
+        for name in names:
+            if registry.add(kind, name, listener):
+                # B29: a joiner of an already-active name is told in a later loop turn.
+                self.tasks.call_soon(self._late_activation, kind, name, listener, self.epoch)
+            else:
+                flush = True
+        if flush and self._flush_handle is None:
             self.schedule_flush()
 
     def _late_activation(self, kind: int, name: bytes, listener: Listener, epoch: int) -> None:
@@ -286,9 +292,11 @@ class Link:
         ):
             listener.notify_activated(name)
 
-    def remove(self, kind: int, name: bytes, listener: Listener) -> None:
-        """Unregister ``listener``; the last one out makes Redis unsubscribe the name."""
-        self.registry.remove(kind, name, listener)
+    def remove(self, kind: int, names: Sequence[bytes], listener: Listener) -> None:
+        """Unregister ``listener``; the last one out makes Redis unsubscribe a name."""
+        registry = self.registry
+        for name in names:
+            registry.remove(kind, name, listener)
         if self._flush_handle is None:
             self.schedule_flush()
 

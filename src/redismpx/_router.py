@@ -9,7 +9,7 @@ lives in :mod:`redismpx.cluster`. A router is also the owner its links report to
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from ._connection import connect
@@ -43,6 +43,9 @@ class Router(LinkOwner, Protocol):
 
     def link_for(self, kind: int, name: bytes) -> Link:
         """The link that carries (or is to carry) ``name``."""
+
+    def route(self, kind: int, names: Sequence[bytes]) -> Iterable[tuple[Link, Sequence[bytes]]]:
+        """``names`` grouped by the link that carries (or is to carry) them."""
 
     def all_links(self) -> Sequence[Link]:
         """Every link, for counters."""
@@ -89,6 +92,9 @@ class SingleRouter:
 
     def link_for(self, kind: int, name: bytes) -> Link:
         return self.link
+
+    def route(self, kind: int, names: Sequence[bytes]) -> Iterable[tuple[Link, Sequence[bytes]]]:
+        return ((self.link, names),)
 
     def all_links(self) -> Sequence[Link]:
         return [self.link]

@@ -134,7 +134,7 @@ class PromiseSubscription(Subscriber):
         # Tasks running async state callbacks: close() cancels them.
         self._notices: set[asyncio.Task[None]] | None = None
         host.register(self)
-        host.add(PATTERN, self.pattern, self)
+        host.add(PATTERN, (self.pattern,), self)
 
     @property
     def active(self) -> bool:
@@ -142,7 +142,7 @@ class PromiseSubscription(Subscriber):
         return self._active
 
     def _detach(self) -> None:
-        self._host.remove(PATTERN, self.pattern, self)
+        self._host.remove(PATTERN, (self.pattern,), self)
 
     def _label(self) -> str:
         return f"PromiseSubscription@{id(self):#x}[{self.prefix!r}]"

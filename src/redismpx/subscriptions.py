@@ -109,7 +109,7 @@ class ChannelSubscription(BufferedSubscriber):
         host = self._host
         self._check_open()  # (in a new event loop, host.add closes the old loop's subs: raises)
         names = [check_name(c, "channel name") for c in channels]  # validate all first
-        kind = self._kind
+        new: list[bytes] = []
         for name in names:
             # The common sizes (no name, one name) handled inline: add is hot during churn.
             held = self._channels
@@ -123,16 +123,19 @@ class ChannelSubscription(BufferedSubscriber):
                 continue
             else:
                 self._channels = _names_add(held, name)
-            host.add(kind, name, self)
+            new.append(name)
+        if new:
+            host.add(self._kind, new, self)
 
     def remove(self, *channels: str | bytes) -> None:
         """Remove channels; a channel not held is ignored. Delivery stops when this returns."""
         self._check_open()
         names = [check_name(c, "channel name") for c in channels]
+        gone: list[bytes] = []
         for name in names:
             held = self._channels
             if held is None:
-                return
+                break
             if isinstance(held, bytes):  # one name, inline: remove is hot during churn
                 if held != name:
                     continue
@@ -141,8 +144,11 @@ class ChannelSubscription(BufferedSubscriber):
                 self._channels = _names_remove(held, name)
             else:
                 continue
-            self._host.remove(self._kind, name, self)
-            self._forget_name(name)
+            gone.append(name)
+        if gone:
+            self._host.remove(self._kind, gone, self)
+            for name in gone:
+                self._forget_name(name)
 
     def clear(self) -> None:
         """Remove every channel."""
@@ -195,7 +201,7 @@ class PatternSubscription(BufferedSubscriber):
         opts = delivery_options(max_buffer, overflow, on_drop)
         super().__init__(host, on_message, on_disconnect, on_activation, opts, queued)
         host.register(self)
-        host.add(PATTERN, self.pattern, self)
+        host.add(PATTERN, (self.pattern,), self)
 
     def _held(self) -> tuple[bytes, ...]:
         return (self.pattern,)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from .._link import Link
@@ -138,6 +139,14 @@ class ClusterRouter:
         kept["messages_dispatched"] += link.messages_dispatched()
 
     # -- the Router protocol ------------------------------------------------------------------
+
+    def route(self, kind: int, names: Sequence[bytes]) -> Iterable[tuple[Link, Sequence[bytes]]]:
+        if len(names) == 1:
+            return ((self.link_for(kind, names[0]), names),)
+        parts: dict[Link, list[bytes]] = {}
+        for name in names:
+            parts.setdefault(self.link_for(kind, name), []).append(name)
+        return parts.items()
 
     def link_for(self, kind: int, name: bytes) -> Link:
         # Where the name's listeners are (all of them share one link), else where it belongs.
@@ -266,7 +275,7 @@ class ClusterRouter:
         for listener in listeners:
             src.registry.remove(kind, name, listener)
         for listener in listeners:
-            dst.add(kind, name, listener)
+            dst.add(kind, (name,), listener)
         if src.registry.has_dirty():
             src.schedule_flush()
         self.counters["slot_moves"] += 1
