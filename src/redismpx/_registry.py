@@ -129,6 +129,8 @@ class Registry:
         if st.phase in _SUBSCRIBED:  # needs_unsubscribe: nobody holds it now
             self._dirty[kind][name] = None
         else:
+            # Never sent (or refused): nothing is owed to Redis for it any more.
+            self._dirty[kind].pop(name, None)
             self._settle(table, name, st)
 
     def refresh(self, kind: int, name: bytes) -> None:

@@ -198,3 +198,15 @@ def test_unsolicited_unsubscribe_reports_lost_listeners() -> None:
     result = reg.on_ack(2, False, b"s")  # pushed by the server: the slot moved
     assert result is not None and result.lost == [listener]
     assert not reg.is_active(2, b"s")
+
+
+def test_a_name_added_and_removed_while_disconnected_leaves_nothing_behind() -> None:
+    # Churn during an outage must not grow the registry: nothing is owed to Redis for it.
+    reg = Registry()
+    listener = L(0)
+    for i in range(100):
+        name = b"c%d" % i
+        reg.add(CHANNEL, name, listener)
+        reg.remove(CHANNEL, name, listener)
+    assert not reg.has_dirty()
+    assert reg.tables[CHANNEL] == {}
