@@ -19,6 +19,7 @@ import pytest
 from redismpx import InvalidArgument, InvalidArgumentType, State, SubscriptionClosed
 from redismpx.cluster import ClusterMultiplexer
 from redismpx.server import ClusterNode, RedisCluster, key_slot
+from support.clusters import names_on, slot_owners
 from support.internals import router_of
 from support.recorder import Recorder
 
@@ -26,35 +27,6 @@ pytestmark = pytest.mark.timeout(60)
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def slot_owners(cluster: RedisCluster) -> dict[int, ClusterNode]:
-    """slot -> primary, read once (``node_for_slot`` asks the cluster on every call)."""
-    by_port = {n.port: n for n in cluster.nodes}
-    for node in cluster.nodes:
-        if node.running:
-            reply = node.command("CLUSTER", "SLOTS")
-            break
-    owners: dict[int, ClusterNode] = {}
-    for lo, hi, primary, *_ in reply:
-        for slot in range(lo, hi + 1):
-            owners[slot] = by_port[primary[1]]
-    return owners
-
-
-def names_on(owners: dict[int, ClusterNode], node: ClusterNode, prefix: str, n: int) -> list[str]:
-    """``n`` channel names whose slots ``node`` serves (each in a slot of its own)."""
-    out: list[str] = []
-    seen: set[int] = set()
-    i = 0
-    while len(out) < n:
-        name = f"{prefix}{i}"
-        slot = key_slot(name)
-        if owners[slot] is node and slot not in seen:
-            seen.add(slot)
-            out.append(name)
-        i += 1
-    return out
 
 
 def pubsub_clients(node: ClusterNode, client_name: str) -> int:

@@ -22,6 +22,7 @@ from redismpx._protocol import encode_command
 from redismpx.cluster import ClusterLink, ClusterMultiplexer
 from redismpx.cluster._topology import Topology
 from redismpx.server import ClusterNode, RedisCluster, key_slot
+from support.clusters import names_on, slot_owners
 from support.internals import router_of
 from support.logwatch import watch_log
 from support.recorder import Recorder
@@ -51,23 +52,6 @@ async def mpx_factory() -> AsyncIterator[Any]:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def names_on(cluster: RedisCluster, node: ClusterNode, prefix: str, n: int) -> list[str]:
-    """``n`` channel names whose slots ``node`` serves now, each in a slot of its own."""
-    reply = node.command("CLUSTER", "SLOTS")
-    mine = [(lo, hi) for lo, hi, primary, *_ in reply if primary[1] == node.port]
-    out: list[str] = []
-    seen: set[int] = set()
-    i = 0
-    while len(out) < n:
-        name = f"{prefix}{i}"
-        slot = key_slot(name)
-        if slot not in seen and any(lo <= slot <= hi for lo, hi in mine):
-            seen.add(slot)
-            out.append(name)
-        i += 1
-    return out
 
 
 def link_to(mpx: ClusterMultiplexer, node: ClusterNode) -> ClusterLink:
@@ -166,7 +150,7 @@ async def test_ping_round_trip_over_shard_channels(cluster: RedisCluster, mpx_fa
 async def test_slot_move_with_a_heartbeat_ping_in_flight(two_primaries, mpx_factory) -> None:
     cluster = two_primaries
     a, b = cluster.nodes  # A has the lower config epoch: B keeps the slots it gets
-    x, y = names_on(cluster, a, "hb", 2)
+    x, y = names_on(slot_owners(cluster, ask=a), a, "hb", 2)
     slot = key_slot(x)
     interval, timeout = 0.3, 5.0
     mpx = mpx_factory(cluster.url, health_check_interval=interval, health_check_timeout=timeout)
@@ -245,7 +229,7 @@ async def remove_during_move(
     """
     caplog.set_level(logging.DEBUG, logger="redismpx")
     a, b = cluster.nodes  # A has the lower config epoch: B keeps the slots it gets
-    names = names_on(cluster, a, prefix, 3)
+    names = names_on(slot_owners(cluster, ask=a), a, prefix, 3)
     x, y, z = names
     slot = key_slot(x)
     m_rec, y_rec, z_rec = Recorder("M"), Recorder("Y"), Recorder("Z")
