@@ -7,6 +7,8 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from support.waiting import wait_for
+
 
 class LogWatch(logging.Handler):
     """Every record of ``logger`` (DEBUG and up), formatted with its traceback, in ``lines``."""
@@ -37,15 +39,14 @@ class LogWatch(logging.Handler):
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         """Wait until ``predicate()`` holds, re-checking after every record."""
-        try:
-            async with asyncio.timeout(timeout):
-                while not predicate():
-                    self._changed.clear()
-                    await self._changed.wait()
-        except TimeoutError:
-            raise AssertionError(
+        await wait_for(
+            self._changed,
+            predicate,
+            timeout,
+            lambda: (
                 f"timed out after {timeout} s waiting for {predicate}; log:\n{self.text[-3000:]}"
-            ) from None
+            ),
+        )
 
 
 @contextmanager

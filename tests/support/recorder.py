@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from support.waiting import wait_for
+
 
 class Recorder:
     """``on_message``/``on_disconnect``/``on_activation`` that record, plus ``wait_until``."""
@@ -42,16 +44,15 @@ class Recorder:
         self, predicate: Callable[[], bool], timeout: float = 5.0, what: str = ""
     ) -> None:
         """Wait until ``predicate()`` holds, re-checking after every recorded event."""
-        try:
-            async with asyncio.timeout(timeout):
-                while not predicate():
-                    self._changed.clear()
-                    await self._changed.wait()
-        except TimeoutError:
-            raise AssertionError(
+        await wait_for(
+            self._changed,
+            predicate,
+            timeout,
+            lambda: (
                 f"{self.name}: timed out after {timeout} s waiting for {what or predicate}; "
                 f"events: {repr(self.events[-10:])[:2000]}"
-            ) from None
+            ),
+        )
 
     async def activated(self, *names: bytes | str, count: int = 1, timeout: float = 5.0) -> None:
         want = [n.encode() if isinstance(n, str) else n for n in names]
