@@ -13,8 +13,8 @@ import asyncio
 import re
 import socket
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import hiredis
 
@@ -27,6 +27,18 @@ if TYPE_CHECKING:
     from ._link import Link
 
 _ReplyError = hiredis.ReplyError
+
+
+#: Opens a connection, handshake done: to a fixed address, or to the primary a Sentinel names.
+Dial = Callable[[], Awaitable["Connection"]]
+
+
+class Pinger(Protocol):
+    """Who the heartbeat asks to send a PING (the link, or a command connection)."""
+
+    def send_ping(self) -> None:
+        """Write one PING (its reply counts as traffic)."""
+
 
 # Servers quote the arguments of a command they refuse ("ERR unknown command 'HELLO', with
 # args beginning with: '3' 'AUTH' 'default' 'hunter2'"), each cut to fit a length budget: a
@@ -94,8 +106,9 @@ class Connection(asyncio.Protocol):
         self._rx = False  # traffic seen since the last heartbeat tick
         self._heartbeat: Heartbeat | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._link: Link | None = None  # asked to PING by the heartbeat
+        self._pinger: Pinger | None = None  # asked to PING by the heartbeat
         self._on_data: Callable[[bytes], None] = self._handshake_data
+        self._on_push: Callable[[Any], None] | None = None  # see ``start_events``
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -140,6 +153,9 @@ class Connection(asyncio.Protocol):
             if frame is False:
                 return
             if not self._replies:
+                if self._on_push is not None:
+                    self._on_push(frame)
+                    continue
                 self.abort(ConnectionLost(f"unexpected reply during handshake: {frame!r}"))
                 return
             fut = self._replies.popleft()
@@ -189,6 +205,20 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+    def send(self, data: bytes, replies: list[asyncio.Future[Any]]) -> None:
+        """Write commands already encoded; their replies complete ``replies``, in order.
+
+        A reply is the decoded frame (an error reply is a ``hiredis.ReplyError`` value): the
+        caller turns it into an exception. A future cancelled meanwhile is skipped.
+        """
+        self._replies.extend(replies)
+        self.write(data)
+
+    @property
+    def awaiting(self) -> int:
+        """Replies not read yet."""
+        return len(self._replies)
 
     # -- handshake ---------------------------------------------------------------------------
 
@@ -258,21 +288,31 @@ class Connection(asyncio.Protocol):
             link.registry, link, self.abort, resp3=self.resp == 3, parser=self._parser
         )
         self._on_data = self.reader.feed
-        self._link = link
+        self.start_heartbeat(link, interval, timeout)
+
+    def start_events(self, on_push: Callable[[Any], None]) -> None:
+        """Frames that answer no request (Pub/Sub messages on a connection that subscribed
+        with :meth:`request`) go to ``on_push`` instead of ending the connection."""
+        self._on_push = on_push
+
+    def start_heartbeat(self, pinger: Pinger, interval: float, timeout: float) -> None:
+        """PING through ``pinger`` after ``interval`` s of silence; abort after ``timeout``."""
+        self._pinger = pinger
         self._heartbeat = Heartbeat(interval, timeout)
-        self._rx = False  # the handshake's replies are not Pub/Sub traffic
+        self._rx = False  # the handshake's replies are not traffic of this connection's use
         self._timer = self._loop.call_later(interval, self._tick)
 
     def _stop_reading(self) -> None:
         if self.reader is not None:
             self.reader.stop()
-        self._link = None
+        self._pinger = None
+        self._on_push = None
 
     # -- heartbeat ---------------------------------------------------------------------------
 
     def _tick(self) -> None:
-        heartbeat, link = self._heartbeat, self._link
-        if heartbeat is None or link is None:
+        heartbeat, pinger = self._heartbeat, self._pinger
+        if heartbeat is None or pinger is None:
             return
         action, delay = heartbeat.due(self._rx)
         self._rx = False
@@ -280,7 +320,7 @@ class Connection(asyncio.Protocol):
             self.abort(heartbeat.error())
             return
         if action == Heartbeat.PING:
-            link.send_ping()
+            pinger.send_ping()
         self._timer = self._loop.call_later(delay, self._tick)
 
     def _stop_heartbeat(self) -> None:

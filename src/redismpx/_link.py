@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from ._backoff import Backoff
-from ._connection import Connection, connect
+from ._connection import Connection, Dial, connect
 from ._names import Deliver, Listener
 from ._options import ConnectOptions, Tuning
 from ._protocol import KIND_NAMES, encode_names
@@ -56,9 +56,11 @@ class Link:
         tasks: TaskOwner,
         tuning: Tuning,
         registry: Registry | None = None,
+        dial: Dial | None = None,
     ) -> None:
         self.owner = owner
-        self.options = options
+        self.options = options  # a Sentinel's dial updates it to the primary in use
+        self._dial = dial or self._connect
         self.tasks = tasks
         self.registry = registry or Registry(chunk_size=tuning.chunk_size)
         self.backoff = Backoff(tuning.backoff_base, tuning.backoff_cap, tuning.random_source)
@@ -133,6 +135,9 @@ class Link:
             except Exception:  # ``_run`` reports its own errors: closing must not raise
                 logger.debug("the supervisor of %s failed", self.options.describe())
 
+    async def _connect(self) -> Connection:
+        return await connect(self.options)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -140,7 +145,7 @@ class Link:
                 self.state = State.CONNECTING
                 started: float | None = None
                 try:
-                    conn = await connect(self.options)
+                    conn = await self._dial()
                     if self._closing:
                         conn.close()
                         break

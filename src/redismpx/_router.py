@@ -12,13 +12,17 @@ import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from ._connection import connect
+from ._commands import CommandLink
+from ._connection import Connection, Dial, connect
 from ._link import Link, LinkOwner
 from ._names import Listener
 from ._options import ConnectOptions, Tuning
+from ._protocol import encode_command
 from ._tasks import TaskOwner
 from .errors import ConnectionLost
 from .state import State
+
+_PING = encode_command(b"PING")
 
 
 class RouterHost(Protocol):
@@ -70,6 +74,11 @@ class Router(LinkOwner, Protocol):
     async def wait_connected(self) -> None:
         """Return once ``state`` is ``connected``."""
 
+    async def publish(
+        self, channel: bytes, data: bytes, *, sharded: bool, timeout: float | None
+    ) -> int:
+        """``PUBLISH`` (or ``SPUBLISH``) over the command side; the receivers Redis counted."""
+
     async def publish_probe(self, channel: bytes) -> float:
         """Publish ``ping``'s probe the way a default channel subscription listens; returns
         the loop time at which it was sent."""
@@ -82,13 +91,23 @@ class Router(LinkOwner, Protocol):
 
 
 class SingleRouter:
-    """One Redis server: one link carries every name; every subscription hears an outage."""
+    """One Redis server: one link carries every name; every subscription hears an outage.
+
+    ``dial`` opens a connection to the server (by default to ``options``' address; a
+    Sentinel's finds the primary first); the Pub/Sub link and the command side both use it.
+    """
 
     shard_by_default = False
 
-    def __init__(self, host: RouterHost, options: ConnectOptions) -> None:
+    def __init__(self, host: RouterHost, options: ConnectOptions, dial: Dial | None = None) -> None:
         self._host = host
-        self.link = Link(self, options, host.tasks, host.tuning)
+        self.link = Link(self, options, host.tasks, host.tuning, dial=dial)
+        self.commands = CommandLink(
+            dial or self._connect, host.tasks, host.tuning, self.link.options.describe
+        )
+
+    async def _connect(self) -> Connection:
+        return await connect(self.link.options)
 
     def link_for(self, kind: int, name: bytes) -> Link:
         return self.link
@@ -104,9 +123,11 @@ class SingleRouter:
 
     def close(self) -> None:
         self.link.close()
+        self.commands.close()
 
     def abandon(self) -> None:
         self.link.abandon()
+        self.commands.abandon()
 
     @property
     def state(self) -> State:
@@ -121,22 +142,27 @@ class SingleRouter:
         assert up is not None  # the hub started the link
         await up.wait()
 
+    async def publish(
+        self, channel: bytes, data: bytes, *, sharded: bool, timeout: float | None
+    ) -> int:
+        command = b"SPUBLISH" if sharded else b"PUBLISH"
+        frame = encode_command(command, channel, data)
+        return int(await self.commands.call(frame, command.decode(), timeout))
+
     async def publish_probe(self, channel: bytes) -> float:
-        # A classic PUBLISH over a short-lived connection, opened before the clock starts
-        # (the round trip does not count connecting).
-        publisher = await connect(self.link.options)
-        try:
-            sent = asyncio.get_running_loop().time()
-            await publisher.request(b"PUBLISH", channel, b"ping")
-            return sent
-        finally:
-            publisher.close()
+        # A classic PUBLISH on the command connection; a first PING opens it before the
+        # clock starts (the round trip does not count connecting).
+        await self.commands.call(_PING, "PING", None)
+        sent = asyncio.get_running_loop().time()
+        await self.publish(channel, b"ping", sharded=False, timeout=None)
+        return sent
 
     def describe(self) -> str:
         return self.link.options.describe()
 
     def add_stats(self, stats: dict[str, Any]) -> None:
-        pass
+        stats["publish_connects"] = self.commands.connects
+        stats["published"] = self.commands.sent
 
     # -- LinkOwner ---------------------------------------------------------------------------
 

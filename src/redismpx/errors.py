@@ -90,6 +90,19 @@ class SubscribeRefused(ServerError):
         self.name = name
 
 
+class PublishTimeout(RedisMPXError, TimeoutError):
+    """A publish did not complete within its ``timeout``.
+
+    ``sent`` is False when no connection came up in time (nothing was published) and True
+    when the command was written but not answered in time (it may have been published).
+    ``except TimeoutError`` catches it.
+    """
+
+    def __init__(self, message: str, *, sent: bool):
+        super().__init__(message)
+        self.sent = sent
+
+
 class ConnectError(ConnectionLost):
     """A connection attempt failed (refused, timed out, TLS or authentication failure)."""
 

@@ -15,9 +15,10 @@ from typing import Any, Self, Unpack
 from ._buffered import BufferKeywords, DeliveryKeywords
 from ._hub import Hub
 from ._options import check_seconds, parse_options, split_options
+from ._protocol import to_bytes
 from ._redispy import settings_of_redis_client
 from ._router import SingleRouter
-from .errors import SubscriptionClosed
+from .errors import InvalidArgumentType, SubscriptionClosed
 from .iterators import ChannelIterator, PatternIterator
 from .promises import PromiseSubscription
 from .state import State
@@ -242,12 +243,47 @@ class Multiplexer:
         self._check_open()
         return PatternIterator(self._hub, pattern, **self._delivery(**buffer))
 
+    async def publish(
+        self,
+        channel: str | bytes,
+        data: str | bytes,
+        *,
+        sharded: bool = False,
+        timeout: float | None = 5.0,
+    ) -> int:
+        """Publish ``data`` on ``channel``; returns the number of receivers Redis reports.
+
+        ``sharded=True`` sends ``SPUBLISH`` (for shard-channel subscriptions) instead of
+        ``PUBLISH``. ``str`` is encoded as UTF-8; anything but ``str`` or ``bytes`` raises
+        :class:`InvalidArgumentType`.
+
+        Publishing uses its own connection (never the subscriber one), opened at the first
+        publish and kept; every publish of one event-loop turn goes out in one write. While
+        that connection is down the publish waits for it (it is re-dialled with the
+        reconnect backoff, and follows a Sentinel failover) for up to ``timeout`` seconds
+        (``None``: no limit), then raises :class:`PublishTimeout` (``sent=False``: nothing was
+        published). Pub/Sub is at-most-once and nothing is retried behind your back: a
+        connection that breaks after the message was written raises :class:`ConnectionLost`
+        (it may or may not have been published), a reply that does not come within
+        ``timeout`` raises :class:`PublishTimeout` with ``sent=True``, and an error reply
+        raises :class:`ServerError`. Cancelling the caller before the write means the message
+        is not sent.
+        """
+        self._check_open()
+        name = to_bytes(channel, "channel")
+        payload = to_bytes(data, "data")
+        if not isinstance(sharded, bool):
+            raise InvalidArgumentType("sharded must be a bool")
+        check_seconds("timeout", timeout, allow_none=True)
+        self._hub.start_in_running_loop()
+        return await self._hub.router.publish(name, payload, sharded=sharded, timeout=timeout)
+
     async def ping(self, timeout: float = 5.0) -> float:
         """End-to-end probe: publish on a private channel and see it arrive here.
 
         Returns the round trip in seconds; raises ``TimeoutError`` if it does not complete
-        within ``timeout`` (which covers connecting, subscribing and delivery). Uses one extra
-        short-lived connection to publish. Cancelling it is safe.
+        within ``timeout`` (which covers connecting, subscribing and delivery). Publishes over
+        the connection :meth:`publish` uses. Cancelling it is safe.
         """
         self._check_open()
         check_seconds("timeout", timeout)

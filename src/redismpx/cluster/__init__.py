@@ -121,23 +121,26 @@ class ClusterMultiplexer(Multiplexer):
         self._cluster = routers[0]
 
     async def publish(
-        self, channel: str | bytes, data: str | bytes, *, sharded: bool = True
+        self,
+        channel: str | bytes,
+        data: str | bytes,
+        *,
+        sharded: bool = True,
+        timeout: float | None = 5.0,
     ) -> int:
         """Publish ``data`` on ``channel``; returns the number of receivers Redis reports.
 
-        ``sharded=True``: ``SPUBLISH`` on the primary owning the channel's slot (``MOVED``
-        followed, up to :data:`MAX_REDIRECTS` times), for shard-channel subscriptions.
-        ``sharded=False``: classic ``PUBLISH`` (for patterns, promises and ``sharded=False``
-        channels); the cluster broadcasts it, and the count covers the receiving node only.
+        ``sharded=True`` (the default here, as for channel subscriptions): ``SPUBLISH`` on
+        the primary owning the channel's slot (``MOVED`` followed, up to
+        :data:`MAX_REDIRECTS` times). ``sharded=False``: classic ``PUBLISH`` (for patterns,
+        promises and ``sharded=False`` channels); the cluster broadcasts it, and the count
+        covers the receiving node only.
 
-        Uses one plain connection per node, opened at the first publish to it and kept.
-        Raises :class:`ConnectError`/:class:`ConnectionLost` when the node cannot be reached
-        (nothing is retried then: the message may or may not have been published) and
-        :class:`ServerError` for error replies. Cancelling the caller is safe (the reply is
-        discarded when it comes), but the message may have been published.
+        One command connection per node, opened at the first publish to it and kept; the
+        rest (pipelining, waiting up to ``timeout``, errors) is as for
+        :meth:`Multiplexer.publish <redismpx.Multiplexer.publish>`.
         """
-        self._check_open()
-        return await self._cluster.publisher.publish(channel, data, sharded=sharded)
+        return await super().publish(channel, data, sharded=sharded, timeout=timeout)
 
 
 def _url_list(urls: str | Sequence[str] | None) -> list[str | None]:

@@ -215,10 +215,15 @@ class ClusterRouter:
     async def publish_probe(self, channel: bytes) -> float:
         # The probe's subscription listens on a shard channel: SPUBLISH on the slot's owner,
         # with the connection to it opened before the clock starts.
-        await self.publisher.connection_for(channel)
+        await self.publisher.open_for(channel)
         sent = asyncio.get_running_loop().time()
-        await self.publisher.publish(channel, b"ping", sharded=True)
+        await self.publisher.publish(channel, b"ping", sharded=True, timeout=None)
         return sent
+
+    async def publish(
+        self, channel: bytes, data: bytes, *, sharded: bool, timeout: float | None
+    ) -> int:
+        return await self.publisher.publish(channel, data, sharded=sharded, timeout=timeout)
 
     def describe(self) -> str:
         return "seeds=" + ",".join(f"{h}:{p}" for h, p in self.seeds)
@@ -228,6 +233,8 @@ class ClusterRouter:
             stats[key] += n
         stats["nodes"] = sum(1 for link in self.links.values() if link.state is State.CONNECTED)
         stats.update(self.counters)
+        stats["publish_connects"] = self.publisher.connects
+        stats["published"] = self.publisher.sent
 
     def host_closed(self) -> bool:
         return self.host.closed

@@ -1,0 +1,207 @@
+"""The command side: one lazily opened request/response connection to one node.
+
+``publish`` never uses a Pub/Sub connection (a subscribed connection accepts only Pub/Sub
+commands). A :class:`CommandLink` opens its connection at the first call, writes every
+command of one event-loop turn in one write (a pipeline: 1,000 concurrent publishers cost
+one system call, not 1,000), and matches replies in order. A broken connection fails the
+calls whose replies were outstanding (they may or may not have run: the caller decides
+whether to send again) and keeps the unsent ones for the next connection, which is dialled
+with the reconnect backoff while callers wait. Each call waits at most its ``timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import hiredis
+
+from ._backoff import Backoff
+from ._connection import Connection, Dial
+from ._options import Tuning
+from ._tasks import TaskOwner
+from .errors import ConnectError, ConnectionLost, PublishTimeout, ServerError
+
+logger = logging.getLogger("redismpx.commands")
+
+_PING = b"*1\r\n$4\r\nPING\r\n"
+# A connection must stay up this long before the backoff starts over.
+STABLE_AFTER = 1.0
+
+
+class CommandLink:
+    """Request/response calls to one node over one pipelined connection (see the module)."""
+
+    def __init__(
+        self, dial: Dial, tasks: TaskOwner, tuning: Tuning, describe: Callable[[], str]
+    ) -> None:
+        self._dial = dial
+        self._tasks = tasks
+        self._describe = describe
+        self._backoff = Backoff(tuning.backoff_base, tuning.backoff_cap, tuning.random_source)
+        self._hc = (tuning.health_check_interval, tuning.health_check_timeout)
+        self.conn: Connection | None = None
+        self.last_error: BaseException | None = None
+        self.connects = 0
+        self.sent = 0  # commands written
+        self._unsent: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._logged: str | None = None
+        self._closed = False
+
+    # -- calls -------------------------------------------------------------------------------
+
+    async def call(self, command: bytes, name: str, timeout: float | None) -> Any:
+        """Send ``command`` (encoded) and return its reply; ``name`` names it in errors.
+
+        Raises :class:`PublishTimeout` after ``timeout`` seconds (``sent`` says whether it was
+        written), :class:`ConnectionLost` when the connection broke before the reply, and
+        :class:`ServerError` for an error reply.
+        """
+        if self._closed:
+            raise ConnectionLost("the multiplexer closed")
+        loop = self._tasks.loop or asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._unsent.append((command, fut))
+        if self._flush_handle is None:
+            if self.conn is not None:
+                self._flush_handle = self._tasks.call_soon(self._flush)
+            elif self._task is None:
+                self._task = self._tasks.spawn(self._run(), f"redismpx commands {self._describe()}")
+        try:
+            if timeout is None:
+                reply = await fut
+            else:
+                async with asyncio.timeout(timeout):
+                    reply = await fut
+        except TimeoutError:
+            raise self._timeout_error(fut, name, timeout) from None
+        if isinstance(reply, hiredis.ReplyError):
+            raise ServerError(str(reply), name)
+        return reply
+
+    def _timeout_error(
+        self, fut: asyncio.Future[Any], name: str, timeout: float | None
+    ) -> Exception:
+        for i, (_, waiting) in enumerate(self._unsent):
+            if waiting is fut:
+                del self._unsent[i]
+                reason = "" if self.last_error is None else f" (last error: {self.last_error})"
+                return PublishTimeout(
+                    f"{name} not sent: no connection to {self._describe()} within "
+                    f"{timeout:g} s{reason}",
+                    sent=False,
+                )
+        return PublishTimeout(
+            f"{name} sent to {self._describe()} but not answered within {timeout:g} s; "
+            "it may or may not have run",
+            sent=True,
+        )
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        conn = self.conn
+        if conn is None or not self._unsent:
+            return
+        batch, self._unsent = self._unsent, []
+        live = [(cmd, fut) for cmd, fut in batch if not fut.done()]  # cancelled: never sent
+        if live:
+            self.sent += len(live)
+            conn.send(b"".join([cmd for cmd, _ in live]), [fut for _, fut in live])
+
+    def send_ping(self) -> None:
+        # The heartbeat of an idle connection: its reply completes a future nobody awaits.
+        conn = self.conn
+        if conn is not None:
+            loop = self._tasks.loop or asyncio.get_running_loop()
+            pong: asyncio.Future[Any] = loop.create_future()
+            pong.add_done_callback(_retrieve)
+            conn.send(_PING, [pong])
+
+    # -- the connection's life ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        # Connected while calls wait; once the connection ends with nothing left to send, the
+        # task ends too and the next call dials again.
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._closed:
+                started: float | None = None
+                try:
+                    conn = await self._dial()
+                except ConnectError as exc:
+                    self._failed(exc)
+                else:
+                    started = loop.time()
+                    self.conn = conn
+                    self.connects += 1
+                    if self._logged is not None:
+                        logger.info("command connection to %s restored", self._describe())
+                    self._logged = None
+                    conn.start_heartbeat(self, *self._hc)
+                    self._flush()
+                    error = await conn.closed
+                    self.conn = None
+                    if self._closed:
+                        break
+                    self.last_error = error
+                    logger.debug("command connection to %s lost: %s", self._describe(), error)
+                if not self._unsent:
+                    break  # nobody waits: connect again at the next call
+                if started is not None and loop.time() - started >= STABLE_AFTER:
+                    self._backoff.reset()
+                await asyncio.sleep(self._backoff.next_delay())
+                self._unsent = [(c, f) for c, f in self._unsent if not f.done()]
+                if not self._unsent:
+                    break
+        finally:
+            self._task = None
+            if self.conn is not None:
+                self.conn.abort(ConnectionLost("the multiplexer closed"))
+                self.conn = None
+
+    def _failed(self, exc: ConnectError) -> None:
+        self.last_error = exc
+        text = str(exc)
+        if text != self._logged:  # once per distinct error, not once per attempt
+            self._logged = text
+            logger.warning("publishing: %s; retrying with backoff", text)
+
+    def reconnect(self, error: ConnectionLost) -> None:
+        """Drop the connection now (the node is no longer the one to use); calls waiting for a
+        reply fail with ``error``, the others go out on the next connection."""
+        if self.conn is not None:
+            self.conn.abort(error)
+
+    def close(self) -> None:
+        """Fail every waiting call and close the connection; later calls raise."""
+        self._closed = True
+        error = ConnectionLost("the multiplexer closed")
+        for _, fut in self._unsent:
+            if not fut.done():
+                fut.set_exception(error)
+        self._unsent.clear()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn.abort(error)
+        if self._task is not None:
+            self._task.cancel()
+
+    def abandon(self) -> None:
+        """The loop it ran in is closed: forget its connection and calls (none can run)."""
+        self.conn = None
+        self._task = None
+        self._flush_handle = None
+        self._unsent = []
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    # A PING's future fails when the connection breaks; nobody awaits it.
+    if not fut.cancelled():
+        fut.exception()
