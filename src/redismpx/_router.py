@@ -93,17 +93,23 @@ class Router(LinkOwner, Protocol):
 class SingleRouter:
     """One Redis server: one link carries every name; every subscription hears an outage.
 
-    ``dial`` opens a connection to the server (by default to ``options``' address; a
-    Sentinel's finds the primary first); the Pub/Sub link and the command side both use it.
+    ``dial`` and ``commands_dial`` open the Pub/Sub and the command connection (by default
+    to ``options``' address; a Sentinel's find the primary first).
     """
 
     shard_by_default = False
 
-    def __init__(self, host: RouterHost, options: ConnectOptions, dial: Dial | None = None) -> None:
+    def __init__(
+        self,
+        host: RouterHost,
+        options: ConnectOptions,
+        dial: Dial | None = None,
+        commands_dial: Dial | None = None,
+    ) -> None:
         self._host = host
         self.link = Link(self, options, host.tasks, host.tuning, dial=dial)
         self.commands = CommandLink(
-            dial or self._connect, host.tasks, host.tuning, self.link.options.describe
+            commands_dial or self._connect, host.tasks, host.tuning, self.describe
         )
 
     async def _connect(self) -> Connection:

@@ -21,6 +21,7 @@ from ._router import SingleRouter
 from .errors import InvalidArgumentType, SubscriptionClosed
 from .iterators import ChannelIterator, PatternIterator
 from .promises import PromiseSubscription
+from .sentinel import SENTINEL_KEYS, SentinelRouter, is_sentinel_url, parse_sentinel
 from .state import State
 from .subscriptions import ChannelSubscription, PatternSubscription
 from .typedefs import MultiplexerOptions, OnActivation, OnDisconnect, OnMessage, OverflowPolicy
@@ -65,7 +66,11 @@ class Multiplexer:
     """
 
     def __init__(self, url: str | None = None, **options: Unpack[MultiplexerOptions]) -> None:
-        connection, tuning, _ = split_options(options)
+        connection, tuning, sentinel = split_options(options, SENTINEL_KEYS)
+        if sentinel or is_sentinel_url(url):
+            config = parse_sentinel(url, {**connection, **sentinel})
+            self._setup(Hub(tuning, lambda host: SentinelRouter(host, config)))
+            return
         settings = parse_options(url, **connection)
         self._setup(Hub(tuning, lambda host: SingleRouter(host, settings)))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl as _ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Literal, TypedDict
 
 OnMessage = Callable[[bytes, bytes], "Awaitable[Any] | Any"]
@@ -62,5 +62,14 @@ class TuningOptions(TypedDict, total=False):
     random_source: Callable[[], float]
 
 
-class MultiplexerOptions(ConnectionOptions, TuningOptions, total=False):
+class SentinelOptions(TypedDict, total=False):
+    """Redis Sentinel keywords (see :mod:`redismpx.sentinel`); any of them selects Sentinel."""
+
+    sentinels: Sequence[tuple[str, int]]
+    service_name: str
+    sentinel_username: str | None
+    sentinel_password: str | None
+
+
+class MultiplexerOptions(ConnectionOptions, TuningOptions, SentinelOptions, total=False):
     """Every keyword option of :class:`~redismpx.Multiplexer` (and ``from_redis``)."""
