@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random as _random
 from collections.abc import Callable
 
@@ -36,3 +37,28 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+class Pause:
+    """The wait between two attempts, which ``wake`` cuts short (a failover names where to
+    go now: no reason to wait out the backoff)."""
+
+    __slots__ = ("_woken",)
+
+    def __init__(self) -> None:
+        self._woken: asyncio.Event | None = None
+
+    async def __call__(self, delay: float) -> None:
+        woken = self._woken = asyncio.Event()
+        try:
+            async with asyncio.timeout(delay):
+                await woken.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self._woken = None
+
+    def wake(self) -> None:
+        """End the current wait now, if one is under way."""
+        if self._woken is not None:
+            self._woken.set()

@@ -18,7 +18,7 @@ from typing import Any
 
 import hiredis
 
-from ._backoff import Backoff
+from ._backoff import Backoff, Pause
 from ._connection import Connection, Dial
 from ._options import Tuning
 from ._tasks import TaskOwner
@@ -50,6 +50,7 @@ class CommandLink:
         self._flush_handle: asyncio.Handle | None = None
         self._task: asyncio.Task[None] | None = None
         self._logged: str | None = None
+        self._pause = Pause()  # the backoff wait, which ``wake`` cuts short
         self._closed = False
 
     # -- calls -------------------------------------------------------------------------------
@@ -153,7 +154,7 @@ class CommandLink:
                     break  # nobody waits: connect again at the next call
                 if started is not None and loop.time() - started >= STABLE_AFTER:
                     self._backoff.reset()
-                await asyncio.sleep(self._backoff.next_delay())
+                await self._pause(self._backoff.next_delay())
                 self._unsent = [(c, f) for c, f in self._unsent if not f.done()]
                 if not self._unsent:
                     break
@@ -162,6 +163,10 @@ class CommandLink:
             if self.conn is not None:
                 self.conn.abort(ConnectionLost("the multiplexer closed"))
                 self.conn = None
+
+    def wake(self) -> None:
+        """Retry now if waiting out the backoff (something changed: no need to wait)."""
+        self._pause.wake()
 
     def _failed(self, exc: ConnectError) -> None:
         self.last_error = exc

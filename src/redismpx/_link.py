@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from ._backoff import Backoff
+from ._backoff import Backoff, Pause
 from ._connection import Connection, Dial, connect
 from ._names import Deliver, Listener
 from ._options import ConnectOptions, Tuning
@@ -80,6 +80,7 @@ class Link:
         self._flush_handle: asyncio.Handle | None = None
         self._resubscribe_handle: asyncio.Handle | None = None
         self._closing = False
+        self._pause = Pause()  # the backoff wait, which ``wake`` cuts short
         self.up: asyncio.Event | None = None  # made by ``start``, in the link's loop
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -164,7 +165,7 @@ class Link:
                 if started is not None and loop.time() - started >= STABLE_AFTER:
                     self.backoff.reset()
                     self._logged_unexpected = None
-                await asyncio.sleep(self.backoff.next_delay())
+                await self._pause(self.backoff.next_delay())
         finally:
             # Closed, or cancelled from outside (``asyncio.run`` cancels every task of a loop
             # it ends): either way nothing is connected any more, so say so.
@@ -179,6 +180,10 @@ class Link:
                 self.up.clear()
             if not self._closing:
                 self.state = State.DISCONNECTED
+
+    def wake(self) -> None:
+        """Retry now if waiting out the backoff (something changed: no need to wait)."""
+        self._pause.wake()
 
     def _connect_failed(self, exc: ConnectError) -> None:
         self.last_error = exc

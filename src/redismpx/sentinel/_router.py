@@ -88,10 +88,13 @@ class SentinelRouter(SingleRouter):
         """``primary`` is the primary now: a connection to another node leaves it at once
         rather than when that node times out. Each side (Pub/Sub, commands) then dials
         through the sentinels again."""
+        # Waiting out a backoff (the old primary was unreachable): dial again now.
+        self.link.wake()
+        self.commands.wake()
         link_moves = self.link.conn is not None and self._link_at != primary
         commands_move = self.commands.conn is not None and self._commands_at != primary
         if not (link_moves or commands_move):
-            return  # not connected (the next dial asks the sentinels), or already there
+            return  # not connected (dialling again now), or already there
         old = self._link_at if link_moves else self._commands_at
         was = "?" if old is None else f"{old[0]}:{old[1]}"
         error = ConnectionLost(
