@@ -39,11 +39,19 @@ class Multiplexer:
     once per name when Redis confirms it again.
 
     Connection: ``url`` (``redis://``, ``rediss://`` with certificate verification,
-    ``unix://``) and/or ``host``, ``port``, ``unix_socket_path``, ``username``, ``password``,
-    ``db``, ``client_name``, ``ssl`` (an :class:`ssl.SSLContext` or ``True``),
+    ``unix://``, or ``redis+sentinel://`` for Redis Sentinel: see below) and/or ``host``,
+    ``port``, ``unix_socket_path``, ``username``, ``password``, ``db``, ``client_name``,
+    ``ssl`` (an :class:`ssl.SSLContext` or ``True``),
     ``ssl_ca_certs``/``ssl_certfile``/``ssl_keyfile``/``ssl_check_hostname``,
     ``connect_timeout`` (seconds, per attempt), ``protocol`` (2, 3, or None for RESP3 where
     the server speaks it).
+
+    Sentinel: ``redis+sentinel://[[user]:password@]host1:26379,host2:26379/service_name[/db]``
+    (``rediss+sentinel://`` for TLS), or the keywords ``sentinels`` (``(host, port)`` pairs)
+    and ``service_name``, with ``sentinel_username``/``sentinel_password`` for the sentinels'
+    own credentials (the other credentials are the data nodes'). The primary the sentinels
+    name is used once ``ROLE`` confirms it, and a failover they announce moves the
+    connections at once. ``stats()`` then adds ``primary``, ``sentinels`` and ``failovers``.
 
     Health: after ``health_check_interval`` seconds without traffic a PING is sent; if
     nothing arrives within ``health_check_timeout`` more, the connection is declared dead.
@@ -324,6 +332,9 @@ class Multiplexer:
         messages put in a subscription's buffer; a buffered message may still be dropped);
         ``connects`` and ``reconnects``; ``dropped`` (by overflow policies);
         ``callback_errors`` (exceptions raised by callbacks); ``last_error`` (the text of the
-        most recent connection error, never a password, or None).
+        most recent connection error, never a password, or None); ``publish_connects`` and
+        ``published`` (connections opened and commands written by :meth:`publish`). With
+        Sentinel: ``primary`` (``"host:port"`` while connected, else None), ``sentinels``
+        (those known) and ``failovers`` (announced failovers followed).
         """
         return self._hub.stats()
