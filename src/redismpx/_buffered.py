@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypedDict
 
+from ._activation import ActivationWaiters
 from ._buffer import (
     ACTIVATION,
     AWAITABLE,
@@ -105,7 +106,7 @@ class BufferedSubscriber(Subscriber):
     The buffer (a :class:`Queue`) exists only once the subscription is queued.
     """
 
-    __slots__ = ("_opts", "_queue")
+    __slots__ = ("_opts", "_queue", "_waiters")
 
     _kind: int  # CHANNEL, SHARD or PATTERN
     _filters_names = False  # True: the consumer skips names no longer held (B17)
@@ -122,6 +123,7 @@ class BufferedSubscriber(Subscriber):
         super().__init__(host, on_disconnect, on_activation)
         self._opts = opts
         self._queue: Queue | None = None
+        self._waiters: ActivationWaiters | None = None  # while a task awaits activation
         if on_message is not None:  # else an iterator: queued below
             self.deliver = on_message
         if queued or any(is_async(f) for f in (on_message, on_disconnect, on_activation)):
@@ -222,8 +224,36 @@ class BufferedSubscriber(Subscriber):
         self.start_consumer()
         return q
 
+    # -- awaiting activation (what ``add()`` returns) -----------------------------------------
+
+    async def wait_active(self, names: Sequence[bytes]) -> None:
+        """Return once each of ``names`` this subscription still holds is active in Redis."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._check_open()
+            kind, host = self._kind, self._host
+            missing = [n for n in names if self._holds(n) and not host.is_active(kind, n)]
+            if not missing:
+                return
+            waiters = self._waiters
+            if waiters is None:
+                waiters = self._waiters = ActivationWaiters()
+                self.hears_activations = True  # the link skips the others' activations
+            fut = waiters.wait(missing, loop)
+            try:
+                await fut
+            finally:
+                waiters.forget(missing, fut)
+                if not waiters and self._waiters is waiters:
+                    self._waiters = None
+                    self.hears_activations = (
+                        self._queue is not None or self._on_activation is not None
+                    )
+
     # Redis confirmed ``name`` for us.
     def notify_activated(self, name: bytes) -> None:
+        if self._waiters is not None:
+            self._waiters.changed(name)
         if self._end is not None or not self._holds(name):
             return
         if self._queue is None:
@@ -245,6 +275,8 @@ class BufferedSubscriber(Subscriber):
     # Redis refused one of our names (ACL): told through on_disconnect, per name (B37).
     def notify_refused(self, error: BaseException) -> None:
         name = getattr(error, "name", None)
+        if self._waiters is not None and name is not None:
+            self._waiters.changed(name, error)
         if self._queue is None or name is None or self._end is not None:
             self.notify_disconnected(error)
         else:
@@ -254,6 +286,8 @@ class BufferedSubscriber(Subscriber):
 
     def _forget_name(self, name: bytes) -> None:
         """``name`` was removed: its messages, activation or refusal waiting unread are moot."""
+        if self._waiters is not None:
+            self._waiters.changed(name)
         q = self._queue
         if q is not None:
             q.stale = True  # its messages waiting are skipped (B17)
@@ -334,6 +368,9 @@ class BufferedSubscriber(Subscriber):
     # -- closing -----------------------------------------------------------------------------
 
     def _release(self, alive: bool) -> None:
+        waiters = self._waiters
+        if waiters is not None and alive:
+            waiters.wake_all()  # each waiter looks again and raises SubscriptionClosed
         q = self._queue
         if q is None:
             return

@@ -123,6 +123,9 @@ class Hub:
     def refresh(self, kind: int, name: bytes) -> None:
         self.router.link_for(kind, name).registry.refresh(kind, name)
 
+    def is_active(self, kind: int, name: bytes) -> bool:
+        return self.router.link_for(kind, name).registry.is_active(kind, name)
+
     def forget(self, member: Any) -> None:
         self._members.pop(member, None)
         if not self._members:

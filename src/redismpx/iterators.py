@@ -102,6 +102,13 @@ class _Iterating(BufferedSubscriber):
                 return
 
     async def __aenter__(self) -> Self:
+        """Wait until Redis confirmed every name held (bound it with ``asyncio.timeout``); a
+        failure closes the subscription."""
+        try:
+            await self.wait_active(self._held())
+        except BaseException:
+            self.close()
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

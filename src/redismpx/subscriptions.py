@@ -8,6 +8,7 @@ B34-B36 in docs/spec.md); the user's view is the delivery model, docs/delivery.m
 
 from __future__ import annotations
 
+from ._activation import Subscribing
 from ._buffered import BufferedSubscriber, delivery_options
 from ._protocol import CHANNEL, PATTERN, SHARD, to_bytes
 from ._subscriber import Host, check_callback
@@ -104,8 +105,13 @@ class ChannelSubscription(BufferedSubscriber):
         """The channels this subscription holds (as bytes)."""
         return frozenset(_names_all(self._channels))
 
-    def add(self, *channels: str | bytes) -> None:
-        """Add channels (``str`` is encoded as UTF-8). Adding one already held does nothing."""
+    def add(self, *channels: str | bytes) -> Subscribing:
+        """Add channels (``str`` is encoded as UTF-8). Adding one already held does nothing.
+
+        Returns at once; Redis is told at the end of the event-loop turn. ``await
+        sub.add(...)`` also waits until Redis confirmed each channel (then what is published
+        from now on arrives): see :class:`~redismpx.Subscribing`.
+        """
         host = self._host
         self._check_open()  # (in a new event loop, host.add closes the old loop's subs: raises)
         names = [check_name(c, "channel name") for c in channels]  # validate all first
@@ -126,6 +132,13 @@ class ChannelSubscription(BufferedSubscriber):
             new.append(name)
         if new:
             host.add(self._kind, new, self)
+        return Subscribing(self, names)
+
+    def __contains__(self, channel: object) -> bool:
+        """``channel in sub``: whether it holds ``channel`` (``str`` or ``bytes``)."""
+        if isinstance(channel, str):
+            channel = channel.encode(errors="surrogateescape")
+        return isinstance(channel, bytes) and self._holds(channel)
 
     def remove(self, *channels: str | bytes) -> None:
         """Remove channels; a channel not held is ignored. Delivery stops when this returns."""
