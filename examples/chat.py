@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
@@ -31,18 +30,14 @@ from redismpx.demo.backend import redis_backend
 
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    # One multiplexer (app.state.mpx) and one publishing client for the whole process.
+    # One multiplexer (app.state.mpx) for the whole process: it also publishes.
     async with redis_backend() as backend, open_multiplexer(app, backend.url):
-        app.state.publisher = aioredis.Redis.from_url(backend.url)
-        try:
-            yield
-        finally:
-            await app.state.publisher.aclose()
+        yield
 
 
 async def chat(websocket: WebSocket) -> None:
     await websocket.accept()
-    publisher: aioredis.Redis = websocket.app.state.publisher
+    mpx = get_multiplexer(websocket)
 
     async def on_message(channel: bytes, message: bytes) -> None:
         # Redis hands us bytes: decode before send_text.
@@ -54,16 +49,16 @@ async def chat(websocket: WebSocket) -> None:
     async def on_disconnect(error: BaseException) -> None:
         await websocket.send_text(f"disconnected: [{error}] (reconnecting)")
 
-    sub = get_multiplexer(websocket).new_channel_subscription(
-        on_message, on_disconnect, on_activation
-    )
+    sub = mpx.new_channel_subscription(on_message, on_disconnect, on_activation)
     target: str | None = None  # set by !chan: where the next message goes
     try:
         async for text in websocket.iter_text():
             try:
                 if target is not None:
-                    await publisher.publish(target, text)
-                    target = None
+                    channel, target = target, None
+                    # Over the multiplexer's own command connection (not the subscriber one);
+                    # while Redis is down it waits at most `timeout` s, then PublishTimeout.
+                    await mpx.publish(channel, text, timeout=2.0)
                 elif text.startswith("+"):
                     sub.add(text[1:])
                 elif text.startswith("-"):
@@ -72,7 +67,7 @@ async def chat(websocket: WebSocket) -> None:
                     target = text[1:]
                 else:
                     await websocket.send_text("error: use +chan, -chan or !chan")
-            except (RedisMPXError, aioredis.RedisError) as exc:
+            except RedisMPXError as exc:  # PublishTimeout, ConnectionLost, a bad name...
                 await websocket.send_text(f"error: {exc}")
     finally:
         sub.close()  # the socket is gone: unsubscribe and stop the callbacks

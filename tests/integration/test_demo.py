@@ -204,6 +204,52 @@ async def test_json_protocol(demo: str) -> None:
         assert resolved["message"] == "yes"
 
 
+async def test_publish_while_redis_is_down_is_refused_in_time(redis_server: Any) -> None:
+    """The demo publishes with ``mpx.publish``: while Redis is down a publish waits at most
+    ``publish_timeout`` and the socket is told plainly; once Redis is back it works again."""
+    app = create_app(redis_server.url, limits=Limits(publish_timeout=0.5))
+    async with (
+        serve(app) as address,
+        websockets.connect(f"ws://{address}/ws") as text,
+        websockets.connect(f"ws://{address}/ws/json") as page,
+    ):
+        await recv_json(page, "welcome")
+        await join(text, "room")
+        await text.send("!room")
+        await recv(text)
+        await text.send("before")  # opens the command connection
+        assert await recv_until(text, "ok: published") == "ok: published to [room] (1 receivers)"
+        await redis_server.akill()
+        await recv_until(text, "disconnected:")
+        # The first publish may find the command connection not yet known dead (then it is
+        # written and the break reported); either way the socket is told, in time.
+        await text.send("!room")
+        await recv(text)
+        await text.send("maybe")
+        first = await recv_until(text, "error:", timeout=5)
+        assert first.startswith("error: publish to room failed: "), first
+        unreachable = "Redis is unreachable (no connection within 0.5 s): not sent"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await text.send("!room")
+        await recv(text)
+        await text.send("lost")
+        assert await recv_until(text, "error:", timeout=5) == (
+            f"error: publish to room failed: {unreachable}"
+        )
+        assert loop.time() - started < 3
+        await page.send(json.dumps({"op": "publish", "channel": "room", "message": "lost"}))
+        error = await recv_json(page, "error", timeout=5)
+        assert error["error"] == f"publish to room failed: {unreachable}"
+
+        await redis_server.astart()
+        assert await recv_until(text, "active:", timeout=30) == "active: [room]"
+        await text.send("!room")
+        await recv(text)
+        await text.send("back")
+        assert await recv_until(text, "ch:") == "ch: [room] msg: [back]"
+
+
 # -- HTTP endpoints ----------------------------------------------------------------------------
 
 
@@ -270,7 +316,7 @@ async def test_embedded_server_and_restart(
             assert health["mpx"]["reconnects"] == 1
             await ws.send("!room")
             await recv(ws)
-            await ws.send("back")  # the publisher's stale pooled connection is replaced
+            await ws.send("back")  # mpx.publish re-dialled its command connection
             assert await recv_until(ws, "ch:") == "ch: [room] msg: [back]"
     assert not server.running  # stopped with the app
 

@@ -87,6 +87,8 @@ async def test_chat(redis_url: str) -> None:
                 await bob.send(f"!{channel}")
                 await bob.send(f"to {channel}")
             assert await recv(alice) == "ch: [lobby] msg: [to lobby]"  # not "room": left
+            stats = mpx.stats()  # the example publishes with mpx.publish, on one connection
+            assert (stats["published"], stats["publish_connects"]) == (3, 1)
         async with asyncio.timeout(5):  # closing the sockets closed their subscriptions
             while mpx.stats()["subscriptions"]:
                 await asyncio.sleep(0.02)

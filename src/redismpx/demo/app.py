@@ -23,7 +23,7 @@ from redismpx.asgi import open_multiplexer
 
 from .backend import RedisBackend, redis_backend
 from .board import QuestionBoard
-from .context import DemoContext, new_publisher
+from .context import DemoContext
 from .json_ws import JsonSession
 from .limits import Limits
 from .metrics import MultiplexerCollector, metrics_registry, render
@@ -118,14 +118,12 @@ def create_app(redis_url: str | None = None, *, limits: Limits | None = None) ->
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with redis_backend(redis_url) as backend, open_multiplexer(app, backend.url) as mpx:
-            publisher = new_publisher(backend.url)
             board = QuestionBoard(mpx)
-            app.state.demo = DemoContext(mpx, backend, publisher, board, limits or Limits())
+            app.state.demo = DemoContext(mpx, backend, board, limits or Limits())
             try:
                 yield
             finally:
                 board.close()
-                await publisher.aclose()
                 del app.state.demo
 
     app = Starlette(

@@ -33,6 +33,7 @@ class Limits:
     max_timeout: float = 300.0
     rate: float = 20.0  # sustained commands per second per socket
     burst: int = 40  # commands allowed at once
+    publish_timeout: float = 2.0  # seconds a publish waits for Redis before it is refused
 
 
 def _check(value: object, what: str, limit: int, allowed: re.Pattern[str], chars: str) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from redismpx import ChannelSubscription
+from redismpx import ChannelSubscription, ConnectionLost, PublishTimeout
 
 from .context import DemoContext
 from .limits import BadInput, RateLimiter
@@ -79,12 +79,23 @@ class Session:
         return task
 
     async def publish(self, channel: str, message: str) -> int | None:
-        """PUBLISH through the shared client; a failure is refused, not raised."""
+        """PUBLISH through the multiplexer; a failure is refused (saying whether the message
+        may have gone out), not raised."""
         try:
             return await self.ctx.publish(channel, message)
-        except Exception as exc:
-            await self.refuse(f"publish to {channel} failed: {exc}")
-            return None
+        except PublishTimeout as exc:
+            seconds = self.ctx.limits.publish_timeout
+            if exc.sent:
+                why = f"Redis did not answer within {seconds:g} s (it may have been delivered)"
+            else:
+                why = f"Redis is unreachable (no connection within {seconds:g} s): not sent"
+        except ConnectionLost:
+            why = "the connection to Redis broke (it may have been delivered)"
+        except Exception as exc:  # an error reply (ServerError), e.g. an ACL refusal
+            why = str(exc)
+        logger.info("publish to %s failed: %s", channel, why)
+        await self.refuse(f"publish to {channel} failed: {why}")
+        return None
 
     async def run(self) -> None:
         """Accept, serve until the client leaves, then close every subscription."""
