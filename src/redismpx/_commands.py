@@ -1,12 +1,13 @@
 """The command side: one lazily opened request/response connection to one node.
 
-``publish`` never uses a Pub/Sub connection (a subscribed connection accepts only Pub/Sub
-commands). A :class:`CommandLink` opens its connection at the first call, writes every
-command of one event-loop turn in one write (a pipeline: 1,000 concurrent publishers cost
-one system call, not 1,000), and matches replies in order. A broken connection fails the
-calls whose replies were outstanding (they may or may not have run: the caller decides
-whether to send again) and keeps the unsent ones for the next connection, which is dialled
-with the reconnect backoff while callers wait. Each call waits at most its ``timeout``.
+``publish`` never uses the Pub/Sub connection: its replies would queue behind the
+messages (and under RESP2 a subscribed connection refuses other commands). A
+:class:`CommandLink` opens its connection at the first call, writes every command of one
+event-loop turn in one write (a pipeline: 1,000 concurrent publishers cost one system call,
+not 1,000), and matches replies in order. A broken connection fails the calls whose replies
+were outstanding (they may or may not have run: the caller decides whether to send again)
+and keeps the unsent ones for the next connection, which is dialled with the reconnect
+backoff while callers wait. Each call waits at most its ``timeout``.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ class CommandLink:
         self.conn: Connection | None = None
         self.last_error: BaseException | None = None
         self.connects = 0
-        self.sent = 0  # commands written
         self._unsent: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._flush_handle: asyncio.Handle | None = None
         self._task: asyncio.Task[None] | None = None
@@ -110,7 +110,6 @@ class CommandLink:
         batch, self._unsent = self._unsent, []
         live = [(cmd, fut) for cmd, fut in batch if not fut.done()]  # cancelled: never sent
         if live:
-            self.sent += len(live)
             conn.send(b"".join([cmd for cmd, _ in live]), [fut for _, fut in live])
 
     def send_ping(self) -> None:

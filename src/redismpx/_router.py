@@ -111,6 +111,7 @@ class SingleRouter:
         self.commands = CommandLink(
             commands_dial or self._connect, host.tasks, host.tuning, self.describe
         )
+        self.published = 0  # publishes Redis answered
 
     async def _connect(self) -> Connection:
         return await connect(self.link.options)
@@ -153,7 +154,9 @@ class SingleRouter:
     ) -> int:
         command = b"SPUBLISH" if sharded else b"PUBLISH"
         frame = encode_command(command, channel, data)
-        return int(await self.commands.call(frame, command.decode(), timeout))
+        receivers = int(await self.commands.call(frame, command.decode(), timeout))
+        self.published += 1
+        return receivers
 
     async def publish_probe(self, channel: bytes) -> float:
         # A classic PUBLISH on the command connection; a first PING opens it before the
@@ -168,7 +171,7 @@ class SingleRouter:
 
     def add_stats(self, stats: dict[str, Any]) -> None:
         stats["publish_connects"] = self.commands.connects
-        stats["published"] = self.commands.sent
+        stats["published"] = self.published
 
     # -- LinkOwner ---------------------------------------------------------------------------
 

@@ -332,8 +332,9 @@ class Multiplexer:
         messages put in a subscription's buffer; a buffered message may still be dropped);
         ``connects`` and ``reconnects``; ``dropped`` (by overflow policies);
         ``callback_errors`` (exceptions raised by callbacks); ``last_error`` (the text of the
-        most recent connection error, never a password, or None); ``publish_connects`` and
-        ``published`` (connections opened and commands written by :meth:`publish`). With
+        most recent connection error, never a password, or None); ``publish_connects``
+        (connections opened by :meth:`publish`) and ``published`` (publishes Redis answered;
+        ``ping`` probes included). With
         Sentinel: ``primary`` (``"host:port"`` while connected, else None), ``sentinels``
         (those known) and ``failovers`` (announced failovers followed).
         """

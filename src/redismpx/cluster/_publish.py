@@ -27,6 +27,7 @@ class Publisher:
     def __init__(self, router: ClusterRouter) -> None:
         self._router = router
         self._links: dict[Address, CommandLink] = {}
+        self.published = 0  # publishes Redis answered
 
     def close(self) -> None:
         """Close every node's command connection (waiting publishes fail)."""
@@ -40,10 +41,6 @@ class Publisher:
     @property
     def connects(self) -> int:
         return sum(link.connects for link in self._links.values())
-
-    @property
-    def sent(self) -> int:
-        return sum(link.sent for link in self._links.values())
 
     async def open_for(self, channel: bytes) -> None:
         """Open the connection to the primary owning ``channel``'s slot (a PING's round trip)."""
@@ -64,7 +61,9 @@ class Publisher:
             if addr is None:
                 raise ConnectError("no cluster node to publish to")
             frame = encode_command(b"PUBLISH", channel, data)
-            return int(await self._link(addr).call(frame, "PUBLISH", timeout))
+            receivers = int(await self._link(addr).call(frame, "PUBLISH", timeout))
+            self.published += 1
+            return receivers
         slot = key_slot(channel)
         frame = encode_command(b"SPUBLISH", channel, data)
         for _ in range(MAX_REDIRECTS + 1):
@@ -73,7 +72,7 @@ class Publisher:
             if owner is None:
                 raise ServerError(f"CLUSTERDOWN no node serves slot {slot}", "SPUBLISH")
             try:
-                return int(await self._link(owner).call(frame, "SPUBLISH", timeout))
+                receivers = int(await self._link(owner).call(frame, "SPUBLISH", timeout))
             except ServerError as exc:
                 redirect = parse_redirect(exc.reply) if exc.code == "MOVED" else None
                 if redirect is None:
@@ -82,6 +81,9 @@ class Publisher:
                 smap.assign(moved_slot, (host or owner[0], port))
                 router.counters["redirects"] += 1
                 router.topology.request_refresh()
+            else:
+                self.published += 1
+                return receivers
         raise ServerError(f"too many redirects for slot {slot}", "SPUBLISH")
 
     def _link(self, addr: Address) -> CommandLink:

@@ -234,7 +234,7 @@ class ClusterRouter:
         stats["nodes"] = sum(1 for link in self.links.values() if link.state is State.CONNECTED)
         stats.update(self.counters)
         stats["publish_connects"] = self.publisher.connects
-        stats["published"] = self.publisher.sent
+        stats["published"] = self.publisher.published
 
     def host_closed(self) -> bool:
         return self.host.closed
