@@ -3,6 +3,7 @@ heading is run in a fresh interpreter with the suite's server binary, and its ou
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -42,3 +43,14 @@ def test_quickstart_runs_as_written(server_binary: str, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout == "1 receiver(s)\nb'room:1' b'hello'\n"
     assert done.stderr == ""
+
+
+def test_every_python_block_of_the_readme_compiles() -> None:
+    # The snippets are fragments (top-level await and async with included): they must at
+    # least be valid Python, so that a renamed keyword or a typo shows up here.
+    blocks = re.findall(r"^```python\n(.*?)^```$", README.read_text(encoding="utf-8"), re.M | re.S)
+    assert len(blocks) >= 5
+    for i, block in enumerate(blocks):
+        compile(
+            block, f"README.md python block #{i + 1}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        )
