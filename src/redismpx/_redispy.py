@@ -5,7 +5,7 @@ from __future__ import annotations
 import ssl as _ssl
 from typing import Any
 
-from .errors import InvalidArgumentType
+from .errors import InvalidArgument, InvalidArgumentType
 
 
 def settings_of_redis_client(client: Any) -> dict[str, Any]:
@@ -15,7 +15,10 @@ def settings_of_redis_client(client: Any) -> dict[str, Any]:
     except AttributeError:
         raise InvalidArgumentType("from_redis needs a redis.asyncio.Redis client") from None
     settings: dict[str, Any] = {}
-    if "path" in ck:
+    pool = client.connection_pool
+    if getattr(pool, "service_name", None) and hasattr(pool, "sentinel_manager"):
+        settings.update(_sentinel_of_pool(pool))
+    elif "path" in ck:
         settings["unix_socket_path"] = ck["path"]
     else:
         settings["host"] = ck.get("host", "localhost")
@@ -29,6 +32,25 @@ def settings_of_redis_client(client: Any) -> dict[str, Any]:
     if ck.get("socket_connect_timeout"):
         settings["connect_timeout"] = ck["socket_connect_timeout"]
     return settings
+
+
+def _sentinel_of_pool(pool: Any) -> dict[str, Any]:
+    """The Sentinel set-up of a ``SentinelConnectionPool`` (``Sentinel(...).master_for(name)``):
+    its sentinels, service and the sentinels' own credentials."""
+    if not getattr(pool, "is_master", True):
+        raise InvalidArgument(
+            "from_redis got a Sentinel replica client (slave_for); a multiplexer subscribes "
+            "and publishes on the primary: pass the master_for client"
+        )
+    sentinels = []
+    sentinel_auth: dict[str, Any] = {}
+    for sentinel in pool.sentinel_manager.sentinels:
+        kwargs = sentinel.connection_pool.connection_kwargs
+        sentinels.append((kwargs.get("host", "localhost"), int(kwargs.get("port", 26379))))
+        for key in ("username", "password"):
+            if kwargs.get(key) is not None:
+                sentinel_auth[f"sentinel_{key}"] = kwargs[key]
+    return {"sentinels": sentinels, "service_name": pool.service_name, **sentinel_auth}
 
 
 def _tls_of_redis_client(client: Any, ck: dict[str, Any]) -> _ssl.SSLContext | None:
