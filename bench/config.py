@@ -28,6 +28,8 @@ class Sizes:
     s8_per_sub: int  # ... times channels each = channels to recover
     s9_sizes: tuple[int, ...]  # S9: channel counts / subscription counts
     s9_deliveries: int  # S9: deliveries per point
+    s11_publishers: int  # S11: concurrent publisher tasks in the client process
+    s11_secs: float  # S11: seconds of publishing per repetition
 
 
 FULL = Sizes(
@@ -52,6 +54,8 @@ FULL = Sizes(
     s8_per_sub=10,
     s9_sizes=(1, 10, 100, 1_000, 10_000, 100_000),
     s9_deliveries=200_000,
+    s11_publishers=1_000,
+    s11_secs=1.0,
 )
 
 QUICK = Sizes(
@@ -76,4 +80,6 @@ QUICK = Sizes(
     s8_per_sub=10,
     s9_sizes=(1, 100),
     s9_deliveries=2_000,
+    s11_publishers=1_000,
+    s11_secs=0.1,
 )

@@ -8,10 +8,19 @@ from functools import partial
 from typing import Any
 
 from bench.config import QUICK, Sizes
-from bench.scenarios import churn, cluster, latency, memory, recovery, scaling, throughput
+from bench.scenarios import (
+    churn,
+    cluster,
+    latency,
+    memory,
+    publish,
+    recovery,
+    scaling,
+    throughput,
+)
 from bench.scenarios.common import Env
 
-ALL_SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10")
+ALL_SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11")
 ALL_CONTENDERS = ("limit", "redispy", "mpx")
 UVLOOP_CONTENDERS = ("limit", "mpx")
 
@@ -82,6 +91,9 @@ def build_plan(
         title = f"S10 cluster: {n:,} channels on 3 shards vs 1 standalone server (redismpx)"
         func = partial(cluster.run, channels=n, messages=msgs)
         runs.append(Run("S10", "S10", title, ("mpx",), func, sizes.tp_rounds))
+    s11_title = f"S11 publish: {sizes.s11_publishers:,} concurrent publisher tasks"
+    if "S11" in wanted:
+        runs.append(Run("S11", "S11", s11_title, contenders, publish.run, sizes.tp_rounds))
     if uvloop:
         uv = tuple(c for c in contenders if c in UVLOOP_CONTENDERS)
         for scenario, key, title, kw in variants:
@@ -90,4 +102,9 @@ def build_plan(
                 runs.append(
                     Run(f"{key}-uvloop", scenario, f"{title} (uvloop)", uv, func, sizes.tp_rounds)
                 )
+        if "S11" in wanted:
+            # All three: the bar is against redis-py, which runs under uvloop as well.
+            func = partial(publish.run, use_uvloop=True)
+            title = f"{s11_title} (uvloop)"
+            runs.append(Run("S11-uvloop", "S11", title, contenders, func, sizes.tp_rounds))
     return runs

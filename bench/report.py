@@ -59,6 +59,12 @@ def _vs_limit(op: str, x: float) -> Callable[[dict[str, float]], bool]:
     return lambda v: v["mpx"] <= x * v["limit"]
 
 
+def _vs_redispy(op: str, x: float) -> Callable[[dict[str, float]], bool]:
+    if op == ">=":
+        return lambda v: v["mpx"] >= x * v["redispy"]
+    return lambda v: v["mpx"] <= x * v["redispy"]
+
+
 def _retained(v: dict[str, float]) -> bool:
     return v["mpx"] <= max(v["limit"], 0.0) + RETAINED_SLACK
 
@@ -140,6 +146,14 @@ def figures_for(key: str) -> list[Figure]:
             Figure("publish msgs/s (1 publisher), standalone", "standalone_publish_rate", _si,
                    True),
             Figure("publish msgs/s (1 publisher), cluster", "cluster_publish_rate", _si, True),
+        ]  # fmt: skip
+    if base == "S11":
+        return [
+            Figure("publishes/s wall", "rate", _si, True, ">= 2x redis-py",
+                   _vs_redispy(">=", 2.0)),
+            Figure("client CPU us per publish", "cpu_us", _f(2), False),
+            Figure("server CPU us per publish", "server_cpu_us", _f(2), False),
+            Figure("connections (server's count)", "connections", _f(0), False),
         ]  # fmt: skip
     if key.startswith("S9-"):
         return [

@@ -8,6 +8,9 @@ same work. ``add``/``remove``/``close`` are coroutines because redis-py's are; f
 ``pending()`` is the number of subscribe requests the *client* has not yet seen confirmed; the
 scenarios wait for 0 before measuring so that no acknowledgement is processed inside a
 measurement window (S5, S6 and S8 use the server's own counts instead).
+
+``publish`` is the one command-side call (S11): each contender publishes the way its users
+would, on connections of its own besides the Pub/Sub one.
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ class Contender(abc.ABC):
     @abc.abstractmethod
     async def psubscription(self, pattern: bytes, on_message: OnMessage) -> Any:
         """A new pattern subscription."""
+
+    @abc.abstractmethod
+    async def publish(self, channel: bytes, data: bytes) -> int:
+        """``PUBLISH channel data`` (S11); returns the receivers Redis counted."""
 
     @abc.abstractmethod
     def pending(self) -> int:

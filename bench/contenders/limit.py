@@ -10,7 +10,10 @@ This is the least a correct multiplexer must do, written for speed:
   ``UNSUBSCRIBE`` commands of up to 1,000 names, pipelined in one write (S5);
 * after a lost connection it reconnects every 5 ms and resubscribes everything in pipelined
   chunks of 1,000 names (S8);
-* per subscription it keeps one small ``__slots__`` object: the callback and its channel set (S6).
+* per subscription it keeps one small ``__slots__`` object: the callback and its channel set (S6);
+* publishing (S11) has its own connection, opened at the first publish: every ``PUBLISH`` of
+  one loop turn goes out in one write, replies are matched to futures in order (a deque), and
+  a lost connection fails the waiting calls and is dialled again at the next call.
 """
 
 from __future__ import annotations
@@ -64,6 +67,66 @@ class _AsyncWorker:
                     log.exception("callback failed")
             self.waiter = loop.create_future()
             await self.waiter
+
+
+def publish_command(channel: bytes, data: bytes) -> bytes:
+    """``PUBLISH channel data`` in RESP, in one formatting step."""
+    return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+        len(channel), channel, len(data), data
+    )  # fmt: skip
+
+
+class _Commands(asyncio.Protocol):
+    """The command side: one pipelined connection, one write per loop turn."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.reader = hiredis.Reader()
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.out: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+        self.lost: BaseException | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def call(self, command: bytes) -> asyncio.Future[Any]:
+        if self.lost is not None:
+            raise ConnectionError(f"command connection lost: {self.lost}")
+        fut = self.loop.create_future()
+        if not self.out:
+            self.loop.call_soon(self._flush)
+        self.out.append(command)
+        self.waiting.append(fut)
+        return fut
+
+    def _flush(self) -> None:
+        out, self.out = self.out, []
+        if self.transport is not None and out:
+            self.transport.write(b"".join(out))
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        popleft = self.waiting.popleft
+        reply = reader.gets()
+        while reply is not False:
+            fut = popleft()
+            if not fut.done():  # a cancelled caller: its reply is dropped
+                if isinstance(reply, hiredis.ReplyError):
+                    fut.set_exception(reply)
+                else:
+                    fut.set_result(reply)
+            reply = reader.gets()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc or ConnectionError("closed")
+        self.transport = None
+        for fut in self.waiting:
+            if not fut.done():
+                fut.set_exception(ConnectionError(f"command connection lost: {self.lost}"))
+        self.waiting.clear()
+        self.out.clear()
 
 
 class LimitSub:
@@ -148,6 +211,8 @@ class Limit(Contender):
         self._flush_scheduled = False
         self._closing = False
         self._reconnect_task: asyncio.Task[None] | None = None
+        self._commands: _Commands | None = None
+        self._commands_opening: asyncio.Task[_Commands] | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -185,6 +250,8 @@ class Limit(Contender):
             self._reconnect_task.cancel()
         if self.transport is not None:
             self.transport.close()
+        if self._commands is not None and self._commands.transport is not None:
+            self._commands.transport.close()
         for targets in (*self.channels.values(), *self.patterns.values()):
             for deliver in targets:
                 worker = getattr(deliver, "__self__", None)
@@ -280,6 +347,31 @@ class Limit(Contender):
         else:
             targets.append(sub.deliver)
         return sub
+
+    # -- publishing -----------------------------------------------------------------------
+    async def publish(self, channel: bytes, data: bytes) -> int:
+        commands = self._commands
+        if commands is None or commands.lost is not None:
+            commands = await self._open_commands()
+        count: int = await commands.call(publish_command(channel, data))
+        return count
+
+    async def _open_commands(self) -> _Commands:
+        """Dial the command connection once, however many publishers wait for it."""
+        opening = self._commands_opening
+        if opening is None:
+            opening = asyncio.get_running_loop().create_task(self._dial_commands())
+            self._commands_opening = opening
+        return await asyncio.shield(opening)
+
+    async def _dial_commands(self) -> _Commands:
+        try:
+            loop = asyncio.get_running_loop()
+            _, commands = await loop.create_connection(_Commands, self.host, self.port)
+            self._commands = commands
+            return commands
+        finally:
+            self._commands_opening = None
 
     def pending(self) -> int:
         return self.sent - self.acked

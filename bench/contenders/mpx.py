@@ -2,11 +2,12 @@
 
 ``Multiplexer(url)``; ``async with``-style start and ``aclose``; one
 ``new_channel_subscription(on_message, on_activation=...)`` per application subscription and
-``sub.add(*names)`` / ``sub.remove(*names)`` / ``sub.close()``. ``on_activation`` is passed only
-when the scenario waits for client-side confirmation (throughput, latency); S5/S6/S8 pass
-``None`` and use the server's counts, as a typical application would not set it.
-Everything else is the library's default, except ``max_buffer`` in the async-callback
-throughput runs (see ``bench/README.md``).
+``sub.add(*names)`` / ``sub.remove(*names)`` / ``sub.close()``; S11 publishes with
+``await mpx.publish(channel, data)`` (its own command connection, every publish of one loop
+turn in one write). ``on_activation`` is passed only when the scenario waits for client-side
+confirmation (throughput, latency); S5/S6/S8 pass ``None`` and use the server's counts, as a
+typical application would not set it. Everything else is the library's default, except
+``max_buffer`` in the async-callback throughput runs (see ``bench/README.md``).
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ class Mpx(Contender):
         on_activation = self._on_activation if self.track_activation else None
         self.expected += 1
         return self._mpx.new_pattern_subscription(pattern, on_message, on_activation=on_activation)
+
+    async def publish(self, channel: bytes, data: bytes) -> int:
+        count: int = await self._mpx.publish(channel, data)
+        return count
 
     def pending(self) -> int:
         return self.expected - self.activated

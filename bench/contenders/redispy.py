@@ -7,6 +7,11 @@ when the callback is ``async``), reference counts so that ``SUBSCRIBE``/``UNSUBS
 only for the first/last subscriber of a name, and a ``try`` around each callback. Reconnects
 are redis-py's own (its retry object reconnects and replays the subscriptions); the loop only
 sleeps 5 ms if ``get_message`` gives up and raises.
+
+Publishing (S11) is ``await r.publish(channel, data)`` on the same ``Redis`` object: its
+connection pool lends each concurrent call a connection of its own. The default pool holds at
+most 100 connections and raises ``MaxConnectionsError("Too many connections")`` beyond that, so
+S11 sizes it with ``max_connections`` (what a user does when 1,000 tasks publish at once).
 """
 
 from __future__ import annotations
@@ -39,8 +44,13 @@ class RedisPySub:
 class RedisPy(Contender):
     name = "redispy"
 
-    def __init__(self, url: str, track_activation: bool = True) -> None:
+    def __init__(
+        self, url: str, track_activation: bool = True, max_connections: int | None = None
+    ) -> None:
         super().__init__(url, track_activation)
+        self.options: dict[str, Any] = (
+            {} if max_connections is None else {"max_connections": max_connections}
+        )
         self.channels: dict[bytes, list[OnMessage]] = {}
         self.patterns: dict[bytes, list[OnMessage]] = {}
         self.sent = 0
@@ -48,7 +58,7 @@ class RedisPy(Contender):
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.redis: Any = aioredis.Redis.from_url(self.url)
+        self.redis: Any = aioredis.Redis.from_url(self.url, **self.options)
         self.pubsub: Any = cast(Any, self.redis.pubsub())
         await self.pubsub.connect()
         self._task = asyncio.create_task(self._reader())
@@ -153,6 +163,10 @@ class RedisPy(Contender):
         else:
             targets.append(on_message)
         return sub
+
+    async def publish(self, channel: bytes, data: bytes) -> int:
+        count: int = await self.redis.publish(channel, data)
+        return count
 
     def pending(self) -> int:
         return self.sent - self.acked

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import select
 import socket
 import time
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.procs import ScenarioError, Worker
 from bench.resp import Admin, encode
-from bench.scenarios.common import Counter, Env, median, summary
+from bench.scenarios.common import CLK_TCK, Counter, Env, cpu_ticks, median, summary
 from bench.server import RESERVED_PORTS
 from bench.worker import Ctl
 
@@ -50,7 +49,6 @@ FULL_SIZE = (3_000, 300_000)  # channels, messages per repetition
 QUICK_SIZE = (30, 600)
 CHUNK = 1000  # commands per write
 SERVER_ARGS = ("--client-output-buffer-limit", "pubsub 0 0 0")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # (port, command, channel names owned by that node)
 Group = tuple[int, bytes, list[bytes]]
@@ -187,13 +185,6 @@ async def subscriber(ctl: Ctl, name: str, p: dict[str, Any]) -> dict[str, Any]:
 # Orchestrator
 
 
-def _cpu_ticks(pid: int) -> int:
-    """utime + stime of a process, in clock ticks."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
 def _wait_subscribed(
     ports: Sequence[int], command: tuple[str, ...], want: int, timeout: float
 ) -> None:
@@ -246,7 +237,7 @@ def _measure(
         command = ("PUBSUB", "SHARDCHANNELS") if sharded else ("PUBSUB", "CHANNELS")
         _wait_subscribed([port for port, _, _ in groups], command, len(names), 10.0)
         for _ in range(reps):
-            before = [_cpu_ticks(pid) for pid in pids]
+            before = [cpu_ticks(pid) for pid in pids]
             pub.send("bulk", per_channel)
             published = pub.expect("published", env.timeout(180.0))[1]
             if published["not_one"]:
@@ -257,7 +248,7 @@ def _measure(
             publish_s.append(published["secs"])
             sub.send("go", msgs)
             results.append(sub.expect("rep", env.timeout(180.0))[1])
-            server_cpu.append([_cpu_ticks(pid) - b for pid, b in zip(pids, before, strict=True)])
+            server_cpu.append([cpu_ticks(pid) - b for pid, b in zip(pids, before, strict=True)])
         pub.send("stop")
         sub.send("stop")
         pub.result(env.timeout(30.0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from bench.procs import Publisher
 from bench.server import Server, ServerBinary
 
 CLOCK = time.CLOCK_MONOTONIC
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class Counter:
@@ -86,6 +88,13 @@ class Env:
 
     def timeout(self, full: float) -> float:
         return min(full, 15.0) if self.quick else full
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process (a server's), in clock ticks (``CLK_TCK`` per second)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def median(values: list[float]) -> float:
