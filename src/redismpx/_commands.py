@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +53,7 @@ class CommandLink:
         self._logged: str | None = None
         self._pause = Pause()  # the backoff wait, which ``wake`` cuts short
         self._closed = False
+        self._deadline: _Deadline | None = None  # the window new calls share a timer with
 
     # -- calls -------------------------------------------------------------------------------
 
@@ -72,21 +74,50 @@ class CommandLink:
                 self._flush_handle = self._tasks.call_soon(self._flush)
             elif self._task is None:
                 self._task = self._tasks.spawn(self._run(), f"redismpx commands {self._describe()}")
-        try:
-            if timeout is None:
+        if timeout is None:
+            reply = await fut
+        else:
+            deadline = self._deadline_for(loop, timeout)
+            deadline.calls.append((fut, name))
+            deadline.pending += 1
+            try:
                 reply = await fut
-            else:
-                async with asyncio.timeout(timeout):
-                    reply = await fut
-        except TimeoutError:
-            raise self._timeout_error(fut, name, timeout) from None
+            finally:
+                deadline.pending -= 1
+                if not deadline.pending:
+                    self._release(deadline)
         if isinstance(reply, hiredis.ReplyError):
             raise ServerError(str(reply), name)
         return reply
 
-    def _timeout_error(
-        self, fut: asyncio.Future[Any], name: str, timeout: float | None
-    ) -> Exception:
+    # -- timeouts: one timer per 10 ms window of deadlines, not one per call -----------------
+
+    def _deadline_for(self, loop: asyncio.AbstractEventLoop, timeout: float) -> _Deadline:
+        at = math.ceil((loop.time() + timeout) / _GRAIN) * _GRAIN  # up to 10 ms late
+        deadline = self._deadline
+        if deadline is None or deadline.at != at or deadline.timeout != timeout:
+            deadline = self._deadline = _Deadline(at, timeout)
+            deadline.timer = loop.call_at(at, self._expire, deadline)
+        return deadline
+
+    def _release(self, deadline: _Deadline) -> None:
+        # Every call of the window has its outcome: drop the timer and the futures.
+        if deadline.timer is not None:
+            deadline.timer.cancel()
+            deadline.timer = None
+        deadline.calls.clear()
+        if self._deadline is deadline:
+            self._deadline = None
+
+    def _expire(self, deadline: _Deadline) -> None:
+        deadline.timer = None
+        if self._deadline is deadline:
+            self._deadline = None
+        for fut, name in deadline.calls:
+            if not fut.done():
+                fut.set_exception(self._timeout_error(fut, name, deadline.timeout))
+
+    def _timeout_error(self, fut: asyncio.Future[Any], name: str, timeout: float) -> Exception:
         for i, (_, waiting) in enumerate(self._unsent):
             if waiting is fut:
                 del self._unsent[i]
@@ -203,6 +234,22 @@ class CommandLink:
         self._task = None
         self._flush_handle = None
         self._unsent = []
+
+
+_GRAIN = 0.01  # seconds: calls whose deadlines fall in the same window share one timer
+
+
+class _Deadline:
+    """The calls whose timeouts end in one window, and the one timer that fails them."""
+
+    __slots__ = ("at", "calls", "pending", "timeout", "timer")
+
+    def __init__(self, at: float, timeout: float) -> None:
+        self.at = at
+        self.timeout = timeout
+        self.calls: list[tuple[asyncio.Future[Any], str]] = []
+        self.pending = 0  # calls still awaiting their outcome
+        self.timer: asyncio.TimerHandle | None = None
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:

@@ -17,7 +17,7 @@ from ._connection import Connection, Dial, connect
 from ._link import Link, LinkOwner
 from ._names import Listener
 from ._options import ConnectOptions, Tuning
-from ._protocol import encode_command
+from ._protocol import encode_command, encode_pair
 from ._tasks import TaskOwner
 from .errors import ConnectionLost
 from .state import State
@@ -152,9 +152,11 @@ class SingleRouter:
     async def publish(
         self, channel: bytes, data: bytes, *, sharded: bool, timeout: float | None
     ) -> int:
-        command = b"SPUBLISH" if sharded else b"PUBLISH"
-        frame = encode_command(command, channel, data)
-        receivers = int(await self.commands.call(frame, command.decode(), timeout))
+        if sharded:
+            frame, name = encode_pair(b"SPUBLISH", channel, data), "SPUBLISH"
+        else:
+            frame, name = encode_pair(b"PUBLISH", channel, data), "PUBLISH"
+        receivers = int(await self.commands.call(frame, name, timeout))
         self.published += 1
         return receivers
 

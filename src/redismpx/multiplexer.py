@@ -287,7 +287,8 @@ class Multiplexer:
         payload = to_bytes(data, "data")
         if not isinstance(sharded, bool):
             raise InvalidArgumentType("sharded must be a bool")
-        check_seconds("timeout", timeout, allow_none=True)
+        if timeout is not None and (timeout.__class__ is not float or not 0 < timeout < 1e300):
+            check_seconds("timeout", timeout)  # the common case (a float) checked inline
         self._hub.start_in_running_loop()
         return await self._hub.router.publish(name, payload, sharded=sharded, timeout=timeout)
 

@@ -6,6 +6,8 @@ from typing import Any
 
 import hiredis
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from redismpx._protocol import (
     ACK_OF,
@@ -26,6 +28,7 @@ from redismpx._protocol import (
     classify,
     encode_command,
     encode_names,
+    encode_pair,
 )
 
 
@@ -100,3 +103,14 @@ def test_encoding() -> None:
         b"*3\r\n$9\r\nSUBSCRIBE\r\n$1\r\na\r\n$2\r\nbc\r\n"
     )
     assert parse(encode_command(b"SELECT", b"2")) == [b"SELECT", b"2"]
+
+
+@given(st.binary(max_size=64), st.binary(max_size=300), st.binary(max_size=300))
+def test_encode_pair_is_encode_command_of_three(
+    command: bytes, first: bytes, second: bytes
+) -> None:
+    # The publish path's one-format encoder must produce the very bytes of the general one.
+    assert encode_pair(command, first, second) == encode_command(command, first, second)
+    reader = hiredis.Reader()
+    reader.feed(encode_pair(command, first, second))
+    assert reader.gets() == [command, first, second]

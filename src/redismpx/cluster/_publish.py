@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from .._commands import CommandLink
 from .._connection import Connection, connect
-from .._protocol import encode_command
+from .._protocol import encode_command, encode_pair
 from ..errors import ConnectError, ServerError
 from ._slots import MAX_REDIRECTS, Address, key_slot, parse_redirect
 
@@ -60,12 +60,12 @@ class Publisher:
             addr = router.home or (smap.primaries[0] if smap.primaries else None)
             if addr is None:
                 raise ConnectError("no cluster node to publish to")
-            frame = encode_command(b"PUBLISH", channel, data)
+            frame = encode_pair(b"PUBLISH", channel, data)
             receivers = int(await self._link(addr).call(frame, "PUBLISH", timeout))
             self.published += 1
             return receivers
         slot = key_slot(channel)
-        frame = encode_command(b"SPUBLISH", channel, data)
+        frame = encode_pair(b"SPUBLISH", channel, data)
         for _ in range(MAX_REDIRECTS + 1):
             smap = await router.topology.ensure_map()
             owner = smap.owners[slot]
