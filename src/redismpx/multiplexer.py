@@ -271,16 +271,16 @@ class Multiplexer:
         :class:`InvalidArgumentType`.
 
         Publishing uses its own connection (never the subscriber one), opened at the first
-        publish and kept; every publish of one event-loop turn goes out in one write. While
-        that connection is down the publish waits for it (it is re-dialled with the
-        reconnect backoff, and follows a Sentinel failover) for up to ``timeout`` seconds
-        (``None``: no limit), then raises :class:`PublishTimeout` (``sent=False``: nothing was
-        published). Pub/Sub is at-most-once and nothing is retried behind your back: a
-        connection that breaks after the message was written raises :class:`ConnectionLost`
-        (it may or may not have been published), a reply that does not come within
-        ``timeout`` raises :class:`PublishTimeout` with ``sent=True``, and an error reply
-        raises :class:`ServerError`. Cancelling the caller before the write means the message
-        is not sent.
+        publish and kept; every publish of one event-loop turn goes out in one write. While that
+        connection is down the publish waits for it (it is re-dialled with the reconnect
+        backoff, and follows a Sentinel failover) for up to ``timeout`` seconds (``None``: no
+        limit; it may end up to 10 ms late, never early), then raises :class:`PublishTimeout`
+        (``sent=False``: nothing was published). Pub/Sub is at-most-once and nothing is retried
+        behind your back: a connection that breaks after the message was written raises
+        :class:`ConnectionLost` (it may or may not have been published), a reply that does not
+        come within ``timeout`` raises :class:`PublishTimeout` with ``sent=True``, and an error
+        reply raises :class:`ServerError`. Cancelling the caller before the write means the
+        message is not sent.
         """
         self._check_open()
         name = to_bytes(channel, "channel")
