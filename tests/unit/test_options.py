@@ -58,3 +58,14 @@ def test_connect_timeout_is_bounded() -> None:
     assert parse_options(connect_timeout=MAX_SECONDS).connect_timeout == MAX_SECONDS
     with pytest.raises(InvalidArgument, match="connect_timeout"):
         parse_options(connect_timeout=float("inf"))
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://h/\u00b2", "redis://h/0?db=\u00b2", "unix:///tmp/s?protocol=\u00b3"]
+)
+def test_non_ascii_digits_in_the_url_are_a_typed_error(url: str) -> None:
+    # str.isdigit() accepts superscripts, which int() refuses. BUG: a raw ValueError
+    # ("invalid literal for int() with base 10: '²'"), quoting the URL.
+    with pytest.raises(InvalidArgument) as info:
+        parse_options(url)
+    assert info.value.__cause__ is None and info.value.__context__ is None
