@@ -198,14 +198,14 @@ def parse_options(url: str | None = None, **options: Unpack[ConnectionOptions]) 
                 values["port"] = parsed_port
             path = parts.path.strip("/")
             if path:
-                if not path.isdigit():
+                if not (path.isascii() and path.isdigit()):
                     raise InvalidArgument(
                         f"the URL path must be a db number such as /0 ({_ENCODE_HINT})"
                     )
                 values["db"] = int(path)
         for key in ("db", "protocol"):
             if key in query:
-                if not query[key].isdigit():
+                if not (query[key].isascii() and query[key].isdigit()):
                     raise InvalidArgument(f"{key} in the URL must be a number")
                 values[key] = int(query[key])
         for key in ("client_name", "username", "password"):

@@ -75,6 +75,7 @@ class Multiplexer:
 
     def __init__(self, url: str | None = None, **options: Unpack[MultiplexerOptions]) -> None:
         connection, tuning, sentinel = split_options(options, SENTINEL_KEYS)
+        sentinel = {k: v for k, v in sentinel.items() if v is not None}  # None: unset
         if sentinel or is_sentinel_url(url):
             config = parse_sentinel(url, {**connection, **sentinel})
             self._setup(Hub(tuning, lambda host: SentinelRouter(host, config)))

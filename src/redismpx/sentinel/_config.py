@@ -22,6 +22,12 @@ _HINT = "percent-encode special characters such as # / ? @ , in the password"
 Address = tuple[str, int]
 
 
+def where(address: Address) -> str:
+    """``host:port`` for messages and reprs (``[::1]:26379`` for IPv6)."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(frozen=True)
 class SentinelConfig:
     """Where the sentinels are, what they watch, and how to talk to them and to the data
@@ -49,6 +55,11 @@ def is_sentinel_url(url: object) -> bool:
     return isinstance(url, str) and url.split("://", 1)[0].lower() in SCHEMES
 
 
+def is_number(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also accepts ``²`` and other scripts' digits)."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_sentinel(url: str | None, options: Mapping[str, Any]) -> SentinelConfig:
     """Build a :class:`SentinelConfig` from a Sentinel URL and/or the keywords.
 
@@ -66,6 +77,13 @@ def parse_sentinel(url: str | None, options: Mapping[str, Any]) -> SentinelConfi
     service: str | None = None
     tls = False
     if url is not None:
+        if not isinstance(url, str):
+            raise InvalidArgumentType(f"url must be a str, not {type(url).__name__}")
+        if not is_sentinel_url(url):
+            raise InvalidArgument(
+                "the Sentinel keywords need a redis+sentinel:// URL (or no URL): this URL "
+                "names one server"
+            )
         sentinels, service, tls, from_url = _parse_url(url)
     for key, value in from_url.items():
         if connection.get(key) is None:
@@ -103,6 +121,10 @@ def _parse_url(url: str) -> tuple[list[Address], str | None, bool, dict[str, Any
         raise InvalidArgument(f"the URL must not contain '#' ({_HINT})")
     rest, _, query = rest.partition("?")
     netloc, _, path = rest.partition("/")
+    if "@" in path or "@" in query:
+        # A password holding an unencoded '/' or '?': its tail would become the service
+        # name or a parameter, which errors and reprs would show.
+        raise InvalidArgument(f"the URL has an '@' after its host part ({_HINT})")
     userinfo, at, hosts = netloc.rpartition("@")
     values: dict[str, Any] = {}
     if at:
@@ -113,7 +135,7 @@ def _parse_url(url: str) -> tuple[list[Address], str | None, bool, dict[str, Any
             values["password"] = unquote(password)
     sentinels = [_host_port(part, i) for i, part in enumerate(hosts.split(","), 1) if part]
     segments = [unquote(s) for s in path.split("/") if s]
-    if len(segments) > 2 or (len(segments) == 2 and not segments[1].isdigit()):
+    if len(segments) > 2 or (len(segments) == 2 and not is_number(segments[1])):
         raise InvalidArgument(f"the URL path must be /service_name or /service_name/db ({_HINT})")
     service = segments[0] if segments else None
     if len(segments) == 2:
@@ -122,7 +144,7 @@ def _parse_url(url: str) -> tuple[list[Address], str | None, bool, dict[str, Any
         raise InvalidArgument(f"the URL query must be key=value pairs ({_HINT})")
     for key, items in parse_qs(query).items():
         if key in ("db", "protocol"):
-            if not items[-1].isdigit():
+            if not is_number(items[-1]):
                 raise InvalidArgument(f"{key} in the URL must be a number")
             values[key] = int(items[-1])
         elif key == "client_name":
@@ -135,15 +157,30 @@ def _parse_url(url: str) -> tuple[list[Address], str | None, bool, dict[str, Any
 def _host_port(part: str, index: int) -> Address:
     host, port = part, ""
     if part.startswith("["):  # [IPv6]:port
-        host, _, after = part[1:].partition("]")
-        port = after[1:] if after.startswith(":") else after
+        host, bracket, after = part[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise InvalidArgument(
+                f"sentinel address #{index} in the URL has an unbalanced or invalid [IPv6] "
+                f"host ({_HINT})"
+            )
+        port = after[1:]
+    elif "[" in part or "]" in part:
+        raise InvalidArgument(
+            f"sentinel address #{index} in the URL has an unbalanced or invalid [IPv6] host "
+            f"({_HINT})"
+        )
     elif part.count(":") == 1:
         host, _, port = part.partition(":")
+    elif part.count(":") > 1:
+        raise InvalidArgument(
+            f"sentinel address #{index} in the URL has several ':' (write IPv6 addresses as "
+            f"[::1]:26379; {_HINT})"
+        )
     if not host:
         raise InvalidArgument(f"sentinel address #{index} in the URL has no host ({_HINT})")
     if not port:
         return host, DEFAULT_PORT
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not is_number(port) or not 0 < int(port) < 65536:
         raise InvalidArgument(
             f"sentinel address #{index} in the URL has a bad port: it must be a number from "
             f"1 to 65535 ({_HINT})"

@@ -7,17 +7,13 @@ from typing import Any
 
 from .._connection import Connection, connect
 from ..errors import ConnectError, ConnectionLost, ServerError
-from ._config import Address, SentinelConfig
+from ._config import Address, SentinelConfig, is_number, where
 
 _PRIMARY_ROLES = (b"master", b"primary")
 
 
 def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def _where(address: Address) -> str:
-    return f"{address[0]}:{address[1]}"
 
 
 class Sentinels:
@@ -46,20 +42,20 @@ class Sentinels:
             try:
                 named = await self.ask(sentinel)
             except (ConnectionLost, ServerError, TimeoutError) as exc:
-                failures.append(f"{_where(sentinel)}: {_reason(exc)}")
+                failures.append(f"{where(sentinel)}: {_reason(exc)}")
                 continue
             if named is None:
-                unknown.append(_where(sentinel))
+                unknown.append(where(sentinel))
                 continue
             if named in tried:
                 continue  # another sentinel with the same answer: same outcome
             try:
                 conn = await self._confirm(named)
             except (ConnectionLost, ServerError, TimeoutError) as exc:
-                tried[named] = f"{_where(named)} ({_reason(exc)})"
+                tried[named] = f"{where(named)} ({_reason(exc)})"
                 continue
             if isinstance(conn, str):
-                tried[named] = f"{_where(named)} ({conn})"
+                tried[named] = f"{where(named)} ({conn})"
                 continue
             self.known.remove(sentinel)
             self.known.insert(0, sentinel)
@@ -73,9 +69,9 @@ class Sentinels:
         if tried:
             parts.append(f"the primary the sentinels name is not usable: {'; '.join(tried)}")
         if unknown:
-            parts.append(f"unknown to {', '.join(unknown)}")
+            parts.append(f"unknown to sentinel {', '.join(unknown)}")
         if failures:
-            parts.append(f"unreachable: {'; '.join(failures)}")
+            parts.append(f"no answer from sentinel {'; '.join(failures)}")
         if not tried and not failures:
             return f"no sentinel knows the service {service!r} (asked {', '.join(unknown)})"
         return f"no primary for {service!r}: " + "; ".join(parts)
@@ -117,7 +113,7 @@ class Sentinels:
             fields = [_text(x) for x in entry]
             info = dict(zip(fields[::2], fields[1::2], strict=False))
             ip, port = info.get("ip"), info.get("port", "")
-            if ip and port.isdigit() and (ip, int(port)) not in self.known:
+            if ip and is_number(port) and (ip, int(port)) not in self.known:
                 self.known.append((ip, int(port)))
 
     async def is_primary(self, address: Address) -> bool:

@@ -12,7 +12,7 @@ from .._connection import Connection, connect
 from .._protocol import encode_command
 from .._router import RouterHost, SingleRouter
 from ..errors import ConnectionLost, ServerError
-from ._config import Address, SentinelConfig
+from ._config import Address, SentinelConfig, where
 from ._resolve import Sentinels
 
 logger = logging.getLogger("redismpx.sentinel")
@@ -36,7 +36,7 @@ class SentinelRouter(SingleRouter):
         self.failovers = 0  # announced failovers followed
         self._watch_task: asyncio.Task[None] | None = None
         self._watch_conn: Connection | None = None
-        self._logged: str | None = None
+        self._logged: set[str] = set()  # the watcher's errors logged since it last worked
 
     async def _dial_link(self) -> Connection:
         conn, primary = await self.sentinels.connect_primary()
@@ -70,16 +70,16 @@ class SentinelRouter(SingleRouter):
         self._watch_conn = None
 
     def describe(self) -> str:
-        hosts = ",".join(f"{h}:{p}" for h, p in self.config.sentinels)
-        where = f"redis+sentinel://{hosts}/{self.config.service_name}"
+        hosts = ",".join(where(a) for a in self.config.sentinels)
+        url = f"redis+sentinel://{hosts}/{self.config.service_name}"
         primary = self.sentinels.primary
-        return where if primary is None else f"{where} (primary {primary[0]}:{primary[1]})"
+        return url if primary is None else f"{url} (primary {where(primary)})"
 
     def add_stats(self, stats: dict[str, Any]) -> None:
         super().add_stats(stats)
-        primary = self.sentinels.primary if self.link.conn is not None else None
-        stats["primary"] = None if primary is None else f"{primary[0]}:{primary[1]}"
-        stats["sentinels"] = [f"{h}:{p}" for h, p in self.sentinels.known]
+        primary = self._link_at if self.link.conn is not None else None
+        stats["primary"] = None if primary is None else where(primary)
+        stats["sentinels"] = [where(a) for a in self.sentinels.known]
         stats["failovers"] = self.failovers
 
     # -- following failovers -----------------------------------------------------------------
@@ -96,10 +96,10 @@ class SentinelRouter(SingleRouter):
         if not (link_moves or commands_move):
             return  # not connected (dialling again now), or already there
         old = self._link_at if link_moves else self._commands_at
-        was = "?" if old is None else f"{old[0]}:{old[1]}"
+        was = "?" if old is None else where(old)
         error = ConnectionLost(
             f"failover: the primary of {self.config.service_name!r} moved from {was} to "
-            f"{primary[0]}:{primary[1]}"
+            f"{where(primary)}"
         )
         if link_moves:
             self.failovers += 1
@@ -141,9 +141,9 @@ class SentinelRouter(SingleRouter):
             async with asyncio.timeout(opts.connect_timeout):
                 await conn.request(b"SUBSCRIBE", _CHANNEL)
             conn.start_heartbeat(_Pinger(conn), *self._heartbeat())
-            if self._logged is not None:
-                logger.info("watching failovers through sentinel %s:%s", *sentinel)
-                self._logged = None
+            if self._logged:
+                logger.info("watching failovers through sentinel %s", where(sentinel))
+                self._logged.clear()
             # A failover while nobody watched: ask now that events can no longer be missed
             # (and believe the answer only if the node agrees: a sentinel may lag behind).
             named = await self.sentinels.ask(sentinel)
@@ -164,12 +164,14 @@ class SentinelRouter(SingleRouter):
         return tuning.health_check_interval, tuning.health_check_timeout
 
     def _watch_failed(self, sentinel: Address, exc: BaseException) -> None:
-        text = f"watching failovers through sentinel {sentinel[0]}:{sentinel[1]}: {exc}"
+        text = f"watching failovers through sentinel {where(sentinel)}: {exc}"
         if isinstance(exc, TimeoutError):
-            text = f"sentinel {sentinel[0]}:{sentinel[1]} did not answer SUBSCRIBE in time"
-        if text != self._logged:  # once per distinct error
-            self._logged = text
+            text = f"sentinel {where(sentinel)} did not answer SUBSCRIBE in time"
+        if text not in self._logged:  # once per distinct error, until a watch works
+            self._logged.add(text)
             logger.warning("%s; trying the next sentinel", text)
+        else:
+            logger.debug("%s; trying the next sentinel", text)
 
 
 class _Pinger:
