@@ -136,7 +136,9 @@ class CommandLink:
     def _flush(self) -> None:
         self._flush_handle = None
         conn = self.conn
-        if conn is None or not self._unsent:
+        if conn is None or conn.closed.done() or not self._unsent:
+            # A connection already lost (``_run`` has not resumed to see it): the batch waits
+            # for the next one; written here, it would be neither sent nor failed.
             return
         batch, self._unsent = self._unsent, []
         live = [(cmd, fut) for cmd, fut in batch if not fut.done()]  # cancelled: never sent

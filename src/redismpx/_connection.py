@@ -165,7 +165,9 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_heartbeat()
         error: BaseException
-        if exc is None:
+        if self.closed.done():  # aborted: the reason given then (heartbeat, close, failover)
+            error = self.closed.result()
+        elif exc is None:
             error = ConnectionLost("connection closed by the server")
         elif isinstance(exc, ConnectionLost):
             error = exc

@@ -268,8 +268,8 @@ class Multiplexer:
         """Publish ``data`` on ``channel``; returns the number of receivers Redis reports.
 
         ``sharded=True`` sends ``SPUBLISH`` (for shard-channel subscriptions) instead of
-        ``PUBLISH``. ``str`` is encoded as UTF-8; anything but ``str`` or ``bytes`` raises
-        :class:`InvalidArgumentType`.
+        ``PUBLISH``. ``str`` is encoded as UTF-8; anything but ``str`` or bytes-like
+        (``bytes``, ``bytearray``, ``memoryview``) raises :class:`InvalidArgumentType`.
 
         Publishing uses its own connection (never the subscriber one), opened at the first
         publish and kept; every publish of one event-loop turn goes out in one write. While that

@@ -178,9 +178,10 @@ async def test_a_killed_node_fails_its_outstanding_publishes_and_takes_new_ones_
     link = router_of(pub).publisher._links[(a.host, a.port)]
     try:
         a.pause()
-        written = pub.stats()["published"]
         tasks = [asyncio.create_task(pub.publish(victim, f"k{i}", timeout=30)) for i in range(5)]
-        await eventually(lambda: pub.stats()["published"] == written + 5, "the publishes written")
+        await eventually(
+            lambda: link.conn is not None and link.conn.awaiting == 5, "the publishes written"
+        )
         await a.akill()
         async with asyncio.timeout(5):
             outcomes = await asyncio.gather(*tasks, return_exceptions=True)

@@ -16,3 +16,9 @@ def link_of(mpx: Any) -> Link:
 def router_of(mpx: Any) -> Any:
     """The router of a multiplexer (for a cluster: links, home node, topology reader)."""
     return mpx._hub.router
+
+
+def replies_awaited(mpx: Any) -> int:
+    """Publishes written on a standalone multiplexer's command connection and not answered."""
+    conn = mpx._hub.router.commands.conn
+    return 0 if conn is None else int(conn.awaiting)
