@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import itertools
 import warnings
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -76,13 +77,99 @@ async def chat_user(server: RedisServer) -> str:
     return f"redis://chat:pw@127.0.0.1:{server.port}"
 
 
+class SlowLink:
+    """A TCP hop to the server that delays every chunk by ``delay`` seconds, in order.
+
+    A multiplexer behind it has its SUBSCRIBE reach Redis well after a publish sent directly
+    right after the call: an await that returned before the confirmation loses that publish.
+    """
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        self.target_port = target_port
+        self.delay = delay
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers += [writer, up_writer]
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.ensure_future(self._pump(src, dst))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                await asyncio.sleep(self.delay)  # the latency of a slow network
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            dst.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class Setup:
+    """A multiplexer and how to publish so that the publish can overtake its SUBSCRIBE."""
+
+    def __init__(
+        self,
+        m: Multiplexer,
+        publish: Callable[[str, str], Awaitable[int]],
+        spublish: Callable[[str, str], Awaitable[int]],
+    ) -> None:
+        self.m = m
+        self.publish = publish
+        self.spublish = spublish  # SPUBLISH, for shard channels
+
+
+@pytest.fixture(params=["resp3", "resp2", "slow-link"])
+async def setup(
+    redis_server: RedisServer, admin: Admin, request: pytest.FixtureRequest
+) -> AsyncIterator[Setup]:
+    """Direct (RESP3, RESP2): publishing with the multiplexer's own ``publish``. Slow link:
+    the multiplexer behind a 10 ms hop, publishing directly to the server."""
+    if request.param == "slow-link":
+        link = SlowLink(redis_server.port, 0.01)
+        await link.start()
+        m = Multiplexer(link.url)
+        yield Setup(m, admin.publish, admin.client.spublish)
+        await m.aclose()
+        await link.close()
+    else:
+        m = Multiplexer(redis_server.url, protocol=3 if request.param == "resp3" else 2)
+        yield Setup(m, m.publish, functools.partial(m.publish, sharded=True))
+        await m.aclose()
+
+
 # -- a publish right after the await is received ------------------------------------------------
 
 
-async def test_publish_right_after_await_add_is_always_received(mpx: Multiplexer) -> None:
+async def test_publish_right_after_await_add_is_always_received(setup: Setup) -> None:
     # 100 rounds, each on a fresh channel: a new plain subscription, a long-lived one that
     # keeps adding, and a queued one (async callbacks). The publish goes over another
     # connection; Redis counting the subscriber proves the subscription was in place.
+    mpx = setup.m
     long_lived = Recorder("long-lived")
     keeps_adding = mpx.new_channel_subscription(long_lived.on_message)
     for i in range(100):
@@ -97,7 +184,7 @@ async def test_publish_right_after_await_add_is_always_received(mpx: Multiplexer
             rec = AsyncRecorder(f"queued {i}")
             sub = mpx.new_channel_subscription(rec.on_message)
         await within(sub.add(channel), what=f"round {i}: await add")
-        receivers = await mpx.publish(channel, f"m{i}")
+        receivers = await setup.publish(channel, f"m{i}")
         assert receivers == 1, f"round {i} ({channel}): the first publish was not counted"
         await rec.wait_until(
             lambda: (channel.encode(), f"m{i}".encode()) in rec.messages,  # noqa: B023
@@ -108,8 +195,9 @@ async def test_publish_right_after_await_add_is_always_received(mpx: Multiplexer
 
 
 async def test_publish_right_after_entering_subscribe_is_always_received(
-    mpx: Multiplexer,
+    setup: Setup,
 ) -> None:
+    mpx = setup.m
     for i in range(100):
         channel = fresh("iter")
         async with contextlib.AsyncExitStack() as stack:
@@ -117,15 +205,16 @@ async def test_publish_right_after_entering_subscribe_is_always_received(
                 stack.enter_async_context(mpx.subscribe(channel)), what=f"round {i}: entering"
             )
             assert channel in it
-            receivers = await mpx.publish(channel, f"m{i}")
+            receivers = await setup.publish(channel, f"m{i}")
             assert receivers == 1, f"round {i} ({channel}): the first publish was not counted"
             message = await within(anext(it), what=f"round {i}: the first message")
             assert (message.channel, message.data) == (channel.encode(), f"m{i}".encode())
 
 
 async def test_publish_right_after_entering_psubscribe_is_always_received(
-    mpx: Multiplexer,
+    setup: Setup,
 ) -> None:
+    mpx = setup.m
     for i in range(30):
         prefix = fresh("pat")
         async with contextlib.AsyncExitStack() as stack:
@@ -133,7 +222,7 @@ async def test_publish_right_after_entering_psubscribe_is_always_received(
                 stack.enter_async_context(mpx.psubscribe(prefix + ".*")),
                 what=f"round {i}: entering",
             )
-            assert await mpx.publish(prefix + ".x", f"m{i}") == 1, f"round {i}: not counted"
+            assert await setup.publish(prefix + ".x", f"m{i}") == 1, f"round {i}: not counted"
             message = await within(anext(it), what=f"round {i}: the first message")
             assert message.data == f"m{i}".encode()
             assert message.pattern == (prefix + ".*").encode()
@@ -151,42 +240,51 @@ async def test_await_add_on_a_multiplexer_not_yet_connected(redis_server: RedisS
             await rec.received(1)
 
 
-async def test_await_add_of_shard_channels_on_a_standalone_server(mpx: Multiplexer) -> None:
+async def test_await_add_of_shard_channels_on_a_standalone_server(setup: Setup) -> None:
+    mpx = setup.m
     rec = Recorder()
     sub = mpx.new_channel_subscription(rec.on_message, sharded=True)
     for i in range(20):
         channel = fresh("shard")
         await within(sub.add(channel), what=f"round {i}")
-        assert await mpx.publish(channel, "s", sharded=True) == 1, f"round {i}: not counted"
+        assert await setup.spublish(channel, "s") == 1, f"round {i}: not counted"
     await rec.received(20)
     assert not sub.hears_activations
 
 
-async def test_await_add_of_several_channels_waits_for_every_one(mpx: Multiplexer) -> None:
+async def test_await_add_of_several_channels_waits_for_every_one(setup: Setup) -> None:
+    mpx = setup.m
     rec = Recorder()
     sub = mpx.new_channel_subscription(rec.on_message)
     names = [fresh("many") for _ in range(50)]
     await within(sub.add(*names))
-    counts = await asyncio.gather(*(mpx.publish(n, "x") for n in names))
+    counts = await asyncio.gather(*(setup.publish(n, "x") for n in names))
     assert counts == [1] * 50
     await rec.received(50)
 
 
 async def test_rejoining_a_channel_being_unsubscribed_waits_for_the_resubscribe(
-    mpx: Multiplexer, admin: Admin
+    setup: Setup, admin: Admin
 ) -> None:
+    mpx = setup.m
     # One client leaves a channel (its UNSUBSCRIBE is on the wire) as another joins it: the
-    # join must wait for the new SUBSCRIBE, not trust the old activation.
+    # join must wait for the new SUBSCRIBE, not trust the old activation. Odd rounds join
+    # once Redis has processed the UNSUBSCRIBE (over the slow link its reply is still on the
+    # way): a publish then is lost unless the join waited for its own SUBSCRIBE.
     channel = fresh("churn")
     leaving = mpx.new_channel_subscription(ignore)
     await within(leaving.add(channel))
     for i in range(20):
         leaving.remove(channel)
         await asyncio.sleep(0)  # the UNSUBSCRIBE is written in this loop turn
+        if i % 2:
+            async with asyncio.timeout(5):
+                while await admin.numsub(channel):
+                    pass
         rec = Recorder()
         joining = mpx.new_channel_subscription(rec.on_message)
         await within(joining.add(channel), what=f"round {i}: rejoin")
-        assert await admin.publish(channel, f"m{i}") == 1, f"round {i}: not counted"
+        assert await setup.publish(channel, f"m{i}") == 1, f"round {i}: not counted"
         await rec.received(1)
         joining.close()
         await within(leaving.add(channel))
@@ -509,42 +607,62 @@ async def test_entering_subscribe_on_a_refused_channel_raises_and_closes(
         with pytest.raises(SubscribeRefused):
             await within(it.__aenter__(), what="entering subscribe on a refused channel")
         assert it.closed
+        pit = m.psubscribe("admin:*")
+        with pytest.raises(SubscribeRefused) as caught:
+            await within(pit.__aenter__(), what="entering psubscribe on a refused pattern")
+        assert caught.value.name == b"admin:*"
+        assert pit.closed
         assert m.stats()["subscriptions"] == 0
+        async with m.psubscribe("chat:*") as allowed:
+            assert await m.publish("chat:9", "ok") == 1
+            assert (await within(anext(allowed))).data == b"ok"
 
 
 # -- driving the loop in short bursts ----------------------------------------------------------
 
 
-def _run_in_bursts(url: str, *, first_use_in_loop: bool) -> None:
+def _run_in_bursts(server: RedisServer, *, first_use_in_loop: bool) -> None:
+    """Code that drives its own loop in short bursts (a sync framework, a test harness): the
+    loop is stopped between them. The multiplexer sits behind a slow link and the publish
+    goes straight to the server, so an await that returned early loses it."""
     loop = asyncio.new_event_loop()
     try:
-        m = Multiplexer(url)
-        if first_use_in_loop:
-            loop.run_until_complete(m.wait_connected(5))
-        got: list[tuple[bytes, bytes]] = []
-        sub = m.new_channel_subscription(lambda channel, data: got.append((channel, data)))
-        loop.run_until_complete(asyncio.wait_for(sub.add("x"), 5))
-        # The loop is stopped here: nothing runs until the next burst.
-        assert loop.run_until_complete(m.publish("x", "burst")) == 1
-
-        async def arrived() -> None:
-            while not got:
-                await asyncio.sleep(0.01)
-
-        loop.run_until_complete(asyncio.wait_for(arrived(), 5))
-        assert got == [(b"x", b"burst")]
-        loop.run_until_complete(m.aclose())
+        link = SlowLink(server.port, 0.01)
+        loop.run_until_complete(link.start())
+        admin = Admin(server.url)
+        m = Multiplexer(link.url)  # made outside the loop
+        try:
+            if first_use_in_loop:
+                loop.run_until_complete(m.wait_connected(5))
+            rec = Recorder()
+            sub = m.new_channel_subscription(rec.on_message)
+            for i in range(10):
+                channel = fresh("burst")
+                loop.run_until_complete(asyncio.wait_for(sub.add(channel), 5))
+                # The loop is stopped here: nothing runs until the next burst.
+                direct = loop.run_until_complete(admin.publish(channel, "direct"))
+                assert direct == 1, f"round {i}: not counted"
+                assert loop.run_until_complete(m.publish(channel, "own")) == 1, f"round {i}"
+                loop.run_until_complete(rec.received(2 * (i + 1)))
+                assert rec.messages[-2:] == [
+                    (channel.encode(), b"direct"),
+                    (channel.encode(), b"own"),
+                ]
+        finally:
+            loop.run_until_complete(m.aclose())
+            loop.run_until_complete(admin.close())
+            loop.run_until_complete(link.close())
     finally:
         loop.close()
 
 
 def test_run_until_complete_of_an_add_then_a_publish(redis_server: RedisServer) -> None:
-    _run_in_bursts(redis_server.url, first_use_in_loop=True)
+    _run_in_bursts(redis_server, first_use_in_loop=True)
 
 
 def test_run_until_complete_of_the_first_add(redis_server: RedisServer) -> None:
     # Nothing ran in the loop before: the await itself is the first use inside it.
-    _run_in_bursts(redis_server.url, first_use_in_loop=False)
+    _run_in_bursts(redis_server, first_use_in_loop=False)
 
 
 # -- many awaiters ------------------------------------------------------------------------------
@@ -689,6 +807,8 @@ async def test_in_tells_whether_the_subscription_holds_a_channel(mpx: Multiplexe
     sub.add(*many)
     assert all(n in sub and n.encode() in sub for n in many)
     assert "n10" not in sub and b"n1" in sub and b"n" not in sub
+    for not_a_name in (1, None, object(), ("n1",), ["n1"], {"n1": 1}, {"n1"}):
+        assert not_a_name not in sub, not_a_name  # held in a dict now: unhashables too
     sub.clear()
     assert not any(n in sub for n in [*many, "b"])
     async with mpx.subscribe("it") as it:
