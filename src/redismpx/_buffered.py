@@ -28,8 +28,9 @@ from ._buffer import (
     Event,
     check_buffer,
 )
+from ._protocol import SUBSCRIBE_COMMANDS
 from ._subscriber import Host, Subscriber, check_callback, discard, is_async, logger
-from .errors import SubscriptionClosed
+from .errors import SubscribeRefused, SubscriptionClosed
 from .typedefs import OnActivation, OnDisconnect, OnDrop, OnMessage, OverflowPolicy
 
 
@@ -142,6 +143,8 @@ class BufferedSubscriber(Subscriber):
 
     def _detach(self) -> None:
         self._host.remove(self._kind, self._held(), self)
+        if self._waiters is not None:
+            self._waiters.wake_all()  # their names are gone: each waiter looks again
         if self._queue is not None:
             self._queue.stale = True  # what waits of those names is skipped (B17)
 
@@ -229,10 +232,23 @@ class BufferedSubscriber(Subscriber):
     async def wait_active(self, names: Sequence[bytes]) -> None:
         """Return once each of ``names`` this subscription still holds is active in Redis."""
         loop = asyncio.get_running_loop()
+        self._host.start_in_running_loop()  # the first use in this loop may be this wait
         while True:
             self._check_open()
             kind, host = self._kind, self._host
-            missing = [n for n in names if self._holds(n) and not host.is_active(kind, n)]
+            missing = []
+            for name in names:
+                if not self._holds(name):
+                    continue  # removed meanwhile: no longer waited for
+                phase = host.phase(kind, name)
+                if phase is None:  # refused, now or before this wait began
+                    raise SubscribeRefused(
+                        "Redis refused it (an ACL denial: see the log for its reply)",
+                        SUBSCRIBE_COMMANDS[kind].decode(),
+                        name,
+                    )
+                if not phase:
+                    missing.append(name)
             if not missing:
                 return
             waiters = self._waiters

@@ -123,8 +123,12 @@ class Hub:
     def refresh(self, kind: int, name: bytes) -> None:
         self.router.link_for(kind, name).registry.refresh(kind, name)
 
-    def is_active(self, kind: int, name: bytes) -> bool:
-        return self.router.link_for(kind, name).registry.is_active(kind, name)
+    def phase(self, kind: int, name: bytes) -> bool | None:
+        """True: Redis confirmed ``name``; None: Redis refused it; False: neither yet."""
+        registry = self.router.link_for(kind, name).registry
+        if registry.is_active(kind, name):
+            return True
+        return None if registry.is_refused(kind, name) else False
 
     def forget(self, member: Any) -> None:
         self._members.pop(member, None)

@@ -29,6 +29,7 @@ from ._names import (
     DROPPED,
     FAILED,
     OFF,
+    REFUSED,
     SUBSCRIBING,
     WANTED,
     Listener,
@@ -412,6 +413,11 @@ class Registry:
     def is_active(self, kind: int, name: bytes) -> bool:
         st = self.tables[kind].get(name)
         return st is not None and st.active
+
+    def is_refused(self, kind: int, name: bytes) -> bool:
+        """Redis refused ``name`` (an ACL denial): not asked again until wanted again."""
+        st = self.tables[kind].get(name)
+        return st is not None and st.phase == REFUSED
 
     def holds(self, kind: int, name: bytes, listener: Listener) -> bool:
         st = self.tables[kind].get(name)

@@ -135,9 +135,11 @@ class ChannelSubscription(BufferedSubscriber):
         return Subscribing(self, names)
 
     def __contains__(self, channel: object) -> bool:
-        """``channel in sub``: whether it holds ``channel`` (``str`` or ``bytes``)."""
+        """``channel in sub``: whether it holds ``channel`` (``str`` or bytes-like)."""
         if isinstance(channel, str):
             channel = channel.encode(errors="surrogateescape")
+        elif isinstance(channel, bytearray | memoryview):
+            channel = bytes(channel)  # add() accepts them too
         return isinstance(channel, bytes) and self._holds(channel)
 
     def remove(self, *channels: str | bytes) -> None:
