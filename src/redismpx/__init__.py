@@ -1,5 +1,6 @@
 """redismpx: many Redis Pub/Sub subscriptions multiplexed over one connection, for asyncio."""
 
+from ._activation import Subscribing
 from .cluster import ClusterMultiplexer
 from .errors import (
     ConnectError,
@@ -49,6 +50,7 @@ __all__ = [
     "ServerError",
     "State",
     "SubscribeRefused",
+    "Subscribing",
     "SubscriptionClosed",
     "SubscriptionInterrupted",
 ]
