@@ -28,6 +28,7 @@ SentinelFactory = Callable[..., RedisSentinel]
 SLOW_HEALTH = {"health_check_interval": 30.0, "health_check_timeout": 30.0}
 NAMES = [f"ch:{i}" for i in range(5)]
 WAITING = 20  # publishes waiting for the new primary
+SPREAD = 500  # publishes timing out a millisecond apart
 
 
 async def test_publishes_wait_for_the_new_primary(
@@ -72,6 +73,27 @@ async def test_publishes_wait_for_the_new_primary(
         assert subs.channels.messages.count(message) == n, (message, n)
     assert not any(data.startswith(b"short-") for _, data in subs.channels.messages)
     print(f"\n{sum(receivers)} of {WAITING} waiting publishes reached the resubscribed link")
+
+
+async def test_publishes_timing_out_unsent_say_sent_false(
+    shared: RedisSentinel, mpx_factory: MpxFactory
+) -> None:
+    """No primary reachable (every sentinel down): every publish times out without having been
+    written, so every PublishTimeout must say ``sent=False``. The timeouts are spread a
+    millisecond apart so that some expire in the loop turn where the retry's backoff sleep
+    ends (the race this guards against)."""
+    for node in shared.sentinels:
+        await node.akill()
+    mpx = mpx_factory(shared.url, backoff_base=0.02, backoff_cap=0.05)
+    results = await asyncio.gather(
+        *(mpx.publish("ch:0", f"m{i}", timeout=0.2 + i / 1000) for i in range(SPREAD)),
+        return_exceptions=True,
+    )
+    timeouts = [r for r in results if isinstance(r, PublishTimeout)]
+    assert len(timeouts) == SPREAD, [r for r in results if r not in timeouts][:3]
+    wrong = [r for r in timeouts if r.sent]
+    assert not wrong, f"{len(wrong)} of {SPREAD} never-written publishes say sent=True: {wrong[0]}"
+    assert mpx.stats()["published"] == 0  # indeed none was written
 
 
 # -- passwords ----------------------------------------------------------------------------------
