@@ -100,7 +100,9 @@ async def test_publishes_timing_out_unsent_say_sent_false(
 
 DATA_PW = "data-Pw-7f3a9c"
 SENTINEL_PW = "sentinel-Pw-1b8e2d"
-SECRETS = (DATA_PW, SENTINEL_PW, "wrong-Pw-55d0e1")
+APP_PW = "app-Pw-90c4aa"
+WATCH_PW = "watch-Pw-3e71f0"
+SECRETS = (DATA_PW, SENTINEL_PW, "wrong-Pw-55d0e1", APP_PW, WATCH_PW)
 
 
 def _assert_no_secret(*texts: object) -> None:
@@ -180,3 +182,32 @@ async def test_missing_or_wrong_passwords_fail_readably(
     assert len(warnings) == 1, log.text
     _assert_no_secret(repr(mpx), mpx.stats(), error, caught.value, log.text)
     assert all(story.rounds == [{}] for story in subs.stories)
+
+
+async def test_acl_users_for_the_data_nodes_and_the_sentinels(
+    protected: RedisSentinel, mpx_factory: MpxFactory
+) -> None:
+    """``username``/``password`` for the data nodes and ``sentinel_username``/
+    ``sentinel_password`` for the sentinels, as ACL users of their own."""
+    deployment = protected
+    for node in deployment.data_nodes:  # ACLs are not replicated: on every data node
+        await node.acommand("ACL", "SETUSER", "app", "on", f">{APP_PW}", "~*", "&*", "+@all")
+    for node in deployment.sentinels:
+        await node.acommand("ACL", "SETUSER", "watch", "on", f">{WATCH_PW}", "&*", "+@all")
+    with watch_log() as log:
+        mpx = mpx_factory(
+            deployment.url,
+            username="app",
+            password=APP_PW,
+            sentinel_username="watch",
+            sentinel_password=WATCH_PW,
+            **SLOW_HEALTH,
+        )
+        subs = Subscribers(mpx, NAMES)
+        await subs.active()
+        clients = await deployment.primary.acommand("CLIENT", "LIST", "TYPE", "pubsub")
+        assert b"name=rmpx-sentinel" in clients and b"user=app" in clients
+        new = await deployment.afailover()
+        await check_failover(mpx, deployment, new, subs, password=DATA_PW)
+        assert all(e.startswith("failover: the primary") for e in subs.disconnect_errors())
+    _assert_no_secret(repr(mpx), mpx.stats(), log.text)
