@@ -2,8 +2,8 @@
 the old primary coming back, and 10,000 names moving at once (``pytest -s`` prints the
 measured times).
 
-Each checks the contract of :func:`conftest.check_failover`: one ``on_disconnect`` then one
-``on_activation`` per name per failover, ``stats()["primary"]`` and ``repr`` naming the new
+Each checks the contract of :func:`support.sentinels.check_failover`: one ``on_disconnect``
+then one ``on_activation`` per name per failover, ``stats()["primary"]`` and ``repr`` naming the new
 primary, and messages published afterwards (``mpx.publish`` and a plain client) arriving
 exactly once.
 """
