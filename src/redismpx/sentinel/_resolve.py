@@ -27,6 +27,7 @@ class Sentinels:
         self.config = config
         self.known: list[Address] = list(dict.fromkeys(config.sentinels))
         self.primary: Address | None = None  # the last primary confirmed by ROLE
+        self.announced: Address | None = None  # the primary a +switch-master named, tried first
         self._legacy: set[Address] = set()  # sentinels without GET-PRIMARY-ADDR-BY-NAME
 
     async def connect_primary(self) -> tuple[Connection, Address]:
@@ -38,6 +39,19 @@ class Sentinels:
         failures: list[str] = []
         unknown: list[str] = []
         tried: dict[Address, str] = {}  # primaries already tried this round, and the outcome
+        announced = self.announced
+        if announced is not None:
+            # A failover was just announced: the sentinel asked first may not know yet and
+            # name the old primary (which still says "master" until it is demoted).
+            try:
+                conn = await self._confirm(announced)
+            except (ConnectionLost, ServerError, TimeoutError) as exc:
+                conn = f"unreachable: {_reason(exc)}"
+            if not isinstance(conn, str):
+                self.primary = announced
+                return conn, announced
+            self.announced = None
+            tried[announced] = f"{where(announced)} ({conn})"
         for sentinel in list(self.known):
             try:
                 named = await self.ask(sentinel)

@@ -88,6 +88,7 @@ class SentinelRouter(SingleRouter):
         """``primary`` is the primary now: a connection to another node leaves it at once
         rather than when that node times out. Each side (Pub/Sub, commands) then dials
         through the sentinels again."""
+        self.sentinels.announced = primary
         # Waiting out a backoff (the old primary was unreachable): dial again now.
         self.link.wake()
         self.commands.wake()
