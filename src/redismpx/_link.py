@@ -162,6 +162,9 @@ class Link:
                     self._unexpected(exc, serving=started is not None)
                 if self._closing:
                     break
+                # Waiting out the backoff: down, not "connecting" (an outage of Redis must
+                # not read as a connection about to come up).
+                self.state = State.DISCONNECTED
                 if started is not None and loop.time() - started >= STABLE_AFTER:
                     self.backoff.reset()
                     self._logged_unexpected = None

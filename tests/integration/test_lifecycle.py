@@ -148,7 +148,7 @@ async def test_wrong_password_keeps_retrying_and_reports(server_factory, caplog)
         assert isinstance(m.last_error, ConnectError)
         assert "WRONGPASS" in str(m.last_error) or "invalid" in str(m.last_error)
         assert "wrong" not in str(m.last_error).replace("WRONGPASS", "")
-        assert m.state in (State.CONNECTING,)
+        assert m.state in (State.CONNECTING, State.DISCONNECTED)  # never up
         await srv.acommand("CONFIG", "SET", "requirepass", "wrong")  # the operator fixes it
         await rec.activated("x", timeout=5)
     assert caplog.text.count("refused the handshake") <= 2  # once per distinct error
@@ -241,7 +241,7 @@ async def test_wrong_db_keeps_retrying_and_reports(redis_server) -> None:
                 await asyncio.sleep(0.01)
         assert isinstance(m.last_error, ConnectError)
         assert "SELECT" in str(m.last_error)
-        assert m.state is State.CONNECTING
+        assert m.state in (State.CONNECTING, State.DISCONNECTED)  # never up
 
 
 async def test_from_redis_client_settings(redis_server) -> None:
@@ -259,3 +259,22 @@ async def test_from_redis_client_settings(redis_server) -> None:
     await client.aclose()
     with pytest.raises(InvalidArgumentType):
         Multiplexer.from_redis(object())
+
+
+async def test_state_is_disconnected_while_waiting_out_the_backoff(server_factory) -> None:
+    # Regression: a failed attempt left the state "connecting" for the whole backoff wait, so
+    # an outage of Redis read as a connection about to come up (the demo's badge never
+    # turned red). The jitter is pinned so that each wait lasts the full second.
+    srv = server_factory()
+    async with Multiplexer(
+        srv.url, backoff_base=1.0, backoff_cap=1.0, random_source=lambda: 0.999
+    ) as m:
+        await m.wait_connected(5)
+        await srv.astop()
+        async with asyncio.timeout(5):
+            while m.last_error is None or "could not connect" not in str(m.last_error):
+                await asyncio.sleep(0.01)
+        assert m.state is State.DISCONNECTED
+        await srv.astart()
+        await m.wait_connected(5)
+        assert m.state is State.CONNECTED

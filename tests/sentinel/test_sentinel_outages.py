@@ -153,7 +153,7 @@ async def test_a_stale_sentinel_naming_a_replica_is_skipped(
             attempts = await _attempts_in_window(log)
             assert 2 <= attempts <= MAX_ATTEMPTS, attempts
             assert _role_calls(replica) - roles_before >= attempts  # each one asked ROLE
-        assert only.state.value == "connecting"
+        assert only.state.value in ("connecting", "disconnected")  # never up
         error = str(only.last_error)
         assert re.search(
             rf"no primary for 'mymaster': the primary the sentinels name is not usable: "
@@ -196,7 +196,7 @@ async def test_every_sentinel_unreachable(shared: RedisSentinel, mpx_factory: Mp
         await log.wait_until(lambda: bool(_no_primary(log)), timeout=10)
         attempts = await _attempts_in_window(log)
         assert 2 <= attempts <= MAX_ATTEMPTS, attempts
-        assert mpx.state.value == "connecting"
+        assert mpx.state.value in ("connecting", "disconnected")  # never up
         error = str(mpx.last_error)
         assert error.startswith("no primary for 'mymaster': no answer from sentinel "), error
         for node in shared.sentinels:
@@ -253,7 +253,7 @@ async def test_an_unknown_service_name(shared: RedisSentinel, mpx_factory: MpxFa
         # connection of its own.
         connections = _connections(shared) - before - len(shared.sentinels)
         assert 2 * len(shared.sentinels) <= connections <= len(shared.sentinels) * MAX_ATTEMPTS
-        assert mpx.state.value == "connecting"
+        assert mpx.state.value in ("connecting", "disconnected")  # never up
         assert str(mpx.last_error) == f"no sentinel knows the service 'nosuch' (asked {asked})"
         warnings = [
             r for r in log.records if r.levelno == logging.WARNING and "nosuch" in r.getMessage()

@@ -168,7 +168,7 @@ async def test_missing_or_wrong_passwords_fail_readably(
         await log.wait_until(lambda: mpx.last_error is not None, timeout=10)
         with pytest.raises(PublishTimeout) as caught:
             await mpx.publish("ch:0", "x", timeout=0.3)
-    assert mpx.state.value == "connecting"
+    assert mpx.state.value in ("connecting", "disconnected")  # never up
     error = str(mpx.last_error)
     assert error.startswith("no primary for 'mymaster': "), error
     assert expected in error, error
