@@ -3,7 +3,9 @@
 An asker's promise waits on ``PROMISE_PREFIX + suffix``. The asker's socket announces the
 question on :data:`QUESTIONS_CHANNEL`; every demo process keeps the open ones (one process-wide
 channel subscription) and forgets a question once an answer is seen on its channel (one
-process-wide pattern subscription) or its timeout has passed.
+process-wide pattern subscription), once its timeout has passed, or once its asker withdraws
+it (the promise timed out, was interrupted by an outage, or its tab closed: nobody would
+hear an answer).
 """
 
 from __future__ import annotations
@@ -18,9 +20,16 @@ PROMISE_PREFIX = "promise:"
 QUESTIONS_CHANNEL = "mpx-demo:questions"
 
 
-def announcement(suffix: str, question: str, timeout: float) -> str:
-    """The payload announcing a question on :data:`QUESTIONS_CHANNEL`."""
-    return json.dumps({"suffix": suffix, "question": question, "expires": time.time() + timeout})
+def announcement(suffix: str, question: str, expires: float) -> str:
+    """The payload announcing a question on :data:`QUESTIONS_CHANNEL`, open until
+    ``expires`` (a ``time.time()``)."""
+    return json.dumps({"suffix": suffix, "question": question, "expires": expires})
+
+
+def withdrawal(suffix: str, expires: float) -> str:
+    """The payload withdrawing the question announced with ``expires`` (a newer question with
+    the same suffix is left alone)."""
+    return json.dumps({"suffix": suffix, "withdrawn": expires})
 
 
 class QuestionBoard:
@@ -38,6 +47,9 @@ class QuestionBoard:
     def _on_question(self, channel: bytes, payload: bytes) -> None:
         try:
             item = json.loads(payload)
+            if "withdrawn" in item:
+                self.withdraw(item["suffix"], float(item["withdrawn"]))
+                return
             suffix, question, expires = item["suffix"], item["question"], float(item["expires"])
         except (ValueError, KeyError, TypeError):
             return  # not ours: anyone may publish on the channel
@@ -46,6 +58,12 @@ class QuestionBoard:
 
     def _on_answer(self, channel: bytes, payload: bytes) -> None:
         self._open.pop(channel[len(self._prefix) :].decode("utf-8", "replace"), None)
+
+    def withdraw(self, suffix: object, expires: float) -> None:
+        """Forget the question on ``suffix`` announced with ``expires``."""
+        item = self._open.get(suffix) if isinstance(suffix, str) else None
+        if item is not None and item["expires"] == expires:
+            del self._open[item["suffix"]]
 
     def open_questions(self) -> list[dict[str, Any]]:
         """The questions not answered and not expired, oldest deadline first."""
