@@ -318,8 +318,10 @@ async def test_messages_name_their_sender(demo: str) -> None:
 
 
 async def test_link_status_clears_the_error_once_recovered(redis_server: Any) -> None:
-    """/healthz and the page's stats say the same: during an outage the error is current
-    (503); once the link is back it is history (``last_outage``, with its times), 200."""
+    """/healthz and the page's stats say the same: during an outage the link is
+    ``disconnected`` throughout (``mpx.state`` says ``connecting`` between retries) and the
+    error is current (503); once the link is back it is history (``last_outage``, with its
+    times), 200."""
     async with (
         serve(create_app(redis_server.url)) as address,
         httpx.AsyncClient(base_url=f"http://{address}") as http,
@@ -343,6 +345,13 @@ async def test_link_status_clears_the_error_once_recovered(redis_server: Any) ->
                 await asyncio.sleep(0.05)
         assert health.json()["status"] == "unavailable"
         assert health.json()["link"]["error"]
+        states = set()
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 1.0  # several retries (the backoff is at most 0.512 s)
+        while loop.time() < until:
+            states.add((await http.get("/healthz")).json()["link"]["state"])
+            await asyncio.sleep(0.02)
+        assert states == {"disconnected"}
 
         await redis_server.astart()
         up = await recv_json(page, "stats", timeout=30)
@@ -376,6 +385,12 @@ async def test_tabs_and_redis_connections_in_the_stats(demo: str) -> None:
                 await asyncio.sleep(0.02)
 
 
+async def board_of(http: httpx.AsyncClient, address: str) -> list[str]:
+    """The suffixes on the question board of the demo at ``address``."""
+    stats = (await http.get(f"http://{address}/api/stats")).json()
+    return [q["suffix"] for q in stats["questions"]]
+
+
 async def test_an_interrupted_question_leaves_every_board(redis_server: Any) -> None:
     """An asker's promise interrupted by an outage takes its question off the boards: at
     once in its own process, and in the others through Redis once the link is back (two apps
@@ -390,8 +405,7 @@ async def test_an_interrupted_question_leaves_every_board(redis_server: Any) -> 
         await recv_json(asker, "welcome")
 
         async def board(address: str) -> list[str]:
-            stats = (await http.get(f"http://{address}/api/stats")).json()
-            return [q["suffix"] for q in stats["questions"]]
+            return await board_of(http, address)
 
         await asker.send(json.dumps({"op": "ask", "suffix": "q", "question": "?", "timeout": 120}))
         await recv_json(asker, "promise", suffix="q", state="pending")
@@ -409,29 +423,29 @@ async def test_an_interrupted_question_leaves_every_board(redis_server: Any) -> 
                 await asyncio.sleep(0.05)
 
 
-async def test_closing_the_asking_tab_withdraws_its_question(redis_server: Any) -> None:
+async def test_a_new_process_learns_the_open_questions_and_a_closed_tab_withdraws_its(
+    redis_server: Any,
+) -> None:
+    """A board that subscribes (a process starting, a link coming back) asks the others for
+    their waiting questions; closing the asking tab takes its question off every board."""
     async with (
         serve(create_app(redis_server.url)) as here,
-        serve(create_app(redis_server.url)) as there,
         httpx.AsyncClient() as http,
+        websockets.connect(f"ws://{here}/ws/json") as asker,
     ):
-
-        async def board(address: str) -> list[str]:
-            stats = (await http.get(f"http://{address}/api/stats")).json()
-            return [q["suffix"] for q in stats["questions"]]
-
-        async with websockets.connect(f"ws://{here}/ws/json") as asker:
-            await recv_json(asker, "welcome")
-            await asker.send(
-                json.dumps({"op": "ask", "suffix": "bye", "question": "?", "timeout": 120})
-            )
-            await recv_json(asker, "promise", suffix="bye", state="pending")
-            async with asyncio.timeout(10):
-                while await board(there) != ["bye"]:
+        await recv_json(asker, "welcome")
+        await asker.send(
+            json.dumps({"op": "ask", "suffix": "bye", "question": "?", "timeout": 120})
+        )
+        await recv_json(asker, "promise", suffix="bye", state="pending")
+        async with serve(create_app(redis_server.url)) as there:
+            async with asyncio.timeout(10):  # asked before it started
+                while await board_of(http, there) != ["bye"]:
                     await asyncio.sleep(0.05)
-        async with asyncio.timeout(10):
-            while await board(here) or await board(there):
-                await asyncio.sleep(0.05)
+            await asker.close()
+            async with asyncio.timeout(10):
+                while await board_of(http, here) or await board_of(http, there):
+                    await asyncio.sleep(0.05)
 
 
 # -- HTTP endpoints ----------------------------------------------------------------------------

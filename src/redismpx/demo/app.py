@@ -167,8 +167,9 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with redis_backend(redis_url) as backend, open_multiplexer(app, backend.url) as mpx:
-            board = QuestionBoard(mpx)
-            ctx = DemoContext(mpx, backend, board, limits or Limits())
+            settings = limits or Limits()
+            board = QuestionBoard(mpx, publish_timeout=settings.publish_timeout)
+            ctx = DemoContext(mpx, backend, board, settings)
             app.state.demo = ctx
             watch = asyncio.create_task(ctx.watch())
             try:
@@ -177,8 +178,7 @@ def create_app(
                 watch.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watch
-                await ctx.close()
-                board.close()
+                await board.aclose()
                 del app.state.demo
 
     app = Starlette(

@@ -4,7 +4,6 @@ sessions, the link watch and the log of who published what."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -15,7 +14,7 @@ from typing import Any, Protocol
 from redismpx import Multiplexer
 
 from .backend import RedisBackend
-from .board import QUESTIONS_CHANNEL, QuestionBoard, withdrawal
+from .board import QuestionBoard
 from .limits import Limits
 
 logger = logging.getLogger("redismpx.demo")
@@ -23,7 +22,6 @@ logger = logging.getLogger("redismpx.demo")
 WATCH_EVERY = 0.1  # seconds between looks at the link state (see LinkWatch)
 SENDERS_KEPT = 500  # (channel, message) pairs whose sender is remembered
 SENDER_MEMORY = 60.0  # seconds a sender is remembered
-WITHDRAW_WAIT = 30.0  # seconds a withdrawal waits for the link before giving up
 
 
 class Client(Protocol):
@@ -42,6 +40,11 @@ class Client(Protocol):
 
 class LinkWatch:
     """The state of the link to Redis as the page and ``/healthz`` show it.
+
+    ``mpx.state`` is ``connecting`` for most of an outage (from the first retry on, between
+    attempts too) and ``disconnected`` only until that retry starts; here the state is
+    ``disconnected`` from the first error of an outage until the link is connected again,
+    and ``connecting`` only while a connection is being made with no failure yet (at startup).
 
     ``mpx.last_error`` is the most recent connection error *ever*: it stays set after the
     link is back. Here the current error is the one of an outage still going on, and once the
@@ -63,16 +66,16 @@ class LinkWatch:
     def observe(self) -> dict[str, Any]:
         """Look at the multiplexer now; returns :meth:`report`."""
         now = time.time()
-        state = str(self._mpx.state)
+        raw = str(self._mpx.state)
         error = self._mpx.last_error
         if error is not None and error is not self._seen_error:
             self._seen_error = error
             self.error, self.error_at = str(error), now
             if self.down_since is None:
                 self.down_since = now
-        if state != "connected" and self.state == "connected" and self.down_since is None:
+        if raw != "connected" and self.state == "connected" and self.down_since is None:
             self.down_since = now
-        if state == "connected" and self.down_since is not None:
+        if raw == "connected" and self.down_since is not None:
             # Back (or an outage came and went between two looks): it is history now.
             self.last_outage = {
                 "error": self.error,
@@ -80,14 +83,15 @@ class LinkWatch:
                 "recovered_at": now,
             }
             self.down_since = self.error = self.error_at = None
+        state = "disconnected" if raw == "connecting" and self.down_since is not None else raw
         if state != self.state:
             self.state, self.since = state, now
         return self.report()
 
     def report(self) -> dict[str, Any]:
-        """``state`` (the multiplexer's), ``since``, ``error`` and ``error_at`` (only while
-        not connected), ``down_since`` and ``last_outage`` (``error``, ``since``,
-        ``recovered_at``) or None."""
+        """``state`` (connecting, connected, disconnected, or closed at shutdown), ``since``,
+        ``error`` and ``error_at`` (only while not connected), ``down_since`` and
+        ``last_outage`` (``error``, ``since``, ``recovered_at``) or None."""
         return {
             "state": self.state,
             "since": self.since,
@@ -138,7 +142,6 @@ class DemoContext:
     senders: Senders = field(default_factory=Senders)
     link: LinkWatch = field(init=False)
     _names: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.link = LinkWatch(self.mpx)
@@ -191,27 +194,6 @@ class DemoContext:
             self.senders.record(channel, message, sender)
         return await self.mpx.publish(channel, message, timeout=self.limits.publish_timeout)
 
-    def background(self, coro: Any) -> None:
-        """Run ``coro`` beyond the life of the socket that started it (cancelled by
-        :meth:`close`)."""
-        task: asyncio.Task[None] = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def withdraw_question(self, suffix: str, expires: float) -> None:
-        """Nobody waits for the answer any more (the promise timed out, was interrupted by an
-        outage, or its tab closed): drop it from this process' board at once and tell the
-        other processes' boards as soon as Redis can be reached."""
-        self.board.withdraw(suffix, expires)
-        self.background(self._announce_withdrawal(suffix, expires))
-
-    async def _announce_withdrawal(self, suffix: str, expires: float) -> None:
-        try:
-            await self.mpx.wait_connected(WITHDRAW_WAIT)
-            await self.publish(QUESTIONS_CHANNEL, withdrawal(suffix, expires))
-        except Exception as exc:
-            logger.info("could not withdraw question %s: %s", suffix, exc)
-
     # -- status ------------------------------------------------------------------------------
 
     async def watch(self) -> None:
@@ -255,11 +237,3 @@ class DemoContext:
             "questions": self.board.open_questions(),
             "redis": status["redis"],
         }
-
-    async def close(self) -> None:
-        """Cancel the background tasks (at shutdown)."""
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task

@@ -42,7 +42,7 @@ from redismpx import (
     SubscriptionInterrupted,
 )
 
-from .board import PROMISE_PREFIX, QUESTIONS_CHANNEL, announcement
+from .board import PROMISE_PREFIX, QUESTIONS_CHANNEL
 from .context import DemoContext
 from .limits import (
     BadInput,
@@ -295,9 +295,7 @@ class JsonSession(Session):
         await tell("pending", deadline=expires)
         self._waiting[ask_id] = (suffix, expires)
         try:  # announce only now: an answer can no longer be missed
-            await self.ctx.publish(
-                QUESTIONS_CHANNEL, announcement(suffix, question, expires), sender=self.name
-            )
+            await self.ctx.board.ask(suffix, question, expires)
         except Exception as exc:
             logger.info("could not announce a question: %s", exc)
         try:
@@ -311,14 +309,15 @@ class JsonSession(Session):
         except SubscriptionClosed:
             return  # the socket is closing: on_close withdraws the question
         else:
-            self._waiting.pop(ask_id, None)  # answered: every board forgets it by itself
+            self._waiting.pop(ask_id, None)
+            self.ctx.board.answered(suffix, expires)  # every board forgets it by itself
             await tell("resolved", message=_text(answer))
 
     def _withdraw(self, ask_id: int) -> None:
         """Take an announced question off the boards: no answer can reach its asker now."""
         waiting = self._waiting.pop(ask_id, None)
         if waiting is not None:
-            self.ctx.withdraw_question(*waiting)
+            self.ctx.board.withdraw_mine(*waiting)
 
     # -- status ------------------------------------------------------------------------------
 
