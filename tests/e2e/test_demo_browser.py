@@ -424,7 +424,10 @@ def test_inputs_are_labelled(pages: Pages) -> None:
 
 
 def test_page_loads_without_a_404(browser: Any, demo_url: str) -> None:
-    """The favicon included: the page links an SVG icon, /favicon.ico serves it too."""
+    """The favicon included. A page without an icon link makes Chromium fetch /favicon.ico
+    behind Playwright's back (a 404 it cannot see); this page links an SVG icon, which the
+    browser fetches as one of the page's requests, and /favicon.ico serves it too (for
+    /healthz or /metrics opened in a browser)."""
     expect = _expect()
     context = browser.new_context()
     try:
@@ -435,16 +438,15 @@ def test_page_loads_without_a_404(browser: Any, demo_url: str) -> None:
             "response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None
         )
         page.on("requestfailed", lambda r: failed.append(f"failed {r.url}"))
-        page.goto(demo_url)
+        with page.expect_response(lambda r: "favicon" in r.url) as icon:
+            page.goto(demo_url)
+        assert icon.value.status == 200
+        assert icon.value.headers["content-type"].startswith("image/svg+xml")
         expect(page.locator("#mpx-state")).to_have_attribute("data-state", "connected")
-        icon = page.locator("link[rel=icon]").get_attribute("href")
-        assert icon
-        response = page.request.get(demo_url + icon)
-        assert response.status == 200
-        assert response.headers["content-type"].startswith("image/svg+xml")
-        assert page.request.get(demo_url + "/favicon.ico").status == 200
-        page.goto(demo_url + "/healthz")  # a browser asks /favicon.ico for this one
-        page.goto(demo_url + "/metrics")
+        assert page.locator("link[rel=icon]").get_attribute("href") == "/static/favicon.svg"
+        fallback = page.request.get(demo_url + "/favicon.ico")
+        assert fallback.status == 200
+        assert fallback.headers["content-type"].startswith("image/svg+xml")
         assert failed == []
     finally:
         context.close()

@@ -15,9 +15,9 @@ let restart = null; // a restart of the embedded Redis in progress (see renderRe
 // What each stats() key means, in plain words (unknown keys are shown with their name).
 const STAT_LABELS = {
   subscriptions: ["Subscriptions open", "every tab's channel and pattern subscriptions, plus the question board's two"],
-  channels: ["Channels subscribed in Redis", "distinct names: two tabs on one channel make one SUBSCRIBE"],
-  patterns: ["Patterns subscribed in Redis", "distinct patterns, as for channels"],
-  shard_channels: ["Shard channels subscribed in Redis", "Redis Cluster only"],
+  channels: ["Channels in use", "distinct names the tabs want: two tabs on one channel make one SUBSCRIBE"],
+  patterns: ["Patterns in use", "distinct patterns the tabs want, as for channels"],
+  shard_channels: ["Shard channels in use", "Redis Cluster only"],
   messages_received: ["Messages read from Redis", "each message once, however many tabs want it"],
   messages_dispatched: ["Deliveries to subscriptions", "one message read, handed to every subscription that wants it"],
   connects: ["Pub/Sub connections opened", "the first one, and one per reconnect"],
@@ -252,6 +252,7 @@ const handlers = {
   promise: onPromise,
   published(msg) {
     const status = $("#publish-status");
+    delete status.dataset.failed;
     status.dataset.tabs = String(msg.tabs);
     status.dataset.redis = String(msg.redis);
     status.textContent = `Published to ${msg.channel}: reached ` +
@@ -260,7 +261,15 @@ const handlers = {
   },
   dropped(msg) { addError(`${msg.count} message(s) dropped: this page reads too slowly`); },
   stats: renderStats,
-  error(msg) { addError(msg.error); },
+  error(msg) {
+    addError(msg.error);
+    if (msg.error.startsWith("publish to ")) {  // not "Published to ...": say it failed there
+      const status = $("#publish-status");
+      delete status.dataset.tabs;
+      status.dataset.failed = "";
+      status.textContent = msg.error;
+    }
+  },
 };
 
 function connect() {
