@@ -8,6 +8,7 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -62,6 +63,7 @@ class LinkWatch:
         self.error: str | None = None  # the latest error of the outage going on
         self.error_at: float | None = None
         self.last_outage: dict[str, Any] | None = None  # the latest outage that ended
+        self.on_change: Callable[[], None] | None = None  # called when ``state`` changes
 
     def observe(self) -> dict[str, Any]:
         """Look at the multiplexer now; returns :meth:`report`."""
@@ -86,6 +88,8 @@ class LinkWatch:
         state = "disconnected" if raw == "connecting" and self.down_since is not None else raw
         if state != self.state:
             self.state, self.since = state, now
+            if self.on_change is not None:
+                self.on_change()
         return self.report()
 
     def report(self) -> dict[str, Any]:
@@ -145,6 +149,7 @@ class DemoContext:
 
     def __post_init__(self) -> None:
         self.link = LinkWatch(self.mpx)
+        self.link.on_change = self._poke_all  # every tab shows a link change at once
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -197,13 +202,10 @@ class DemoContext:
     # -- status ------------------------------------------------------------------------------
 
     async def watch(self) -> None:
-        """Keep :attr:`link` up to date (runs for the life of the app); wakes every session
-        when the link state changes."""
+        """Keep :attr:`link` up to date (runs for the life of the app); a change of its state
+        wakes every session."""
         while True:
-            before = self.link.state
             self.link.observe()
-            if self.link.state != before:
-                self._poke_all()
             await asyncio.sleep(WATCH_EVERY)
 
     def status(self) -> dict[str, Any]:
