@@ -48,8 +48,10 @@ class LinkWatch:
     and ``connecting`` only while a connection is being made with no failure yet (at startup).
 
     ``mpx.last_error`` is the most recent connection error *ever*: it stays set after the
-    link is back. Here the current error is the one of an outage still going on, and once the
-    link is connected again it moves to ``last_outage`` with the times it started and ended.
+    link is back. Here the current error is the latest of an outage still going on, and once
+    the link is connected again the outage moves to ``last_outage``, with its first error (what
+    broke the link; the retries' refusals that followed are not kept) and the times it
+    started and ended.
     :meth:`observe` is called every :data:`WATCH_EVERY` seconds and before every report, so
     the times are accurate to a tenth of a second.
     """
@@ -62,6 +64,7 @@ class LinkWatch:
         self.down_since: float | None = None  # the outage going on began
         self.error: str | None = None  # the latest error of the outage going on
         self.error_at: float | None = None
+        self._cause: str | None = None  # the first error of the outage going on
         self.last_outage: dict[str, Any] | None = None  # the latest outage that ended
         self.on_change: Callable[[], None] | None = None  # called when ``state`` changes
 
@@ -73,6 +76,8 @@ class LinkWatch:
         if error is not None and error is not self._seen_error:
             self._seen_error = error
             self.error, self.error_at = str(error), now
+            if self._cause is None:
+                self._cause = self.error
             if self.down_since is None:
                 self.down_since = now
         if raw != "connected" and self.state == "connected" and self.down_since is None:
@@ -80,11 +85,11 @@ class LinkWatch:
         if raw == "connected" and self.down_since is not None:
             # Back (or an outage came and went between two looks): it is history now.
             self.last_outage = {
-                "error": self.error,
+                "error": self._cause,
                 "since": self.down_since,
                 "recovered_at": now,
             }
-            self.down_since = self.error = self.error_at = None
+            self.down_since = self.error = self.error_at = self._cause = None
         state = "disconnected" if raw == "connecting" and self.down_since is not None else raw
         if state != self.state:
             self.state, self.since = state, now
