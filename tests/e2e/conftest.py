@@ -109,7 +109,10 @@ def demo_url() -> Iterator[str]:
     log = (LOGS / "e2e-demo.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "redismpx.demo", "--port", str(port), "--log-level", "warning"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
     )
     base = f"http://127.0.0.1:{port}"
     try:

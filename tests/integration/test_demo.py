@@ -176,8 +176,9 @@ async def test_json_protocol(demo: str) -> None:
         websockets.connect(f"ws://{demo}/ws/json") as asker,
         websockets.connect(f"ws://{demo}/ws/json") as other,
     ):
-        await recv_json(asker, "welcome")
-        await recv_json(other, "welcome")
+        asker_name = (await recv_json(asker, "welcome"))["name"]
+        other_name = (await recv_json(other, "welcome"))["name"]
+        assert asker_name != other_name
         for frame, error in [
             ("nope", "not JSON"),
             ("[]", "a command is a JSON object"),
@@ -192,7 +193,13 @@ async def test_json_protocol(demo: str) -> None:
         await recv_json(other, "sub", kind="pattern", name="json:*", state="active")
         await asker.send(json.dumps({"op": "publish", "channel": "json:x", "message": "hi"}))
         msg = await recv_json(other, "message")
-        assert msg == {"type": "message", "channel": "json:x", "message": "hi", "pattern": "json:*"}
+        assert msg == {
+            "type": "message",
+            "channel": "json:x",
+            "message": "hi",
+            "from": asker_name,
+            "pattern": "json:*",
+        }
 
         await asker.send(json.dumps({"op": "ask", "suffix": "s1", "question": "?", "timeout": 30}))
         await recv_json(asker, "promise", suffix="s1", state="pending")
@@ -250,6 +257,198 @@ async def test_publish_while_redis_is_down_is_refused_in_time(redis_server: Any)
         assert await recv_until(text, "ch:") == "ch: [room] msg: [back]"
 
 
+async def test_published_counts_the_tabs_reached_and_redis_connections(demo: str) -> None:
+    """Two tabs on a channel and one on a matching pattern: the message reaches three tabs of
+    this process, and Redis counts two subscriber connections (the process' one connection,
+    once for the channel and once for the pattern). A tab on both is one tab."""
+    async with (
+        websockets.connect(f"ws://{demo}/ws/json") as alice,
+        websockets.connect(f"ws://{demo}/ws/json") as bob,
+        websockets.connect(f"ws://{demo}/ws/json") as carol,
+        websockets.connect(f"ws://{demo}/ws/json") as writer,
+        websockets.connect(f"ws://{demo}/ws") as cli,
+    ):
+        for ws in (alice, bob, carol, writer):
+            await recv_json(ws, "welcome")
+        for ws in (alice, bob):
+            await ws.send(json.dumps({"op": "join", "channel": "news"}))
+            await recv_json(ws, "sub", kind="channel", name="news", state="active")
+        for ws in (bob, carol):
+            await ws.send(json.dumps({"op": "psubscribe", "pattern": "new[^x]"}))
+            await recv_json(ws, "sub", kind="pattern", name="new[^x]", state="active")
+
+        async def publish(channel: str) -> Any:
+            await writer.send(json.dumps({"op": "publish", "channel": channel, "message": "m"}))
+            return await recv_json(writer, "published", channel=channel)
+
+        assert await publish("news") == {
+            "type": "published",
+            "channel": "news",
+            "tabs": 3,
+            "redis": 2,
+        }
+        assert (await publish("newx"))["tabs"] == 0  # [^x] excludes it, as in Redis
+        assert (await publish("other"))["tabs"] == 0
+        await join(cli, "other")  # a command-line client is a socket of the process too
+        assert (await publish("other")) == {
+            "type": "published",
+            "channel": "other",
+            "tabs": 1,
+            "redis": 1,
+        }
+        await alice.send(json.dumps({"op": "leave", "channel": "news"}))
+        await recv_json(alice, "sub", name="news", state="left")
+        assert (await publish("news"))["tabs"] == 2
+
+
+async def test_messages_name_their_sender(demo: str) -> None:
+    async with (
+        websockets.connect(f"ws://{demo}/ws/json") as page,
+        websockets.connect(f"ws://{demo}/ws") as cli,
+    ):
+        name = (await recv_json(page, "welcome"))["name"]
+        await page.send(json.dumps({"op": "join", "channel": "who"}))
+        await recv_json(page, "sub", name="who", state="active")
+        await page.send(json.dumps({"op": "publish", "channel": "who", "message": "me"}))
+        assert (await recv_json(page, "message"))["from"] == name
+        await cli.send("!who")
+        await recv(cli)
+        await cli.send("from the command line")
+        assert (await recv_json(page, "message"))["from"].startswith("cli-")
+
+
+async def test_link_status_clears_the_error_once_recovered(redis_server: Any) -> None:
+    """/healthz and the page's stats say the same: during an outage the link is
+    ``disconnected`` throughout (``mpx.state`` says ``connecting`` between retries) and the
+    error is current (503); once the link is back it is history (``last_outage``, with its
+    times), 200."""
+    async with (
+        serve(create_app(redis_server.url)) as address,
+        httpx.AsyncClient(base_url=f"http://{address}") as http,
+        websockets.connect(f"ws://{address}/ws/json") as page,
+    ):
+        await recv_json(page, "welcome")
+        health = await http.get("/healthz")
+        assert health.status_code == 200
+        assert health.json()["link"]["error"] is None
+        assert health.json()["link"]["last_outage"] is None
+        assert "last_error" not in health.json()["mpx"]
+
+        await redis_server.akill()
+        down = await recv_json(page, "stats", timeout=10)
+        while down["link"]["state"] == "connected":
+            down = await recv_json(page, "stats")
+        assert down["link"]["error"]
+        assert down["link"]["down_since"] is not None
+        async with asyncio.timeout(10):
+            while (health := await http.get("/healthz")).status_code != 503:
+                await asyncio.sleep(0.05)
+        assert health.json()["status"] == "unavailable"
+        assert health.json()["link"]["error"]
+        states = set()
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 1.0  # several retries (the backoff is at most 0.512 s)
+        while loop.time() < until:
+            states.add((await http.get("/healthz")).json()["link"]["state"])
+            await asyncio.sleep(0.02)
+        assert states == {"disconnected"}
+
+        await redis_server.astart()
+        up = await recv_json(page, "stats", timeout=30)
+        while up["link"]["state"] != "connected":
+            up = await recv_json(page, "stats", timeout=30)
+        assert up["link"]["error"] is None
+        outage = up["link"]["last_outage"]
+        assert outage["error"]  # what broke the link, not the refused retries after it
+        assert not outage["error"].startswith("could not connect"), outage
+        assert outage["since"] <= outage["recovered_at"] <= up["link"]["since"] + 0.001
+        health = await http.get("/healthz")
+        assert health.status_code == 200
+        assert health.json()["status"] == "ok"
+        assert health.json()["link"]["error"] is None
+        assert health.json()["link"]["last_outage"] == outage
+
+
+async def test_tabs_and_redis_connections_in_the_stats(demo: str) -> None:
+    async with httpx.AsyncClient(base_url=f"http://{demo}") as http:
+        assert (await http.get("/api/stats")).json()["tabs"] == 0
+        async with (
+            websockets.connect(f"ws://{demo}/ws/json") as one,
+            websockets.connect(f"ws://{demo}/ws/json") as two,
+        ):
+            await recv_json(one, "welcome")
+            await recv_json(two, "welcome")
+            stats = await recv_json(one, "stats", tabs=2)  # pushed when a tab comes
+            assert stats["pubsub_connections"] == 1
+            assert (await http.get("/healthz")).json()["tabs"] == 2
+        async with asyncio.timeout(5):
+            while (await http.get("/api/stats")).json()["tabs"]:
+                await asyncio.sleep(0.02)
+
+
+async def board_of(http: httpx.AsyncClient, address: str) -> list[str]:
+    """The suffixes on the question board of the demo at ``address``."""
+    stats = (await http.get(f"http://{address}/api/stats")).json()
+    return [q["suffix"] for q in stats["questions"]]
+
+
+async def test_an_interrupted_question_leaves_every_board(redis_server: Any) -> None:
+    """An asker's promise interrupted by an outage takes its question off the boards: at
+    once in its own process, and in the others through Redis once the link is back (two apps
+    on one Redis stand for two processes). Without that the question stayed open, with an
+    Answer button nobody would hear, until its timeout."""
+    async with (
+        serve(create_app(redis_server.url)) as here,
+        serve(create_app(redis_server.url)) as there,
+        httpx.AsyncClient() as http,
+        websockets.connect(f"ws://{here}/ws/json") as asker,
+    ):
+        await recv_json(asker, "welcome")
+
+        async def board(address: str) -> list[str]:
+            return await board_of(http, address)
+
+        await asker.send(json.dumps({"op": "ask", "suffix": "q", "question": "?", "timeout": 120}))
+        await recv_json(asker, "promise", suffix="q", state="pending")
+        async with asyncio.timeout(10):
+            while await board(there) != ["q"]:
+                await asyncio.sleep(0.05)
+        assert await board(here) == ["q"]
+
+        await redis_server.akill()
+        await recv_json(asker, "promise", suffix="q", state="interrupted")
+        assert await board(here) == []  # at once, here
+        await redis_server.astart()
+        async with asyncio.timeout(30):  # once the link is back, there
+            while await board(there):
+                await asyncio.sleep(0.05)
+
+
+async def test_a_new_process_learns_the_open_questions_and_a_closed_tab_withdraws_its(
+    redis_server: Any,
+) -> None:
+    """A board that subscribes (a process starting, a link coming back) asks the others for
+    their waiting questions; closing the asking tab takes its question off every board."""
+    async with (
+        serve(create_app(redis_server.url)) as here,
+        httpx.AsyncClient() as http,
+        websockets.connect(f"ws://{here}/ws/json") as asker,
+    ):
+        await recv_json(asker, "welcome")
+        await asker.send(
+            json.dumps({"op": "ask", "suffix": "bye", "question": "?", "timeout": 120})
+        )
+        await recv_json(asker, "promise", suffix="bye", state="pending")
+        async with serve(create_app(redis_server.url)) as there:
+            async with asyncio.timeout(10):  # asked before it started
+                while await board_of(http, there) != ["bye"]:
+                    await asyncio.sleep(0.05)
+            await asker.close()
+            async with asyncio.timeout(10):
+                while await board_of(http, here) or await board_of(http, there):
+                    await asyncio.sleep(0.05)
+
+
 # -- HTTP endpoints ----------------------------------------------------------------------------
 
 
@@ -278,6 +477,39 @@ async def test_healthz_and_metrics(demo: str) -> None:
 
         assert (await http.get("/")).text.startswith("<!doctype html>")
         assert (await http.get("/static/app.js")).status_code == 200
+        favicon = await http.get("/favicon.ico")
+        assert favicon.status_code == 200
+        assert favicon.headers["content-type"] == "image/svg+xml"
+
+
+async def test_docs_links(redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page links /docs/NAME.md: the checkout's Markdown, or a redirect to the docs site
+    given by ``docs_url`` / $REDISMPX_DOCS_URL."""
+    monkeypatch.delenv("REDISMPX_DOCS_URL", raising=False)
+    async with (
+        serve(create_app(redis_server.url)) as address,
+        httpx.AsyncClient(base_url=f"http://{address}") as http,
+    ):
+        guide = await http.get("/docs/guide.md")
+        assert guide.status_code == 200
+        assert guide.headers["content-type"].startswith("text/plain")
+        assert guide.text.startswith("# Guide")
+        missing = await http.get("/docs/nothing.md")
+        assert missing.status_code == 404
+        assert "REDISMPX_DOCS_URL" in missing.text
+        for name in ("../pyproject.toml", "..%2Fpyproject.toml"):
+            assert (await http.get(f"/docs/{name}")).status_code == 404
+
+    monkeypatch.setenv("REDISMPX_DOCS_URL", "https://docs.example/redismpx/")
+    async with (
+        serve(create_app(redis_server.url)) as address,
+        httpx.AsyncClient(base_url=f"http://{address}") as http,
+    ):
+        moved = await http.get("/docs/guide.md")
+        assert moved.status_code == 307
+        assert moved.headers["location"] == "https://docs.example/redismpx/guide/"
+        home = await http.get("/docs/index.md")
+        assert home.headers["location"] == "https://docs.example/redismpx/"
 
 
 async def test_restart_needs_an_embedded_server(demo: str) -> None:
@@ -314,6 +546,8 @@ async def test_embedded_server_and_restart(
             health = (await http.get("/healthz")).json()
             assert health["redis"]["restarts"] == 1
             assert health["mpx"]["reconnects"] == 1
+            assert health["status"] == "ok"
+            assert health["link"]["error"] is None
             await ws.send("!room")
             await recv(ws)
             await ws.send("back")  # mpx.publish re-dialled its command connection

@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -14,7 +16,13 @@ from urllib.parse import urlsplit
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
@@ -32,6 +40,7 @@ from .text_ws import TextSession
 logger = logging.getLogger("redismpx.demo")
 
 STATIC = Path(__file__).parent / "static"
+DOCS_URL_ENV = "REDISMPX_DOCS_URL"
 ADMIN_HEADER = "x-demo-admin"  # a custom header: browsers send it cross-site only after CORS
 
 
@@ -68,16 +77,19 @@ async def index(request: Request) -> Response:
     return FileResponse(STATIC / "index.html")
 
 
+async def favicon(request: Request) -> Response:
+    """The page links an inline icon; this one is for browsers showing /metrics or /healthz."""
+    return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
+
 async def healthz(request: Request) -> Response:
-    """200 while the multiplexer is connected to Redis, else 503 (a readiness check)."""
-    ctx = _ctx(request)
-    stats = ctx.mpx.stats()
-    body = {
-        "status": "ok" if stats["state"] == "connected" else "unavailable",
-        "mpx": stats,
-        "redis": ctx.backend.describe(),
-        "sockets": ctx.sockets,
-    }
+    """200 while the multiplexer is connected to Redis, else 503 (a readiness check).
+
+    The body is what the page shows (:meth:`DemoContext.status`): ``link.error`` is set only
+    during an outage; once the link is back the error moves to ``link.last_outage``, with
+    when it began and ended. ``sockets`` is ``tabs`` under its former name."""
+    status = _ctx(request).status()
+    body = {**status, "sockets": status["tabs"]}
     return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
 
@@ -89,6 +101,39 @@ async def stats(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     """Prometheus text format."""
     return Response(render(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)
+
+
+def find_docs() -> dict[str, Path]:
+    """The Markdown pages of a source checkout's ``docs/`` (``make demo`` runs from one), by
+    file name; empty when installed from a wheel, which has no docs."""
+    docs = Path(__file__).resolve().parents[3] / "docs"
+    if not (docs.parent / "mkdocs.yml").is_file():
+        return {}
+    return {page.name: page for page in sorted(docs.glob("*.md"))}
+
+
+async def doc(request: Request) -> Response:
+    """``/docs/NAME.md``: the page's documentation links.
+
+    With a docs URL (``create_app(docs_url=...)`` or ``$REDISMPX_DOCS_URL``, the address of
+    the built MkDocs site) it redirects there (``guide.md`` -> ``URL/guide/``); else it serves
+    the Markdown of the source checkout's ``docs/`` as plain text; else a 404 that says where
+    the docs are."""
+    name = request.path_params["name"]
+    base: str | None = request.app.state.docs_url
+    pages: dict[str, Path] = request.app.state.docs
+    if base:
+        stem = name.removesuffix(".md")
+        target = base.rstrip("/") + "/" + ("" if stem == "index" else f"{stem}/")
+        return RedirectResponse(target, status_code=307)
+    page = pages.get(name)
+    if page is None:
+        return PlainTextResponse(
+            f"{name}: the documentation is in the docs/ folder of the redismpx source "
+            f"repository (set ${DOCS_URL_ENV} to the address of the built site to link it).",
+            status_code=404,
+        )
+    return PlainTextResponse(page.read_text(encoding="utf-8"))
 
 
 async def restart_redis(request: Request) -> Response:
@@ -111,24 +156,36 @@ async def restart_redis(request: Request) -> Response:
     return JSONResponse({"restarted": True, "pid": pid})
 
 
-def create_app(redis_url: str | None = None, *, limits: Limits | None = None) -> Starlette:
+def create_app(
+    redis_url: str | None = None, *, limits: Limits | None = None, docs_url: str | None = None
+) -> Starlette:
     """The demo app. Redis: ``redis_url``, else ``$REDIS_URL``, else an embedded server that
-    the app starts at startup and stops at shutdown."""
+    the app starts at startup and stops at shutdown. The page's documentation links go to
+    ``docs_url`` (else ``$REDISMPX_DOCS_URL``), the built documentation site, else to the
+    Markdown of the source checkout (see :func:`doc`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with redis_backend(redis_url) as backend, open_multiplexer(app, backend.url) as mpx:
-            board = QuestionBoard(mpx)
-            app.state.demo = DemoContext(mpx, backend, board, limits or Limits())
+            settings = limits or Limits()
+            board = QuestionBoard(mpx, publish_timeout=settings.publish_timeout)
+            ctx = DemoContext(mpx, backend, board, settings)
+            app.state.demo = ctx
+            watch = asyncio.create_task(ctx.watch())
             try:
                 yield
             finally:
-                board.close()
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
+                await board.aclose()
                 del app.state.demo
 
     app = Starlette(
         routes=[
             Route("/", index),
+            Route("/favicon.ico", favicon),
+            Route("/docs/{name:str}", doc),
             Route("/healthz", healthz),
             Route("/metrics", metrics),
             Route("/api/stats", stats),
@@ -139,6 +196,8 @@ def create_app(redis_url: str | None = None, *, limits: Limits | None = None) ->
         ],
         lifespan=lifespan,
     )
+    app.state.docs_url = docs_url or os.environ.get(DOCS_URL_ENV) or None
+    app.state.docs = find_docs()
     app.state.metrics = metrics_registry(
         MultiplexerCollector(
             lambda: getattr(app.state, "mpx", None),

@@ -8,18 +8,23 @@ Client to server (``op``):
 * ``{"op": "ask", "suffix": S, "question": Q, "timeout": T}``: a promise on ``promise:S``
 * ``{"op": "answer", "suffix": S, "message": M}``: publish ``M`` on ``promise:S``
 
-Server to client (``type``): ``welcome``, ``message`` (``channel``, ``message`` and, for a
-pattern, ``pattern``), ``sub`` (``kind``: channel, pattern or promise; ``name``; ``state``:
-activating, active, disconnected or left), ``promise`` (``id``, ``suffix``, ``state``:
-activating, pending, resolved, timeout, interrupted or failed), ``published``, ``dropped``,
-``stats`` (twice a second: ``mpx.stats()``, open questions, this socket's subscriptions) and
-``error`` (a refused input; the socket stays open).
+Server to client (``type``): ``welcome`` (``name``: this socket's short name, e.g.
+``tab-3``), ``message`` (``channel``, ``message``, ``from``: the name of the socket of this
+process that published it, or null, and, for a pattern, ``pattern``), ``sub`` (``kind``:
+channel, pattern or promise; ``name``; ``state``: activating, active, disconnected or left),
+``promise`` (``id``, ``suffix``, ``state``: activating, pending, resolved, timeout,
+interrupted or failed), ``published`` (``channel``; ``tabs``: the sockets of this process the
+message reached; ``redis``: the subscriber connections Redis counted, which is 1 for all the
+tabs of one process), ``dropped``, ``stats`` (every second, and at once when a tab comes or
+goes or the link changes: see :meth:`DemoContext.snapshot`, plus this socket's
+subscriptions) and ``error`` (a refused input; the socket stays open).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import itertools
 import json
 import logging
@@ -37,7 +42,7 @@ from redismpx import (
     SubscriptionInterrupted,
 )
 
-from .board import PROMISE_PREFIX, QUESTIONS_CHANNEL, announcement
+from .board import PROMISE_PREFIX, QUESTIONS_CHANNEL
 from .context import DemoContext
 from .limits import (
     BadInput,
@@ -72,6 +77,7 @@ class JsonSession(Session):
         self._promise_state: str | None = None
         self._stats_due = asyncio.Event()  # set on link events: push stats at once
         self._asks: dict[int, asyncio.Task[None]] = {}
+        self._waiting: dict[int, tuple[str, float]] = {}  # announced: id -> (suffix, expires)
         self._ids = itertools.count(1)
         self._ops: dict[str, Callable[[Command], Awaitable[None]]] = {
             "join": self._join,
@@ -90,6 +96,7 @@ class JsonSession(Session):
         await self.peer.send_json(
             {
                 "type": "welcome",
+                "name": self.name,
                 "prefix": PROMISE_PREFIX,
                 "questions_channel": QUESTIONS_CHANNEL,
                 "limits": {"max_name": limits.max_name, "max_message": limits.max_message},
@@ -102,6 +109,23 @@ class JsonSession(Session):
             sub.close()
         if self.promises is not None:
             self.promises.close()  # pending promises fail with SubscriptionClosed
+        for ask_id in list(self._waiting):  # nobody will hear the answers
+            self._withdraw(ask_id)
+
+    def poke(self) -> None:
+        self._stats_due.set()
+
+    def hears(self, channel: str) -> bool:
+        if super().hears(channel):
+            return True
+        for pattern, state in self.pattern_states.items():
+            # The demo's patterns have no backslash or '!': Redis' [^...] is fnmatch's [!...].
+            if state == "active" and fnmatch.fnmatchcase(channel, pattern.replace("[^", "[!")):
+                return True
+        if channel.startswith(PROMISE_PREFIX) and self._promises_state() == "active":
+            suffix = channel[len(PROMISE_PREFIX) :]
+            return any(waiting == suffix for waiting, _ in self._waiting.values())
+        return False
 
     async def refuse(self, message: str) -> None:
         await self.peer.send_json({"type": "error", "error": message})
@@ -128,10 +152,13 @@ class JsonSession(Session):
             event["error"] = error
         await self.peer.send_json(event)
 
+    def _message(self, channel: bytes, data: bytes) -> Command:
+        name, text = _text(channel), _text(data)
+        sender = self.ctx.senders.sender_of(name, text)
+        return {"type": "message", "channel": name, "message": text, "from": sender}
+
     async def on_message(self, channel: bytes, data: bytes) -> None:
-        await self.peer.send_json(
-            {"type": "message", "channel": _text(channel), "message": _text(data)}
-        )
+        await self.peer.send_json(self._message(channel, data))
 
     async def on_activation(self, channel: bytes) -> None:
         self._stats_due.set()
@@ -178,14 +205,7 @@ class JsonSession(Session):
         await self._sub_event("pattern", pattern, "activating")
 
         async def message(channel: bytes, data: bytes) -> None:
-            await self.peer.send_json(
-                {
-                    "type": "message",
-                    "channel": _text(channel),
-                    "message": _text(data),
-                    "pattern": pattern,
-                }
-            )
+            await self.peer.send_json({**self._message(channel, data), "pattern": pattern})
 
         async def activation(_: bytes) -> None:
             await self._sub_event("pattern", pattern, "active")
@@ -223,7 +243,12 @@ class JsonSession(Session):
         receivers = await self.publish(channel, message)
         if receivers is not None:
             await self.peer.send_json(
-                {"type": "published", "channel": channel, "receivers": receivers}
+                {
+                    "type": "published",
+                    "channel": channel,
+                    "tabs": self.ctx.tabs_reached(channel),
+                    "redis": receivers,
+                }
             )
 
     async def _ask(self, cmd: Command) -> None:
@@ -266,21 +291,33 @@ class JsonSession(Session):
         except TimeoutError:
             await tell("failed", error="the promise subscription is not active: is Redis up?")
             return
-        await tell("pending", deadline=time.time() + seconds)
+        expires = time.time() + seconds
+        await tell("pending", deadline=expires)
+        self._waiting[ask_id] = (suffix, expires)
         try:  # announce only now: an answer can no longer be missed
-            await self.ctx.publish(QUESTIONS_CHANNEL, announcement(suffix, question, seconds))
+            await self.ctx.board.ask(suffix, question, expires)
         except Exception as exc:
             logger.info("could not announce a question: %s", exc)
         try:
             answer = await promise
         except PromiseTimeout:
+            self._withdraw(ask_id)
             await tell("timeout", error=f"no answer within {seconds:g} s")
         except SubscriptionInterrupted as exc:
+            self._withdraw(ask_id)
             await tell("interrupted", error=str(exc))
         except SubscriptionClosed:
-            return  # the socket is closing
+            return  # the socket is closing: on_close withdraws the question
         else:
+            self._waiting.pop(ask_id, None)
+            self.ctx.board.answered(suffix, expires)  # every board forgets it by itself
             await tell("resolved", message=_text(answer))
+
+    def _withdraw(self, ask_id: int) -> None:
+        """Take an announced question off the boards: no answer can reach its asker now."""
+        waiting = self._waiting.pop(ask_id, None)
+        if waiting is not None:
+            self.ctx.board.withdraw_mine(*waiting)
 
     # -- status ------------------------------------------------------------------------------
 

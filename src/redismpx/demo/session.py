@@ -25,9 +25,11 @@ class Session:
     """One WebSocket: subclasses implement :meth:`handle` and the subscription callbacks."""
 
     BUFFER = 256  # pending messages per subscription before the oldest are dropped
+    NAME_PREFIX = "tab"  # names are ``tab-1``, ``tab-2``... (unique in the process)
 
     def __init__(self, websocket: WebSocket, ctx: DemoContext) -> None:
         self.ctx = ctx
+        self.name = ctx.new_name(self.NAME_PREFIX)
         self.peer = Peer(websocket)
         self.rate = RateLimiter(ctx.limits.rate, ctx.limits.burst)
         self.states: dict[str, str] = {}  # channel -> activating / active / disconnected
@@ -61,6 +63,15 @@ class Session:
     def on_close(self) -> None:
         """The socket is gone: close the subclass' own subscriptions."""
 
+    def poke(self) -> None:
+        """Something process-wide changed (a tab came or went, the link to Redis): push a
+        status update soon, if this protocol has them."""
+
+    def hears(self, channel: str) -> bool:
+        """True if a message published on ``channel`` now would reach this socket: Redis
+        confirmed the channel for it (subclasses add patterns and promises)."""
+        return self.states.get(channel) == "active"
+
     async def handle(self, text: str) -> None:
         """One text frame; raise :class:`BadInput` to refuse it."""
         raise NotImplementedError
@@ -79,10 +90,10 @@ class Session:
         return task
 
     async def publish(self, channel: str, message: str) -> int | None:
-        """PUBLISH through the multiplexer; a failure is refused (saying whether the message
-        may have gone out), not raised."""
+        """PUBLISH through the multiplexer (this socket recorded as the sender); a failure is
+        refused (saying whether the message may have gone out), not raised."""
         try:
-            return await self.ctx.publish(channel, message)
+            return await self.ctx.publish(channel, message, sender=self.name)
         except PublishTimeout as exc:
             seconds = self.ctx.limits.publish_timeout
             if exc.sent:
@@ -99,14 +110,14 @@ class Session:
 
     async def run(self) -> None:
         """Accept, serve until the client leaves, then close every subscription."""
-        self.ctx.sockets += 1
+        self.ctx.opened(self)
         try:
             await self.peer.websocket.accept()
             await self.on_open()
             await self._loop()
         finally:
-            self.ctx.sockets -= 1
             self.peer.mark_closed()
+            self.ctx.closed(self)
             self.channels.close()
             self.on_close()
             for task in list(self._tasks):

@@ -22,8 +22,9 @@ def _text(data: bytes) -> str:
 
 
 class TextSession(Session):
-    """One command-line client."""
+    """One command-line client (named ``cli-N`` as a sender on the page)."""
 
+    NAME_PREFIX = "cli"
     _target: str | None = None  # set by !chan: where the next frame goes
 
     async def refuse(self, message: str) -> None:
@@ -34,9 +35,12 @@ class TextSession(Session):
 
     async def on_activation(self, channel: bytes) -> None:
         if channel in self.channels.channels:  # a queued activation may arrive after -chan
+            self.states[_text(channel)] = "active"
             await self.peer.send_text(f"active: [{_text(channel)}]")
 
     async def on_disconnect(self, error: BaseException) -> None:
+        for name in self.states:
+            self.states[name] = "disconnected"
         await self.peer.send_text(f"disconnected: [{error}]")
 
     async def on_drop(self, count: int) -> None:
@@ -59,9 +63,11 @@ class TextSession(Session):
                 len(self.channels.channels) >= limits.max_channels
             ):
                 raise BadInput(f"at most {limits.max_channels} channels per socket")
+            self.states.setdefault(name, "activating")
             self.channels.add(name)
             await self.peer.send_text(f"ok: joined [{name}]")
         elif op == "-":
+            self.states.pop(name, None)
             self.channels.remove(name)
             await self.peer.send_text(f"ok: left [{name}]")
         else:

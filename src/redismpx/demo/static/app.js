@@ -7,8 +7,27 @@ const MAX_LOG = 200;
 let ws = null;
 let retryDelay = 500;
 let prefix = "promise:";
+let myName = null; // this tab's short name, from the welcome
 const wanted = { channels: new Set(), patterns: new Set() }; // re-sent after a reconnect
 const promiseTimers = new Map(); // promise id -> interval id of its countdown
+let restart = null; // a restart of the embedded Redis in progress (see renderRestart)
+
+// What each stats() key means, in plain words (unknown keys are shown with their name).
+const STAT_LABELS = {
+  subscriptions: ["Subscriptions open", "every tab's channel and pattern subscriptions, plus the question board's two"],
+  channels: ["Channels in use", "distinct names the tabs want: two tabs on one channel make one SUBSCRIBE"],
+  patterns: ["Patterns in use", "distinct patterns the tabs want, as for channels"],
+  shard_channels: ["Shard channels in use", "Redis Cluster only"],
+  messages_received: ["Messages read from Redis", "each message once, however many tabs want it"],
+  messages_dispatched: ["Deliveries to subscriptions", "one message read, handed to every subscription that wants it"],
+  connects: ["Pub/Sub connections opened", "the first one, and one per reconnect"],
+  reconnects: ["Reconnects after an outage", "each one resubscribed every name"],
+  dropped: ["Messages dropped", "a subscription's buffer was full: its tab read too slowly"],
+  callback_errors: ["Errors raised by callbacks", "the demo's own code failing on a message"],
+  publish_connects: ["Publish connections opened", "publishing has its own connection"],
+  published: ["Publishes Redis answered", "from every tab, health probes included"],
+};
+const STATS_SKIPPED = new Set(["state"]); // shown by the link line instead
 
 function send(obj) {
   if (ws && ws.readyState === WebSocket.OPEN) {
@@ -30,13 +49,17 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+const clock = (seconds) => new Date(seconds * 1000).toLocaleTimeString();
+const now = () => Date.now() / 1000;
+const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
+
 function pushLog(list, item) {
   list.prepend(item);
   while (list.children.length > MAX_LOG) list.lastElementChild.remove();
 }
 
 function addError(text) {
-  pushLog($("#errors"), el("li", { className: "error" }, `${new Date().toLocaleTimeString()} ${text}`));
+  pushLog($("#errors"), el("li", { className: "error" }, `${clock(now())} ${text}`));
 }
 
 // -- subscriptions --------------------------------------------------------------------------
@@ -81,9 +104,9 @@ function promiseRow(msg) {
   if (!row) {
     row = el("li", { className: "promise", dataset: { id: String(msg.id), suffix: msg.suffix } },
       el("span", { className: "name" }, `${prefix}${msg.suffix}`),
+      el("span", { className: "state" }, ""),
       el("span", { className: "question muted" }, msg.question || ""),
-      el("span", { className: "detail" }, ""),
-      el("span", { className: "state" }, ""));
+      el("span", { className: "detail" }, ""));
     $("#promises").prepend(row);
   }
   return row;
@@ -98,7 +121,7 @@ function onPromise(msg) {
   promiseTimers.delete(msg.id);
   if (msg.state === "pending") {
     const tick = () => {
-      const left = Math.max(0, msg.deadline - Date.now() / 1000);
+      const left = Math.max(0, msg.deadline - now());
       detail.textContent = `${left.toFixed(0)} s left`;
     };
     tick();
@@ -117,7 +140,8 @@ function renderQuestions(questions) {
   for (const q of questions) {
     seen.add(q.suffix);
     if (list.querySelector(`li[data-suffix="${CSS.escape(q.suffix)}"]`)) continue;
-    const input = el("input", { placeholder: "your answer", className: "answer-text" });
+    const input = el("input", { placeholder: "your answer", className: "answer-text",
+                                "aria-label": `answer to ${q.suffix}` });
     const button = el("button", { type: "button", className: "answer-button" }, "Answer");
     button.addEventListener("click", () => {
       send({ op: "answer", suffix: q.suffix, message: input.value });
@@ -127,26 +151,77 @@ function renderQuestions(questions) {
       el("span", { className: "question-text muted" }, q.question || "(no text)"),
       input, button));
   }
+  // Answered, expired, or withdrawn by its asker (timed out, interrupted, tab closed).
   for (const li of [...list.children]) if (!seen.has(li.dataset.suffix)) li.remove();
 }
 
-// -- stats ----------------------------------------------------------------------------------
+// -- the process' status --------------------------------------------------------------------
+
+function renderLink(link) {
+  $("#mpx-state").textContent = $("#mpx-state").dataset.state = link.state;
+  const line = $("#link-status");
+  line.dataset.state = link.state;
+  if (link.state === "connected") {
+    line.textContent = `Link to Redis: connected since ${clock(link.since)}.`;
+  } else if (link.state === "connecting" && !link.error) {
+    line.textContent = "Link to Redis: connecting…";
+  } else {
+    const since = link.down_since ? ` since ${clock(link.down_since)}` : "";
+    const error = link.error ? ` Last error (${clock(link.error_at)}): ${link.error}` : "";
+    line.textContent = `Link to Redis: down${since}, reconnecting by itself.${error}`;
+  }
+  const outage = $("#last-outage");
+  const last = link.last_outage;
+  outage.hidden = !last || link.state !== "connected";
+  if (last) {
+    const error = last.error ? `: ${last.error}` : "";
+    outage.textContent = `Last outage, recovered: down from ${clock(last.since)} to ` +
+      `${clock(last.recovered_at)}${error}`;
+  }
+}
 
 function renderStats(msg) {
   const body = $("#stats tbody");
   for (const [key, value] of Object.entries(msg.stats)) {
+    if (STATS_SKIPPED.has(key)) continue;
     let row = body.querySelector(`tr[data-key="${key}"]`);
     if (!row) {
-      row = el("tr", { dataset: { key } }, el("th", {}, key), el("td", {}, ""));
+      const [label, hint] = STAT_LABELS[key] || [key.replaceAll("_", " "), ""];
+      const th = el("th", {}, label);
+      if (hint) th.append(el("small", {}, hint));
+      row = el("tr", { dataset: { key } }, th, el("td", {}, ""));
       body.append(row);
     }
-    row.querySelector("td").textContent = value === null ? "-" : String(value);
+    const text = value === null ? "-" : Array.isArray(value) ? value.join(", ") : String(value);
+    row.querySelector("td").textContent = text;
   }
-  const badge = $("#mpx-state");
-  badge.textContent = badge.dataset.state = msg.stats.state;
-  $("#sockets").textContent = String(msg.sockets);
+  $("#tab-count").textContent = String(msg.tabs);
+  $("#redis-count").textContent = String(msg.pubsub_connections);
+  renderLink(msg.link);
   $("#restart-redis").hidden = !msg.redis.embedded;
   renderQuestions(msg.questions);
+  renderRestart(msg);
+}
+
+// A restart is told in steps; it says "restarted" only once the link is connected again
+// after having been seen down (or after the reconnect counter moved).
+function renderRestart(msg) {
+  if (!restart) return;
+  const status = $("#restart-status");
+  if (msg && msg.link.state !== "connected") restart.sawDown = true;
+  const reconnected = msg && msg.link.state === "connected" &&
+    (restart.sawDown || msg.stats.reconnects > restart.reconnects);
+  if (restart.pid !== undefined && reconnected) {
+    status.dataset.phase = "done";
+    status.textContent = `Redis restarted (pid ${restart.pid}); the link reconnected at ` +
+      `${clock(now())} and resubscribed everything.`;
+    $("#restart-redis").disabled = false;
+    restart = null;
+  } else if (restart.pid !== undefined) {
+    status.dataset.phase = "waiting";
+    status.textContent = `Redis is running again (pid ${restart.pid}); waiting for the ` +
+      "link to reconnect…";
+  }
 }
 
 // -- the socket -----------------------------------------------------------------------------
@@ -154,26 +229,47 @@ function renderStats(msg) {
 const handlers = {
   welcome(msg) {
     prefix = msg.prefix;
+    myName = msg.name;
     $("#prefix").textContent = prefix;
+    $("#tab-name").textContent = myName;
+    document.title = `${myName} · redismpx demo`;
     for (const c of wanted.channels) send({ op: "join", channel: c });
     for (const p of wanted.patterns) send({ op: "psubscribe", pattern: p });
   },
   message(msg) {
-    const via = msg.pattern ? ` (via ${msg.pattern})` : "";
+    const from = msg.from === null || msg.from === undefined
+      ? "not from a tab of this server"
+      : msg.from === myName ? `from ${msg.from} (this tab)` : `from ${msg.from}`;
+    const via = msg.pattern ? ` via ${msg.pattern}` : "";
     pushLog($("#messages"), el("li",
-      { className: "msg", dataset: { channel: msg.channel, pattern: msg.pattern || "" } },
+      { className: "msg", dataset: { channel: msg.channel, pattern: msg.pattern || "", from: msg.from || "" } },
+      el("span", { className: "time" }, clock(now())),
       el("span", { className: "name" }, msg.channel),
-      el("span", { className: "text" }, msg.message),
-      el("span", { className: "muted" }, via)));
+      el("span", { className: "from" }, `${from}${via}`),
+      el("span", { className: "text" }, msg.message)));
   },
   sub(msg) { setSubState(msg.kind, msg.name, msg.state, msg.error); },
   promise: onPromise,
   published(msg) {
-    $("#publish-status").textContent = `published to ${msg.channel}: ${msg.receivers} receiver(s)`;
+    const status = $("#publish-status");
+    delete status.dataset.failed;
+    status.dataset.tabs = String(msg.tabs);
+    status.dataset.redis = String(msg.redis);
+    status.textContent = `Published to ${msg.channel}: reached ` +
+      `${plural(msg.tabs, "tab", "tabs")} of this server. ` +
+      `Redis subscriber connections: ${msg.redis}.`;
   },
   dropped(msg) { addError(`${msg.count} message(s) dropped: this page reads too slowly`); },
   stats: renderStats,
-  error(msg) { addError(msg.error); },
+  error(msg) {
+    addError(msg.error);
+    if (msg.error.startsWith("publish to ")) {  // not "Published to ...": say it failed there
+      const status = $("#publish-status");
+      delete status.dataset.tabs;
+      status.dataset.failed = "";
+      status.textContent = msg.error;
+    }
+  },
 };
 
 function connect() {
@@ -192,6 +288,8 @@ function connect() {
   };
   ws.onclose = () => {
     badge.textContent = badge.dataset.state = "closed";
+    // Nothing is known about Redis from here until the socket is back.
+    $("#mpx-state").textContent = $("#mpx-state").dataset.state = "unknown";
     for (const row of document.querySelectorAll("#subs li")) {
       if (row.dataset.kind === "promise") { row.remove(); continue; }
       row.dataset.state = "disconnected";
@@ -217,26 +315,42 @@ onSubmit("#pattern-form", () => {
   if (send({ op: "psubscribe", pattern })) { wanted.patterns.add(pattern); $("#pattern").value = ""; }
 });
 onSubmit("#publish-form", () => {
-  send({ op: "publish", channel: $("#pub-channel").value.trim(), message: $("#pub-message").value });
+  const box = $("#pub-message");
+  if (send({ op: "publish", channel: $("#pub-channel").value.trim(), message: box.value })) {
+    box.value = "";
+    box.focus();
+  }
 });
 onSubmit("#ask-form", () => {
   send({ op: "ask", suffix: $("#ask-suffix").value.trim(), question: $("#ask-question").value,
          timeout: Number($("#ask-timeout").value) });
 });
 onSubmit("#answer-form", () => {
-  send({ op: "answer", suffix: $("#answer-suffix").value.trim(), message: $("#answer-message").value });
+  const box = $("#answer-message");
+  if (send({ op: "answer", suffix: $("#answer-suffix").value.trim(), message: box.value })) {
+    box.value = "";
+  }
 });
 
 $("#restart-redis").addEventListener("click", async () => {
   const status = $("#restart-status");
-  status.textContent = "restarting...";
+  const reconnects = Number($('#stats tr[data-key="reconnects"] td')?.textContent) || 0;
+  restart = { sawDown: false, reconnects };
+  $("#restart-redis").disabled = true;
+  status.dataset.phase = "killing";
+  status.textContent = "Stopping the embedded Redis for 1.5 s…";
   try {
     const response = await fetch("/admin/restart-redis?downtime=1.5",
       { method: "POST", headers: { "X-Demo-Admin": "1" } });
     const body = await response.json();
-    status.textContent = response.ok ? `restarted (pid ${body.pid})` : body.error;
+    if (!response.ok) throw new Error(body.error);
+    restart.pid = body.pid;
+    renderRestart(null);
   } catch (err) {
-    status.textContent = `restart failed: ${err}`;
+    restart = null;
+    $("#restart-redis").disabled = false;
+    status.dataset.phase = "failed";
+    status.textContent = `restart failed: ${err.message || err}`;
   }
 });
 
