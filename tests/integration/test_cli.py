@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -344,3 +345,74 @@ def test_new_session_server_has_its_own_process_group(server_binary: str) -> Non
     with RedisServer(server_binary) as server:  # the default is unchanged
         assert server.pid is not None
         assert os.getpgid(server.pid) == os.getpgid(0)
+
+
+# -- the Makefile ----------------------------------------------------------------------------
+
+needs_make = pytest.mark.skipif(
+    shutil.which("make") is None or shutil.which("bash") is None, reason="needs make and bash"
+)
+
+
+def fake_python(path: Path, version: str, pip_error: str = "") -> Path:
+    """An executable that says it is Python ``version`` and whose ``-m pip`` fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = "-c" ]; then echo {version}; exit 0; fi\n'
+        f'echo "{pip_error or "unexpected call: $*"}" >&2\n'
+        "exit 1\n"
+    )
+    path.chmod(0o755)
+    return path
+
+
+def make(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
+    return subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def required_python() -> str:
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        spec: str = tomllib.load(f)["project"]["requires-python"]
+    assert spec.startswith(">="), spec
+    return spec[2:]
+
+
+@needs_make
+def test_make_demo_refuses_an_old_python_at_once(tmp_path: Path) -> None:
+    old = fake_python(tmp_path / "python3.10", "3.10")
+    venv = tmp_path / "venv"
+    result = make("demo", f"PYTHON={old}", f"VENV={venv}")
+    assert result.returncode != 0, result
+    assert f"is Python 3.10, redismpx needs Python >= {required_python()}" in result.stderr
+    assert "make demo PYTHON=python3." in result.stderr
+    assert not venv.exists()
+
+
+@needs_make
+def test_make_demo_refuses_an_old_venv(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    fake_python(venv / "bin" / "python", "3.10")
+    result = make("demo", f"VENV={venv}")
+    assert result.returncode != 0, result
+    assert f"{venv} has Python 3.10" in result.stderr and "rm -rf" in result.stderr
+
+
+@needs_make
+def test_make_demo_stops_when_the_install_fails(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    fake_python(venv / "bin" / "python", "3.12", pip_error="ERROR: no starlette today")
+    result = make("demo", f"VENV={venv}")
+    assert result.returncode != 0, result
+    assert "ERROR: no starlette today" in result.stderr
+    assert "redismpx demo" not in result.stdout  # the recipe never got there
+    assert "No such file" not in result.stderr
+    assert not (venv / ".installed-demo").exists()
