@@ -10,7 +10,7 @@ export PYTHON VENV
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-.PHONY: demo test test-quick lint bench bench-quick docs setup
+.PHONY: demo test test-quick lint bench bench-quick docs docs-serve setup
 
 setup:
 	bash scripts/setup-test-deps.sh
@@ -44,6 +44,11 @@ lint:
 # The documentation site (MkDocs Material, API from docstrings), warnings as errors -> ./site
 docs:
 	bash scripts/build-docs.sh
+
+# The documentation at http://127.0.0.1:PORT/, rebuilt as you edit (PORT: the first free one
+# from 8001, or make docs-serve PORT=9000).
+docs-serve:
+	bash scripts/serve-docs.sh
 
 bench: $(VENV)/.installed-bench
 	$(PY) -m bench
