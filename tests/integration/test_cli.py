@@ -6,6 +6,7 @@ Every wait is on an output line (or a process exit) with a timeout."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -153,9 +154,17 @@ class Demo:
         os.killpg(self.proc.pid, signal.SIGINT)
 
     def close(self) -> None:
+        """Kill the demo if it still runs, and its embedded server with it: that one is in a
+        process group of its own, and a killed demo cannot stop it."""
         if self.proc.poll() is None:
+            children: list[psutil.Process] = []
+            with contextlib.suppress(psutil.Error):
+                children = psutil.Process(self.proc.pid).children(recursive=True)
             self.proc.kill()
             self.proc.wait(10)
+            for child in children:
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
         for reader in self._readers:
             reader.join(5)
 
