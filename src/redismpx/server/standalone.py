@@ -113,6 +113,10 @@ class RedisServer:
         unix_socket: also listen on the unix socket :attr:`unix_path` (mode 700).
         tls: serve TLS only (``--port 0 --tls-port PORT``) with these settings.
         password: ``--requirepass``; the helpers authenticate with it and :attr:`url` holds it.
+        new_session: start the process in a session (and process group) of its own, so that
+            a Ctrl-C in the terminal reaches only the Python process, which then stops the
+            server in its own time (the demo does this). Off by default: a server in the
+            terminal's process group also receives the terminal's signals.
 
     The server runs without persistence and with ``DEBUG`` enabled (servers >= 7). Startup
     waits until the server answers ``PING``. Use it as a (sync or async) context manager, or
@@ -130,6 +134,7 @@ class RedisServer:
         unix_socket: bool = False,
         tls: TLSConfig | None = None,
         password: str | None = None,
+        new_session: bool = False,
     ) -> None:
         if isinstance(args, str):
             raise TypeError("args must be a sequence of strings, not one string")
@@ -150,6 +155,7 @@ class RedisServer:
                 self._unix_path = os.path.join(short, "redis.sock")
         self._tls = tls
         self._password = password
+        self._new_session = new_session
         self._proc: subprocess.Popen[bytes] | None = None
         self._paused = False
         self._starts = 0
@@ -294,6 +300,7 @@ class RedisServer:
                 stderr=subprocess.STDOUT,
                 cwd=self._dir,
                 close_fds=True,
+                start_new_session=self._new_session,
             )
         self._proc = proc
         self._paused = False
