@@ -10,7 +10,7 @@ export PYTHON VENV
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-.PHONY: demo test test-quick lint bench bench-quick docs docs-serve setup
+.PHONY: demo test lint bench bench-quick docs docs-serve setup
 
 setup:
 	bash scripts/setup-test-deps.sh
@@ -32,7 +32,7 @@ demo: $(VENV)/.installed-demo
 # The whole suite, on Valkey (PyPI) and on Redis 7 (Debian), then lint, types and a bench smoke.
 test: setup
 	$(PY) -m pytest -q
-	REDIS_SERVER=$(REDIS7) $(PY) -m pytest -q tests/unit tests/integration tests/cluster
+	REDIS_SERVER=$(REDIS7) $(PY) -m pytest -q tests/unit tests/integration tests/cluster tests/sentinel
 	$(MAKE) lint
 	$(MAKE) docs
 	$(MAKE) bench-quick
