@@ -87,7 +87,7 @@ class SentinelRouter(SingleRouter):
     def switched(self, primary: Address) -> None:
         """``primary`` is the primary now: a connection to another node leaves it at once
         rather than when that node times out. Each side (Pub/Sub, commands) then dials
-        through the sentinels again."""
+        ``primary`` first (confirmed with ``ROLE``), the sentinels if that fails."""
         self.sentinels.announced = primary
         # Waiting out a backoff (the old primary was unreachable): dial again now.
         self.link.wake()
@@ -130,6 +130,10 @@ class SentinelRouter(SingleRouter):
                     await self._watch_one(sentinel)
                 except (ConnectionLost, ServerError, TimeoutError) as exc:
                     self._watch_failed(sentinel, exc)
+                except Exception:
+                    # A bug of ours: the watcher must not die of it (failovers would then be
+                    # noticed only when the old primary times out).
+                    logger.exception("the failover watcher failed; it carries on")
                 if loop.time() - started >= STABLE_AFTER:
                     backoff.reset()
             await asyncio.sleep(backoff.next_delay())
