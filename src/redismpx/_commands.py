@@ -167,6 +167,15 @@ class CommandLink:
                     conn = await self._dial()
                 except ConnectError as exc:
                     self._failed(exc)
+                except Exception as exc:
+                    # A bug of ours: an attempt that failed, not the end of publishing. Not
+                    # its text nor its traceback: either may hold a password.
+                    self._failed(
+                        ConnectError(
+                            f"unexpected {type(exc).__name__} while connecting to "
+                            f"{self._describe()} (a bug)"
+                        )
+                    )
                 else:
                     started = loop.time()
                     self.conn = conn
