@@ -20,16 +20,28 @@ What it changes against broadcaster's own ``RedisBackend``:
   ``decode_errors`` instead of killing that task.
 * ``publish()`` uses the multiplexer's own publish connection, waits at most
   ``publish_timeout`` seconds and raises what :meth:`redismpx.Multiplexer.publish` raises.
+
+broadcaster's ``Broadcast.subscribe`` itself checks for and records a channel's first
+subscriber on either side of ``await backend.subscribe(channel)``: two tasks entering
+``subscribe`` for the same new channel while the first waits for Redis both become "first",
+and the second overwrites the first's queue (which then never receives anything, and raises
+``KeyError`` on leaving). :class:`Broadcast` here is ``broadcaster.Broadcast`` with that method
+fixed; see its docstring.
 """
 
 from __future__ import annotations
 
+import asyncio
 import codecs
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 try:
+    import broadcaster as _broadcaster
     from broadcaster import BroadcastBackend, Event
+    from broadcaster._base import Subscriber
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "redismpx.broadcaster needs the broadcaster package: pip install 'redismpx[broadcaster]'"
@@ -39,7 +51,7 @@ from .errors import InvalidArgument, InvalidArgumentType, SubscriptionClosed
 from .iterators import ChannelIterator
 from .multiplexer import Multiplexer
 
-__all__ = ["DEFAULT_MAX_BUFFER", "BroadcastOverflow", "RedisMPXBackend"]
+__all__ = ["DEFAULT_MAX_BUFFER", "Broadcast", "BroadcastOverflow", "RedisMPXBackend"]
 
 DEFAULT_URL = "redis://localhost:6379"
 
@@ -246,3 +258,67 @@ def _payload(message: Any) -> str | bytes:
         f"a broadcaster message must be str, bytes, int or float, not {type(message).__name__}"
         " (serialise it first, e.g. json.dumps)"
     )
+
+
+class Broadcast(_broadcaster.Broadcast):
+    """``broadcaster.Broadcast`` whose ``subscribe`` holds when several tasks subscribe at once.
+
+    broadcaster 0.3.1's ``Broadcast.subscribe`` checks for a channel's first subscriber,
+    awaits ``backend.subscribe(channel)``, and only then records the subscriber. A backend
+    that waits for Redis (this one, and any backend during an outage) opens a window: every
+    task entering ``subscribe`` for that channel meanwhile is "first" too, and the last one to
+    return overwrites the others' queues, which then never receive anything and raise
+    ``KeyError`` on leaving. A failed or cancelled ``backend.subscribe`` raises ``KeyError``
+    too, instead of its own error.
+
+    Here a subscriber's queue is recorded before anything is awaited; the channel's first
+    subscriber subscribes the backend while the others wait for that same call (and take over
+    if it is cancelled, or share its error if it fails); the last one to leave, also after a
+    failure or a cancellation, unsubscribes the backend. Everything else is broadcaster's.
+    """
+
+    def __init__(self, url: str | None = None, *, backend: BroadcastBackend | None = None) -> None:
+        super().__init__(url, backend=backend)
+        # Per channel: the backend.subscribe() in flight or done, resolved with None (done),
+        # the exception it raised, or _RETRY (its caller was cancelled: someone else asks).
+        self._subscribing: dict[str, asyncio.Future[object]] = {}
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[Subscriber]:
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        queues = self._subscribers.setdefault(channel, set())
+        queues.add(queue)
+        try:
+            await self._subscribe_backend(channel)
+            yield Subscriber(queue)
+        finally:
+            queues.discard(queue)
+            if not queues and self._subscribers.get(channel) is queues:
+                del self._subscribers[channel]
+                self._subscribing.pop(channel, None)
+                await self._backend.unsubscribe(channel)
+            await queue.put(None)
+
+    async def _subscribe_backend(self, channel: str) -> None:
+        while True:
+            pending = self._subscribing.get(channel)
+            if pending is not None:
+                outcome = await asyncio.shield(pending)  # at once when it is done
+                if outcome is None:
+                    return
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                continue  # _RETRY: its caller was cancelled
+            pending = self._subscribing[channel] = asyncio.get_running_loop().create_future()
+            try:
+                await self._backend.subscribe(channel)
+            except BaseException as exc:
+                if self._subscribing.get(channel) is pending:
+                    del self._subscribing[channel]
+                pending.set_result(exc if isinstance(exc, Exception) else _RETRY)
+                raise
+            pending.set_result(None)
+            return
+
+
+_RETRY = object()
