@@ -1,0 +1,386 @@
+"""``redismpx.broadcaster`` against real servers, through broadcaster's own ``Broadcast``.
+
+* The backend contract as broadcaster's interface and README define it (``connect``,
+  ``disconnect``, ``subscribe``, ``unsubscribe``, ``publish``, ``next_published`` returning
+  ``Event(channel: str, message: str)``), end to end through ``Broadcast(backend=...)``: with
+  broadcaster's ``Broadcast`` and with ``redismpx.broadcaster.Broadcast``.
+* What the backend promises on top: ``subscribe`` returns once Redis confirmed the channel,
+  the bounded buffer and its overflow policies, decoding, ``conn`` (a shared multiplexer, a
+  redis-py client), and delivery that comes back by itself after the server dropped the
+  Pub/Sub connection, a restart and a Sentinel failover.
+* The same outages with broadcaster's stock ``RedisBackend``, measured for comparison: every
+  wait is bounded and "never within N s" is recorded. Nothing is asserted about the stock
+  backend; the numbers are printed at the end of the module.
+
+Measured times are printed in a table after the module ran (``-p no:randomly -q`` shows it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+try:
+    import broadcaster
+    from broadcaster._backends.redis import RedisBackend
+except ImportError:  # pragma: no cover - depends on the environment
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        raise
+    pytest.skip(
+        "broadcaster is not installed: pip install 'redismpx[broadcaster]'",
+        allow_module_level=True,
+    )
+
+
+from redismpx.broadcaster import Broadcast, RedisMPXBackend
+from redismpx.server import RedisServer, server_version
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "integrations" / "broadcaster.md"
+STOCK_LIMIT = 10.0  # seconds a stock-backend measurement waits before "never"
+OURS_LIMIT = 10.0  # the same bound for RedisMPXBackend (which must come back well within it)
+
+# (scenario, backend, result) rows, printed after the module's tests.
+MEASURED: list[tuple[str, str, str]] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_measurements(request: pytest.FixtureRequest, server_binary: str) -> Iterator[None]:
+    yield
+    if not MEASURED:
+        return
+    name, version = server_version(server_binary)
+    lines = [f"broadcaster measurements ({name} {'.'.join(map(str, version))}):"]
+    lines += [f"  {s:<46} {b:<19} {r}" for s, b, r in MEASURED]
+    MEASURED.clear()
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print("\n" + "\n".join(lines))
+
+
+def record(scenario: str, backend: str, result: str) -> None:
+    MEASURED.append((scenario, backend, result))
+
+
+BROADCASTS = {
+    "broadcaster.Broadcast": broadcaster.Broadcast,
+    "redismpx.broadcaster.Broadcast": Broadcast,
+}
+
+
+@pytest.fixture(params=list(BROADCASTS))
+def broadcast_class(request: pytest.FixtureRequest) -> type[broadcaster.Broadcast]:
+    """broadcaster's own ``Broadcast``, and ours (whose ``subscribe`` is race-free)."""
+    return BROADCASTS[request.param]
+
+
+@pytest.fixture
+async def broadcast(
+    redis_server: RedisServer, broadcast_class: type[broadcaster.Broadcast]
+) -> AsyncIterator[broadcaster.Broadcast]:
+    async with broadcast_class(backend=RedisMPXBackend(redis_server.url)) as b:
+        yield b
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+async def receive(subscriber: Any, timeout: float = 5.0) -> broadcaster.Event:
+    event: broadcaster.Event = await asyncio.wait_for(subscriber.get(), timeout)
+    return event
+
+
+async def numsub(server: RedisServer, channel: str) -> int:
+    return int((await server.acommand("PUBSUB", "NUMSUB", channel))[1])
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    """Poll a condition on the server (no event exists for it) for at most ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not await check():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}") from None
+
+
+async def pubsub_clients(server: RedisServer) -> int:
+    text = await server.acommand("CLIENT", "LIST", "TYPE", "pubsub", decode=True)
+    return len([line for line in text.splitlines() if line.strip()])
+
+
+async def drain(subscriber: Any) -> None:
+    """Take what is queued for ``subscriber`` without waiting."""
+    queue = subscriber._queue
+    while not queue.empty():
+        queue.get_nowait()
+
+
+async def delivery_back(
+    subscriber: Any,
+    publish: Callable[[str], Awaitable[Any]],
+    since: float,
+    limit: float,
+) -> float | None:
+    """Seconds from ``since`` until a probe published from now on reached ``subscriber``, or
+    ``None`` if none did within ``limit`` seconds of ``since``.
+
+    A probe is published (errors ignored: the server may be down), then the subscriber is
+    waited on for up to 20 ms, and again: the probes pace the wait, no sleep involved."""
+    loop = asyncio.get_running_loop()
+    n = 0
+    while (remaining := since + limit - loop.time()) > 0:
+        n += 1
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(min(remaining, 1.0)):
+                await publish(f"probe-{n}")
+        with contextlib.suppress(TimeoutError):
+            event = await receive(subscriber, max(min(0.02, since + limit - loop.time()), 0.001))
+            assert event.message.startswith("probe-"), event
+            return loop.time() - since
+    return None
+
+
+def seconds(value: float | None, limit: float) -> str:
+    return f"never within {limit:g} s" if value is None else f"{value:.3f} s"
+
+
+def server_publisher(server: RedisServer, channel: str) -> Callable[[str], Awaitable[Any]]:
+    """Publishes over a fresh connection each time: independent of any client under test."""
+
+    async def publish(payload: str) -> Any:
+        return await server.acommand("PUBLISH", channel, payload, timeout=0.5)
+
+    return publish
+
+
+# -- broadcaster's contract, end to end ---------------------------------------------------------
+
+
+async def test_subscribe_publish_receive(broadcast: broadcaster.Broadcast) -> None:
+    async with broadcast.subscribe("chatroom") as subscriber:
+        await broadcast.publish("chatroom", "hello")
+        event = await receive(subscriber)
+    assert event == broadcaster.Event(channel="chatroom", message="hello")
+    assert isinstance(event, broadcaster.Event)
+    assert type(event.channel) is str and type(event.message) is str
+
+
+async def test_messages_arrive_in_order_and_only_on_their_channel(
+    broadcast: broadcaster.Broadcast,
+) -> None:
+    async with broadcast.subscribe("a") as sub_a, broadcast.subscribe("b") as sub_b:
+        for i in range(50):
+            await broadcast.publish("a", f"a{i}")
+            await broadcast.publish("b", f"b{i}")
+        assert [(await receive(sub_a)).message for _ in range(50)] == [f"a{i}" for i in range(50)]
+        assert [(await receive(sub_b)).message for _ in range(50)] == [f"b{i}" for i in range(50)]
+        await broadcast.publish("a", "end")
+        assert (await receive(sub_a)).message == "end"
+        assert sub_b._queue.empty()  # nothing of "a" reached "b"
+
+
+async def test_multiple_subscribers_each_receive_every_message(
+    broadcast: broadcaster.Broadcast, redis_server: RedisServer
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        enter = stack.enter_async_context
+        subscribers = [await enter(broadcast.subscribe("room")) for _ in range(5)]
+        assert await numsub(redis_server, "room") == 1  # one connection, one subscription
+        for i in range(10):
+            await broadcast.publish("room", str(i))
+        for subscriber in subscribers:
+            assert [(await receive(subscriber)).message for _ in range(10)] == [
+                str(i) for i in range(10)
+            ]
+
+
+async def test_subscriber_iterates_until_it_leaves(broadcast: broadcaster.Broadcast) -> None:
+    received: list[str] = []
+    ready, leave = asyncio.Event(), asyncio.Event()
+
+    async def consume() -> None:
+        async with broadcast.subscribe("feed") as subscriber:
+            ready.set()
+            async for event in subscriber:  # type: ignore[union-attr]
+                received.append(event.message)
+                if event.message == "last":
+                    leave.set()
+                    break
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(ready.wait(), 5)
+    for message in ("first", "second", "last"):
+        await broadcast.publish("feed", message)
+    await asyncio.wait_for(task, 5)
+    assert received == ["first", "second", "last"]
+
+
+async def test_unsubscribe_when_the_last_subscriber_leaves(
+    broadcast: broadcaster.Broadcast, redis_server: RedisServer
+) -> None:
+    async with broadcast.subscribe("news") as first:
+        async with broadcast.subscribe("news") as second:
+            await broadcast.publish("news", "both")
+            assert (await receive(first)).message == "both"
+            assert (await receive(second)).message == "both"
+        # One left: the channel stays subscribed for the other.
+        assert await numsub(redis_server, "news") == 1
+        await broadcast.publish("news", "one")
+        assert (await receive(first)).message == "one"
+
+    async def unsubscribed() -> bool:
+        return await numsub(redis_server, "news") == 0
+
+    await until(unsubscribed, 5, "UNSUBSCRIBE news")
+    # And subscribing again works (a fresh SUBSCRIBE, confirmed before entering).
+    async with broadcast.subscribe("news") as again:
+        assert await numsub(redis_server, "news") == 1
+        await broadcast.publish("news", "again")
+        assert (await receive(again)).message == "again"
+
+
+async def test_connect_and_disconnect_twice(
+    redis_server: RedisServer, broadcast_class: type[broadcaster.Broadcast]
+) -> None:
+    backend = RedisMPXBackend(redis_server.url)
+    b = broadcast_class(backend=backend)
+    for round_ in range(2):
+        await b.connect()
+        async with b.subscribe("twice") as subscriber:
+            await b.publish("twice", f"round {round_}")
+            assert (await receive(subscriber)).message == f"round {round_}"
+        await b.disconnect()
+        with pytest.raises(RuntimeError, match="not connected"):
+            backend.multiplexer  # noqa: B018
+
+        async def gone() -> bool:
+            return await pubsub_clients(redis_server) == 0
+
+        await until(gone, 5, "the backend's Pub/Sub connection to close")
+    await backend.disconnect()  # idempotent
+
+
+async def test_backend_interface_directly(redis_server: RedisServer) -> None:
+    # The five coroutines broadcaster's BroadcastBackend declares, without Broadcast.
+    backend = RedisMPXBackend(redis_server.url)
+    assert isinstance(backend, broadcaster.BroadcastBackend)
+    await backend.connect()
+    try:
+        await backend.subscribe("direct")
+        assert await numsub(redis_server, "direct") == 1
+        await backend.publish("direct", "one")
+        assert await asyncio.wait_for(backend.next_published(), 5) == broadcaster.Event(
+            "direct", "one"
+        )
+        await backend.unsubscribe("direct")
+        await backend.subscribe("other")
+        await redis_server.acommand("PUBLISH", "direct", "stale")  # (still subscribed or not)
+        await backend.publish("other", "two")
+        # Nothing of an unsubscribed channel comes out, even if it was still on its way.
+        assert await asyncio.wait_for(backend.next_published(), 5) == broadcaster.Event(
+            "other", "two"
+        )
+    finally:
+        await backend.disconnect()
+    await backend.unsubscribe("other")  # after disconnect: a no-op (Broadcast does this)
+
+
+# -- subscribe returns once Redis confirmed it ----------------------------------------------------
+
+
+async def test_subscribe_returns_once_redis_confirmed(
+    broadcast: broadcaster.Broadcast, redis_server: RedisServer
+) -> None:
+    async with broadcast.subscribe("confirmed"):
+        assert await numsub(redis_server, "confirmed") == 1  # asked at once, no waiting
+
+
+async def test_publish_right_after_subscribe_never_loses_the_first_message(
+    broadcast: broadcaster.Broadcast, redis_server: RedisServer
+) -> None:
+    # 100 new channels, and 100 rounds on the same channel (SUBSCRIBE right after the
+    # UNSUBSCRIBE of the previous round: an old confirmation must not count).
+    for i in range(100):
+        async with broadcast.subscribe(f"fresh:{i}") as subscriber:
+            await redis_server.acommand("PUBLISH", f"fresh:{i}", f"first {i}")
+            assert (await receive(subscriber, 2)).message == f"first {i}"
+    for i in range(100):
+        async with broadcast.subscribe("same") as subscriber:
+            await broadcast.publish("same", f"first {i}")
+            assert (await receive(subscriber, 2)).message == f"first {i}"
+
+
+async def test_stock_backend_publish_right_after_subscribe(redis_server: RedisServer) -> None:
+    # For comparison only (nothing asserted): broadcaster's RedisBackend, a fresh Broadcast per
+    # round as a fresh app would have, the first message bounded by 0.5 s.
+    rounds, delivered = 10, 0
+    for i in range(rounds):
+        b = broadcaster.Broadcast(backend=RedisBackend(redis_server.url))
+        async with b, b.subscribe(f"stock:{i}") as subscriber:
+            await b.publish(f"stock:{i}", "first")
+            with contextlib.suppress(TimeoutError):
+                await receive(subscriber, 0.5)
+                delivered += 1
+    record(
+        "first message right after subscribe",
+        "stock RedisBackend",
+        f"{delivered}/{rounds} delivered within 0.5 s",
+    )
+
+
+async def test_concurrent_first_subscribers_all_receive(redis_server: RedisServer) -> None:
+    # 20 tasks enter subscribe() for one new channel at once. With redismpx.broadcaster's
+    # Broadcast every one of them is recorded and receives; broadcaster's own Broadcast is
+    # measured for comparison (its subscribe records a channel's first subscriber only after
+    # awaiting the backend: the later ones overwrite the earlier ones).
+    crowd = 20
+
+    async def trial(cls: type[broadcaster.Broadcast]) -> tuple[int, list[str]]:
+        async with cls(backend=RedisMPXBackend(redis_server.url)) as b:
+            entered: list[None] = []
+            outcomes: list[bool] = []
+            errors: list[str] = []
+            all_in, all_out, leave = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+            async def subscriber() -> None:
+                try:
+                    async with b.subscribe("crowd") as s:
+                        entered.append(None)
+                        if len(entered) == crowd:
+                            all_in.set()
+                        try:
+                            await receive(s, 2)
+                            outcomes.append(True)
+                        except TimeoutError:
+                            outcomes.append(False)
+                        if len(outcomes) == crowd:
+                            all_out.set()
+                        await leave.wait()  # nobody leaves (unsubscribes) before all heard
+                except Exception as exc:
+                    errors.append(type(exc).__name__)
+
+            tasks = [asyncio.create_task(subscriber()) for _ in range(crowd)]
+            await asyncio.wait_for(all_in.wait(), 5)
+            await b.publish("crowd", "hello")
+            await asyncio.wait_for(all_out.wait(), 5)  # each waits at most 2 s
+            leave.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 5)
+            return sum(outcomes), errors
+
+    received, errors = await trial(Broadcast)
+    assert (received, errors) == (crowd, [])
+    stock_received, stock_errors = await trial(broadcaster.Broadcast)
+    scenario = f"{crowd} concurrent first subscribers, one message"
+    record(
+        scenario,
+        "stock Broadcast",
+        f"{stock_received}/{crowd} received; {len(stock_errors)} raised on leaving "
+        f"({', '.join(sorted(set(stock_errors))) or '-'})",
+    )
+    record(scenario, "our Broadcast", f"{received}/{crowd} received")
