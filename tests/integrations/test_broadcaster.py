@@ -38,6 +38,9 @@ except ImportError:  # pragma: no cover - depends on the environment
     )
 
 
+import redis.asyncio as aioredis
+
+from redismpx import Multiplexer
 from redismpx.broadcaster import Broadcast, RedisMPXBackend
 from redismpx.server import RedisServer, server_version
 
@@ -384,3 +387,203 @@ async def test_concurrent_first_subscribers_all_receive(redis_server: RedisServe
         f"({', '.join(sorted(set(stock_errors))) or '-'})",
     )
     record(scenario, "our Broadcast", f"{received}/{crowd} received")
+
+
+# -- the buffer, decoding, payloads -------------------------------------------------------------
+
+
+async def wait_received(backend: RedisMPXBackend, count: int) -> None:
+    """Until the backend's multiplexer has read ``count`` messages from Redis."""
+
+    async def read() -> bool:
+        return int(backend.multiplexer.stats()["messages_received"]) >= count
+
+    await until(read, 10, f"{count} messages read from Redis")
+
+
+@pytest.mark.parametrize(
+    ("overflow", "expected"),
+    [
+        ("drop_oldest", [f"a{i}" for i in range(40, 50)]),
+        ("drop_newest", [f"a{i}" for i in range(10)]),
+        ("latest_per_channel", ["a49", "b49"]),
+    ],
+)
+async def test_bounded_buffer_and_overflow_policy(
+    redis_server: RedisServer, overflow: Any, expected: list[str]
+) -> None:
+    # No Broadcast (hence no listener): the messages wait in the backend's buffer.
+    backend = RedisMPXBackend(redis_server.url, max_buffer=10, overflow=overflow)
+    await backend.connect()
+    try:
+        await backend.subscribe("a")
+        await backend.subscribe("b")
+        publishes = [["PUBLISH", "a", f"a{i}"] for i in range(50)]
+        if overflow == "latest_per_channel":
+            publishes += [["PUBLISH", "b", f"b{i}"] for i in range(50)]
+        await asyncio.to_thread(redis_server.pipeline, *publishes)
+        await wait_received(backend, len(publishes))
+        dropped = len(publishes) - len(expected)
+
+        async def counted() -> bool:  # drops are counted in stats() at the next loop turn
+            return bool(backend.multiplexer.stats()["dropped"] == dropped)
+
+        await until(counted, 5, f"{dropped} drops counted")
+        got = [(await asyncio.wait_for(backend.next_published(), 5)).message for _ in expected]
+        assert (
+            sorted(got) == sorted(expected) if overflow == "latest_per_channel" else got == expected
+        )
+        await backend.publish("a", "end")  # and nothing else was waiting
+        assert (await asyncio.wait_for(backend.next_published(), 5)).message == "end"
+    finally:
+        await backend.disconnect()
+
+
+async def test_default_buffer_holds_a_burst(redis_server: RedisServer) -> None:
+    # 30,000 of the smallest messages in one pipeline: whole socket reads of them land in the
+    # buffer before Broadcast's listener runs; the default bound (10,000) drops none.
+    backend = RedisMPXBackend(redis_server.url)
+    count = 30_000
+    async with Broadcast(backend=backend) as b, b.subscribe("c") as subscriber:
+        await asyncio.to_thread(redis_server.pipeline, *[["PUBLISH", "c", ""]] * count)
+        for _ in range(count):
+            await receive(subscriber)
+        assert backend.multiplexer.stats()["dropped"] == 0
+
+
+async def test_payloads_are_decoded_without_killing_the_listener(
+    redis_server: RedisServer,
+) -> None:
+    b = Broadcast(backend=RedisMPXBackend(redis_server.url))
+    async with b, b.subscribe("bytes") as subscriber:
+        await redis_server.acommand("PUBLISH", "bytes", b"\xff\xfeok")
+        assert (await receive(subscriber)).message == "\ufffd\ufffdok"
+        await b.publish("bytes", "é ✓")  # and the listener lives on
+        assert (await receive(subscriber)).message == "é ✓"
+    b = Broadcast(backend=RedisMPXBackend(redis_server.url, decode_errors="surrogateescape"))
+    async with b, b.subscribe("bytes") as subscriber:
+        await redis_server.acommand("PUBLISH", "bytes", b"\xff\xfeok")
+        event = await receive(subscriber)
+        assert event.message.encode("utf-8", "surrogateescape") == b"\xff\xfeok"
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [("text", "text"), (b"raw", "raw"), (bytearray(b"ba"), "ba"), (42, "42"), (1.5, "1.5")],
+)
+async def test_publish_accepts_what_redis_py_accepts(
+    broadcast: broadcaster.Broadcast, message: Any, expected: str
+) -> None:
+    async with broadcast.subscribe("types") as subscriber:
+        await broadcast.publish("types", message)
+        assert (await receive(subscriber)).message == expected
+
+
+async def test_publish_refuses_other_types(broadcast: broadcaster.Broadcast) -> None:
+    for message in ({"a": 1}, True, None):
+        with pytest.raises(TypeError, match=r"json\.dumps"):
+            await broadcast.publish("types", message)
+
+
+# -- construction and conn ----------------------------------------------------------------------
+
+
+async def test_shared_multiplexer_is_left_open(redis_server: RedisServer) -> None:
+    async with Multiplexer(redis_server.url) as mpx:
+        own: asyncio.Queue[bytes] = asyncio.Queue()
+        other = mpx.new_channel_subscription(lambda channel, data: own.put_nowait(data))
+        await other.add("shared")
+        backend = RedisMPXBackend(conn=mpx)
+        async with Broadcast(backend=backend) as b:
+            assert backend.multiplexer is mpx
+            async with b.subscribe("shared") as subscriber:
+                await b.publish("shared", "both")
+                assert (await receive(subscriber)).message == "both"
+                assert await asyncio.wait_for(own.get(), 5) == b"both"
+            assert await numsub(redis_server, "shared") == 1  # still the other's
+        assert not mpx.closed and "shared" in other
+        await mpx.publish("shared", "still")
+        assert await asyncio.wait_for(own.get(), 5) == b"still"
+        # A second connect on the same shared multiplexer works too.
+        async with Broadcast(backend=backend) as b, b.subscribe("again") as subscriber:
+            await b.publish("again", "yes")
+            assert (await receive(subscriber)).message == "yes"
+
+
+async def test_redis_py_client_settings(redis_server: RedisServer) -> None:
+    client = aioredis.Redis.from_url(redis_server.url, client_name="from-redis-py")
+    try:
+        backend = RedisMPXBackend(conn=client, health_check_interval=1.0)
+        async with Broadcast(backend=backend) as b, b.subscribe("py") as subscriber:
+            await b.publish("py", "via from_redis")
+            assert (await receive(subscriber)).message == "via from_redis"
+            text = await redis_server.acommand("CLIENT", "LIST", "TYPE", "pubsub", decode=True)
+            assert "name=from-redis-py" in text
+        assert await client.ping()  # not closed by the backend
+    finally:
+        await client.aclose()
+
+
+async def test_url_defaults_to_redis_url(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    async with Broadcast(backend=RedisMPXBackend()) as b, b.subscribe("env") as subscriber:
+        await b.publish("env", "from $REDIS_URL")
+        assert (await receive(subscriber)).message == "from $REDIS_URL"
+
+
+async def test_wait_connected_fails_connect_when_redis_is_unreachable(
+    redis_server: RedisServer,
+) -> None:
+    url = redis_server.url
+    await redis_server.astop()
+    backend = RedisMPXBackend(url, wait_connected=0.3)
+    with pytest.raises(TimeoutError):
+        await backend.connect()
+    with pytest.raises(RuntimeError, match="not connected"):
+        await backend.subscribe("x")
+
+
+async def test_invalid_arguments(redis_server: RedisServer) -> None:
+    mpx = Multiplexer(redis_server.url)
+    try:
+        with pytest.raises(TypeError, match="either url or conn"):
+            RedisMPXBackend(redis_server.url, conn=mpx)
+        with pytest.raises(TypeError, match="existing Multiplexer"):
+            RedisMPXBackend(conn=mpx, password="x")
+        with pytest.raises(TypeError, match="conn must be"):
+            RedisMPXBackend(conn=object())
+        with pytest.raises(ValueError, match="overflow"):
+            RedisMPXBackend(redis_server.url, overflow="close")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="decode_errors"):
+            RedisMPXBackend(redis_server.url, decode_errors="strict")
+        with pytest.raises(LookupError):
+            RedisMPXBackend(redis_server.url, decode_errors="no-such-handler")
+        with pytest.raises(TypeError):  # a misspelt multiplexer option, at connect()
+            await RedisMPXBackend(redis_server.url, pasword="x").connect()
+        backend = RedisMPXBackend(redis_server.url)
+        for call in (backend.subscribe("x"), backend.publish("x", "y"), backend.next_published()):
+            with pytest.raises(RuntimeError, match="not connected"):
+                await call
+        await backend.connect()
+        try:
+            with pytest.raises(RuntimeError, match="already connected"):
+                await backend.connect()
+        finally:
+            await backend.disconnect()
+    finally:
+        await mpx.aclose()
+
+
+async def test_closing_a_shared_multiplexer_ends_the_listener_with_an_error(
+    redis_server: RedisServer,
+) -> None:
+    mpx = Multiplexer(redis_server.url)
+    backend = RedisMPXBackend(conn=mpx)
+    await backend.connect()
+    waiting = asyncio.create_task(backend.next_published())
+    await mpx.aclose()
+    with pytest.raises(Exception, match="closed"):
+        await asyncio.wait_for(waiting, 5)
+    await backend.disconnect()
