@@ -40,7 +40,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 import redis.asyncio as aioredis
 
-from redismpx import Multiplexer
+from redismpx import Multiplexer, PublishTimeout, SubscribeRefused
 from redismpx.broadcaster import Broadcast, RedisMPXBackend
 from redismpx.server import RedisServer, server_version
 
@@ -134,7 +134,7 @@ async def delivery_back(
     ``None`` if none did within ``limit`` seconds of ``since``.
 
     A probe is published (errors ignored: the server may be down), then the subscriber is
-    waited on for up to 20 ms, and again: the probes pace the wait, no sleep involved."""
+    waited on for up to 5 ms, and again: the probes pace the wait, no sleep involved."""
     loop = asyncio.get_running_loop()
     n = 0
     while (remaining := since + limit - loop.time()) > 0:
@@ -143,14 +143,25 @@ async def delivery_back(
             async with asyncio.timeout(min(remaining, 1.0)):
                 await publish(f"probe-{n}")
         with contextlib.suppress(TimeoutError):
-            event = await receive(subscriber, max(min(0.02, since + limit - loop.time()), 0.001))
+            event = await receive(subscriber, max(min(0.005, since + limit - loop.time()), 0.001))
             assert event.message.startswith("probe-"), event
             return loop.time() - since
     return None
 
 
 def seconds(value: float | None, limit: float) -> str:
-    return f"never within {limit:g} s" if value is None else f"{value:.3f} s"
+    return f"not back within {limit:g} s" if value is None else f"back after {value:.3f} s"
+
+
+def stock_listener(b: broadcaster.Broadcast) -> str:
+    """What became of the stock RedisBackend's listener task."""
+    task = getattr(b._backend, "_listener", None)
+    if task is None or not task.done():
+        return "its listener task still runs"
+    if task.cancelled():
+        return "its listener task was cancelled"
+    exc = task.exception()
+    return f"its listener task died: {type(exc).__name__}" if exc else "its listener task ended"
 
 
 def server_publisher(server: RedisServer, channel: str) -> Callable[[str], Awaitable[Any]]:
@@ -587,3 +598,170 @@ async def test_closing_a_shared_multiplexer_ends_the_listener_with_an_error(
     with pytest.raises(Exception, match="closed"):
         await asyncio.wait_for(waiting, 5)
     await backend.disconnect()
+
+
+# -- outages: delivery comes back by itself -----------------------------------------------------
+
+KINDS = ["RedisMPXBackend", "stock RedisBackend"]
+
+
+def make_broadcast(kind: str, url: str) -> broadcaster.Broadcast:
+    if kind == "RedisMPXBackend":
+        return Broadcast(backend=RedisMPXBackend(url))
+    return broadcaster.Broadcast(backend=RedisBackend(url))
+
+
+@contextlib.asynccontextmanager
+async def subscribed(kind: str, b: broadcaster.Broadcast, channel: str) -> AsyncIterator[Any]:
+    """``b`` connected and subscribed to ``channel``. The stock backend's listener only starts
+    reading once a second channel is subscribed (redis-py 8 records a channel only after
+    SUBSCRIBE was sent, and the listener looks before): it gets one, so that the comparison
+    measures outages, not that. Leaving is bounded and, for the stock backend, may fail."""
+    stock = kind != "RedisMPXBackend"
+    await b.connect()
+    stack = contextlib.AsyncExitStack()
+    try:
+        subscriber = await stack.enter_async_context(b.subscribe(channel))
+        if stock:
+            await stack.enter_async_context(b.subscribe(channel + ":wake"))
+        yield subscriber
+    finally:
+        try:
+            async with asyncio.timeout(10):
+                await stack.aclose()
+                await b.disconnect()
+        except Exception:
+            if not stock:
+                raise
+
+
+async def delivering(subscriber: Any, publish: Callable[[str], Awaitable[Any]]) -> bool:
+    """Whether delivery works now (a probe arrives within 5 s); the queue is left empty."""
+    ok = await delivery_back(subscriber, publish, asyncio.get_running_loop().time(), 5) is not None
+    await drain(subscriber)
+    return ok
+
+
+FAULTS = ["CLIENT KILL TYPE pubsub", "server restart", "server down 1 s, restarted"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fault", FAULTS)
+async def test_delivery_comes_back_after_an_outage(
+    redis_server: RedisServer, fault: str, kind: str
+) -> None:
+    ours = kind == "RedisMPXBackend"
+    limit = OURS_LIMIT if ours else STOCK_LIMIT
+    loop = asyncio.get_running_loop()
+    publish = server_publisher(redis_server, "live")
+    b = make_broadcast(kind, redis_server.url)
+    async with subscribed(kind, b, "live") as subscriber:
+        if not await delivering(subscriber, publish):
+            assert not ours
+            record(fault, kind, "never delivered, even before the fault")
+            return
+        t0 = loop.time()
+        if fault == "CLIENT KILL TYPE pubsub":
+            assert await redis_server.acommand("CLIENT", "KILL", "TYPE", "pubsub") >= 1
+            detail = ""
+        else:
+            await redis_server.akill()
+            if fault == "server down 1 s, restarted":
+                await asyncio.sleep(1.0)  # the outage itself: the server stays down 1 s
+            await redis_server.arestart()
+            detail = f" (the server was up again after {loop.time() - t0:.3f} s)"
+        back = await delivery_back(subscriber, publish, t0, limit)
+        if not ours:
+            detail += f"; {stock_listener(b)}"
+        record(fault, kind, f"delivery {seconds(back, limit)}{detail}")
+        if ours:
+            assert back is not None
+            backend = b._backend
+            assert isinstance(backend, RedisMPXBackend)
+            assert backend.multiplexer.stats()["reconnects"] >= 1
+            await b.publish("live", "published by the backend")  # its connection is back too
+            assert (await receive(subscriber)).message == "published by the backend"
+
+
+async def test_subscribe_and_publish_during_an_outage(redis_server: RedisServer) -> None:
+    backend = RedisMPXBackend(redis_server.url, publish_timeout=0.3)
+    async with Broadcast(backend=backend) as b, b.subscribe("early") as early:
+        await redis_server.akill()
+        with pytest.raises(PublishTimeout):
+            await b.publish("early", "nobody can have it")
+        entered = asyncio.Event()
+
+        async def late() -> broadcaster.Event:
+            async with b.subscribe("late") as subscriber:
+                entered.set()
+                return await receive(subscriber)
+
+        task = asyncio.create_task(late())
+        done, _ = await asyncio.wait({task}, timeout=0.3)
+        assert not done and not entered.is_set()  # subscribe() waits for Redis
+        await redis_server.arestart()
+        await asyncio.wait_for(entered.wait(), 10)
+        assert await numsub(redis_server, "late") == 1  # confirmed when it returned
+        await b.publish("late", "hello")
+        assert (await asyncio.wait_for(task, 5)).message == "hello"
+        await b.publish("early", "still here")
+        assert (await receive(early)).message == "still here"
+
+
+async def test_our_broadcast_hands_over_a_cancelled_first_subscribe(
+    redis_server: RedisServer,
+) -> None:
+    async with Broadcast(backend=RedisMPXBackend(redis_server.url)) as b:
+        await redis_server.akill()
+        entered = asyncio.Event()
+
+        async def first() -> None:
+            async with b.subscribe("handover"):
+                raise AssertionError("the first subscriber was cancelled: never entered")
+
+        async def second() -> broadcaster.Event:
+            async with b.subscribe("handover") as subscriber:
+                entered.set()
+                return await receive(subscriber)
+
+        task_a = asyncio.create_task(first())
+        task_b = asyncio.create_task(second())
+        done, _ = await asyncio.wait({task_a, task_b}, timeout=0.2)
+        assert not done  # both wait for Redis; the first asked the backend
+        task_a.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task_a
+        await redis_server.arestart()
+        await asyncio.wait_for(entered.wait(), 10)
+        await b.publish("handover", "to the second")
+        assert (await asyncio.wait_for(task_b, 5)).message == "to the second"
+
+
+async def test_a_refused_subscribe_raises_its_own_error(redis_server: RedisServer) -> None:
+    await redis_server.acommand(
+        "ACL", "SETUSER", "limited", "on", ">pw", "resetchannels", "&ok:*", "+@all"
+    )
+    url = f"redis://limited:pw@{redis_server.host}:{redis_server.port}"
+
+    async def trial(cls: type[broadcaster.Broadcast]) -> list[str]:
+        async with cls(backend=RedisMPXBackend(url)) as b:
+
+            async def subscriber() -> None:
+                async with b.subscribe("secret"):
+                    raise AssertionError("entered a refused channel")
+
+            results = await asyncio.wait_for(
+                asyncio.gather(subscriber(), subscriber(), return_exceptions=True), 10
+            )
+            async with b.subscribe("ok:fine") as fine:  # the others are not affected
+                await b.publish("ok:fine", "yes")
+                assert (await receive(fine)).message == "yes"
+            return [type(r).__name__ for r in results]
+
+    assert await trial(Broadcast) == [SubscribeRefused.__name__] * 2
+    record(
+        "2 subscribers to a channel the ACL refuses",
+        "stock Broadcast",
+        f"raised {', '.join(await trial(broadcaster.Broadcast))}",
+    )
+    record("2 subscribers to a channel the ACL refuses", "our Broadcast", "raised SubscribeRefused")
