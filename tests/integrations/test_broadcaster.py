@@ -39,10 +39,11 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 
 import redis.asyncio as aioredis
+import redis.asyncio.sentinel as aiosentinel
 
 from redismpx import Multiplexer, PublishTimeout, SubscribeRefused
 from redismpx.broadcaster import Broadcast, RedisMPXBackend
-from redismpx.server import RedisServer, server_version
+from redismpx.server import RedisSentinel, RedisServer, server_version
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "integrations" / "broadcaster.md"
 STOCK_LIMIT = 10.0  # seconds a stock-backend measurement waits before "never"
@@ -765,3 +766,75 @@ async def test_a_refused_subscribe_raises_its_own_error(redis_server: RedisServe
         f"raised {', '.join(await trial(broadcaster.Broadcast))}",
     )
     record("2 subscribers to a channel the ACL refuses", "our Broadcast", "raised SubscribeRefused")
+
+
+# -- a Sentinel failover ------------------------------------------------------------------------
+
+SENTINEL_WAYS = ["redis+sentinel:// URL", "redis-py Sentinel client", "stock RedisBackend"]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("way", SENTINEL_WAYS)
+async def test_delivery_comes_back_after_a_sentinel_failover(
+    sentinel_factory: Callable[..., RedisSentinel], way: str
+) -> None:
+    # SENTINEL FAILOVER; then probes published on the new primary must reach the subscriber,
+    # and what the backend publishes must reach a subscriber of the new primary. The stock
+    # backend cannot follow Sentinel (broadcaster has no such URL): it is given the primary's
+    # own redis:// URL, as an app without Sentinel support would be.
+    deployment = await asyncio.to_thread(sentinel_factory)
+    ours = way != "stock RedisBackend"
+    kind = "RedisMPXBackend" if ours else "stock RedisBackend"
+    client = None
+    if way == "redis+sentinel:// URL":
+        b: broadcaster.Broadcast = Broadcast(backend=RedisMPXBackend(deployment.url))
+    elif way == "redis-py Sentinel client":
+        manager = aiosentinel.Sentinel(deployment.sentinel_addresses)
+        client = manager.master_for(deployment.service_name)
+        b = Broadcast(backend=RedisMPXBackend(conn=client))
+    else:
+        b = broadcaster.Broadcast(backend=RedisBackend(deployment.primary.url))
+    limit = OURS_LIMIT if ours else STOCK_LIMIT
+    loop = asyncio.get_running_loop()
+    scenario = f"Sentinel failover ({way})" if ours else "Sentinel failover (primary's URL)"
+    try:
+        old = deployment.primary
+        async with subscribed(kind, b, "live") as subscriber:
+            assert await delivering(subscriber, server_publisher(old, "live")), "before"
+            t0 = loop.time()
+            new = await deployment.afailover()
+            promoted = loop.time() - t0
+            back = await delivery_back(subscriber, server_publisher(new, "live"), t0, limit)
+            # What the backend publishes now: does it reach a subscriber of the new primary?
+            async with Multiplexer(new.url) as witness:
+                heard: asyncio.Queue[bytes] = asyncio.Queue()
+                await witness.new_channel_subscription(
+                    lambda channel, data: heard.put_nowait(data)
+                ).add("live")
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5):
+                        await b.publish("live", "from the backend")
+                try:
+                    reached = await asyncio.wait_for(heard.get(), 2) == b"from the backend"
+                except TimeoutError:
+                    reached = False
+            detail = f" (new primary confirmed after {promoted:.3f} s)"
+            if not ours:
+                detail += f"; {stock_listener(b)}"
+            record(scenario, kind, f"delivery {seconds(back, limit)}{detail}")
+            record(
+                scenario,
+                kind,
+                "its publish reaches the new primary"
+                if reached
+                else "its publish does NOT reach the new primary",
+            )
+            if ours:
+                assert back is not None
+                assert reached
+                backend = b._backend
+                assert isinstance(backend, RedisMPXBackend)
+                assert backend.multiplexer.stats()["failovers"] >= 1
+    finally:
+        if client is not None:
+            await client.aclose()
