@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,10 +42,15 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 import redis.asyncio as aioredis
 import redis.asyncio.sentinel as aiosentinel
+from starlette.exceptions import StarletteDeprecationWarning
 
 from redismpx import Multiplexer, PublishTimeout, SubscribeRefused
 from redismpx.broadcaster import Broadcast, RedisMPXBackend
 from redismpx.server import RedisSentinel, RedisServer, server_version
+
+with warnings.catch_warnings():  # Starlette >= 1.x prefers httpx2 for its TestClient
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from starlette.testclient import TestClient
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "integrations" / "broadcaster.md"
 STOCK_LIMIT = 10.0  # seconds a stock-backend measurement waits before "never"
@@ -838,3 +845,72 @@ async def test_delivery_comes_back_after_a_sentinel_failover(
     finally:
         if client is not None:
             await client.aclose()
+
+
+async def test_stock_backend_on_a_payload_that_is_not_utf8(redis_server: RedisServer) -> None:
+    # For comparison only: a payload that is not UTF-8, then a valid one.
+    b = make_broadcast("stock RedisBackend", redis_server.url)
+    publish = server_publisher(redis_server, "bytes")
+    async with subscribed("stock RedisBackend", b, "bytes") as subscriber:
+        if not await delivering(subscriber, publish):
+            record("a payload that is not UTF-8", "stock RedisBackend", "never delivered")
+            return
+        t0 = asyncio.get_running_loop().time()
+        await redis_server.acommand("PUBLISH", "bytes", b"\xff\xfeok")
+        back = await delivery_back(subscriber, publish, t0, STOCK_LIMIT)
+        record(
+            "a payload that is not UTF-8, then valid ones",
+            "stock RedisBackend",
+            f"delivery {seconds(back, STOCK_LIMIT)}; {stock_listener(b)}",
+        )
+
+
+# -- the documentation's example runs -----------------------------------------------------------
+
+
+def doc_blocks(heading: str | None = None) -> list[str]:
+    """The python blocks of docs/integrations/broadcaster.md (of one section if ``heading``)."""
+    text = DOC.read_text(encoding="utf-8")
+    if heading is not None:
+        section = re.search(rf"^{re.escape(heading)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+        assert section is not None, f"no {heading!r} section in {DOC.name}"
+        text = section.group(1)
+    return re.findall(r"^```python\n(.*?)^```$", text, re.M | re.S)
+
+
+def test_every_python_block_of_the_doc_compiles() -> None:
+    blocks = doc_blocks()
+    assert len(blocks) >= 4
+    for i, block in enumerate(blocks):
+        compile(block, f"{DOC.name} python block #{i + 1}", "exec")
+
+
+@pytest.mark.timeout(60)
+def test_the_starlette_example_runs(redis_server: RedisServer) -> None:
+    code = doc_blocks("## Starlette")[0]
+    assert "redis://localhost:6379" in code
+    namespace: dict[str, Any] = {"__name__": "chat_example"}
+    exec(
+        compile(code.replace("redis://localhost:6379", redis_server.url), DOC.name, "exec"),
+        namespace,
+    )
+    with TestClient(namespace["app"]) as client, client.websocket_connect("/ws/lobby") as alice:
+        alice.send_text("alice joined")
+        assert alice.receive_text() == "alice joined"  # her own first message comes back
+        with (
+            client.websocket_connect("/ws/lobby") as bob,
+            client.websocket_connect("/ws/kitchen") as carol,
+        ):
+            bob.send_text("bob joined")
+            assert bob.receive_text() == "bob joined"
+            carol.send_text("carol joined")
+            assert carol.receive_text() == "carol joined"
+            alice.send_text("hello lobby")
+            assert bob.receive_text() == "hello lobby"
+            assert alice.receive_text() == "bob joined"
+            assert alice.receive_text() == "hello lobby"
+            carol.send_text("kitchen only")
+            assert carol.receive_text() == "kitchen only"
+        response = client.get("/healthz")
+        assert response.status_code == 200
+        assert response.json()["state"] == "connected"
