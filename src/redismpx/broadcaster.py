@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import os
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -47,13 +46,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "redismpx.broadcaster needs the broadcaster package: pip install 'redismpx[broadcaster]'"
     ) from exc
 
+from .asgi import resolve_url
 from .errors import InvalidArgument, InvalidArgumentType, SubscriptionClosed
 from .iterators import ChannelIterator
 from .multiplexer import Multiplexer
 
 __all__ = ["DEFAULT_MAX_BUFFER", "Broadcast", "BroadcastOverflow", "RedisMPXBackend"]
-
-DEFAULT_URL = "redis://localhost:6379"
 
 DEFAULT_MAX_BUFFER = 10_000
 """Messages the backend holds for ``Broadcast``'s listener by default. One read from the
@@ -165,17 +163,12 @@ class RedisMPXBackend(BroadcastBackend):
         self._mpx: Multiplexer | None = None
         self._sub: ChannelIterator | None = None
 
-    def _resolved_url(self) -> str:
-        if self._url is not None:
-            return self._url
-        return os.environ.get("REDIS_URL") or DEFAULT_URL
-
     def _open(self) -> Multiplexer:
         if self._shared is not None:
             return self._shared
         if self._client is not None:
             return Multiplexer.from_redis(self._client, **self._options)
-        return Multiplexer(self._resolved_url(), **self._options)
+        return Multiplexer(resolve_url(self._url), **self._options)
 
     @property
     def multiplexer(self) -> Multiplexer:
@@ -282,6 +275,11 @@ class Broadcast(_broadcaster.Broadcast):
         # Per channel: the backend.subscribe() in flight or done, resolved with None (done),
         # the exception it raised, or _RETRY (its caller was cancelled: someone else asks).
         self._subscribing: dict[str, asyncio.Future[object]] = {}
+
+    async def disconnect(self) -> None:
+        # A backend connected again holds no channel: whoever subscribes next asks it again.
+        self._subscribing.clear()
+        await super().disconnect()
 
     @contextlib.asynccontextmanager
     async def subscribe(self, channel: str) -> AsyncIterator[Subscriber]:

@@ -288,6 +288,25 @@ async def test_connect_and_disconnect_twice(
     await backend.disconnect()  # idempotent
 
 
+async def test_our_broadcast_subscribes_again_after_a_reconnect(redis_server: RedisServer) -> None:
+    # A subscriber still inside subscribe() across disconnect() and connect(): whoever joins
+    # its channel next subscribes the new connection (broadcaster's own Broadcast would see a
+    # channel with subscribers and not ask the backend: nobody would receive).
+    b = Broadcast(backend=RedisMPXBackend(redis_server.url))
+    await b.connect()
+    async with b.subscribe("kept") as old:
+        await b.disconnect()
+        await b.connect()
+        try:
+            async with b.subscribe("kept") as new:
+                assert await numsub(redis_server, "kept") == 1
+                await b.publish("kept", "after the reconnect")
+                assert (await receive(new)).message == "after the reconnect"
+                assert (await receive(old)).message == "after the reconnect"
+        finally:
+            await b.disconnect()
+
+
 async def test_backend_interface_directly(redis_server: RedisServer) -> None:
     # The five coroutines broadcaster's BroadcastBackend declares, without Broadcast.
     backend = RedisMPXBackend(redis_server.url)
