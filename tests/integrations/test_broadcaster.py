@@ -44,9 +44,9 @@ import redis.asyncio as aioredis
 import redis.asyncio.sentinel as aiosentinel
 from starlette.exceptions import StarletteDeprecationWarning
 
-from redismpx import Multiplexer, PublishTimeout, SubscribeRefused
+from redismpx import ClusterMultiplexer, Multiplexer, PublishTimeout, SubscribeRefused
 from redismpx.broadcaster import Broadcast, RedisMPXBackend
-from redismpx.server import RedisSentinel, RedisServer, server_version
+from redismpx.server import RedisCluster, RedisSentinel, RedisServer, server_version
 
 with warnings.catch_warnings():  # Starlette >= 1.x prefers httpx2 for its TestClient
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
@@ -546,6 +546,21 @@ async def test_shared_multiplexer_is_left_open(redis_server: RedisServer) -> Non
         async with Broadcast(backend=backend) as b, b.subscribe("again") as subscriber:
             await b.publish("again", "yes")
             assert (await receive(subscriber)).message == "yes"
+
+
+async def test_shared_cluster_multiplexer(cluster: RedisCluster) -> None:
+    # A ClusterMultiplexer subscribes shard channels and publishes them with SPUBLISH; the
+    # three rooms hash to slots 1584, 9842 and 13907: one on each of the three primaries.
+    async with ClusterMultiplexer(cluster.urls) as mpx, contextlib.AsyncExitStack() as stack:
+        b = Broadcast(backend=RedisMPXBackend(conn=mpx))
+        await stack.enter_async_context(b)
+        rooms = ["room:{3}", "room:{1}", "room:{0}"]
+        assert len({cluster.node_for_key(room).port for room in rooms}) == 3
+        subscribers = [await stack.enter_async_context(b.subscribe(room)) for room in rooms]
+        for room in rooms:
+            await b.publish(room, f"to {room}")
+        for room, subscriber in zip(rooms, subscribers, strict=True):
+            assert (await receive(subscriber)).message == f"to {room}"
 
 
 async def test_redis_py_client_settings(redis_server: RedisServer) -> None:
