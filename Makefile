@@ -32,7 +32,7 @@ demo: $(VENV)/.installed-demo
 # The whole suite, on Valkey (PyPI) and on Redis 7 (Debian), then lint, types and a bench smoke.
 test: setup
 	$(PY) -m pytest -q
-	REDIS_SERVER=$(REDIS7) $(PY) -m pytest -q tests/unit tests/integration tests/cluster tests/sentinel
+	REDIS_SERVER=$(REDIS7) $(PY) -m pytest -q tests/unit tests/integration tests/cluster tests/sentinel tests/integrations
 	$(MAKE) lint
 	$(MAKE) docs
 	$(MAKE) bench-quick
