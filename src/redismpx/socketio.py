@@ -267,7 +267,7 @@ class AsyncRedisMPXManager(AsyncPubSubManager):  # type: ignore[misc]
         scheme = urlsplit(url).scheme.lower()
         options, ignored = _translate_options(self.redis_options)
         if ignored:
-            self._get_logger().warning(
+            self._log().warning(
                 "redis_options %s tune redis-py and are ignored by redismpx (it has its own "
                 "heartbeat and reconnect backoff)",
                 ", ".join(sorted(ignored)),
@@ -298,6 +298,11 @@ class AsyncRedisMPXManager(AsyncPubSubManager):  # type: ignore[misc]
         """Whether Redis has confirmed this server's subscription and it is still in place."""
         return self._listening.is_set()
 
+    def _log(self) -> Any:
+        """The ``logger`` given, else ``redismpx.socketio`` (not the server's logger, which
+        python-socketio sets to ERROR by default: a deaf listener must not be silent)."""
+        return self.logger or logger
+
     def _dumps(self, data: Any) -> Any:
         codec = getattr(self, "json", None) or _stdlib_json  # BaseManager.json since 5.17
         return codec.dumps(data)
@@ -317,7 +322,7 @@ class AsyncRedisMPXManager(AsyncPubSubManager):  # type: ignore[misc]
                 self.channel, self._dumps(data), timeout=self.publish_timeout
             )
         except (RedisMPXError, TimeoutError) as exc:
-            self._get_logger().error(
+            self._log().error(
                 "Cannot publish to redis (redismpx): %s: %s",
                 type(exc).__name__,
                 exc,
@@ -342,9 +347,10 @@ class AsyncRedisMPXManager(AsyncPubSubManager):  # type: ignore[misc]
                         yield event.data
                     else:
                         self._on_event(event)
-            except SubscriptionClosed as exc:
-                self._on_deaf(exc)
-                await asyncio.sleep(0)  # then subscribe afresh
+            except SubscriptionClosed as exc:  # the "close" overflow policy
+                self._on_deaf(exc, "Subscribing afresh")
+                self._deaf_since = None  # deaf since the overflow, not since now
+                await asyncio.sleep(0)
             finally:
                 sub.close()
         self._listening.clear()
@@ -354,18 +360,18 @@ class AsyncRedisMPXManager(AsyncPubSubManager):  # type: ignore[misc]
         if isinstance(event, Activated):
             self._listening.set()
             if self._deaf_since is not None:
-                self._get_logger().warning(
+                self._log().warning(
                     "redismpx: listening on Redis again after %.3f s",
                     loop.time() - self._deaf_since,
                 )
             elif not self._ever_listened:
-                self._get_logger().info("redismpx: listening on Redis channel %r", self.channel)
+                self._log().info("redismpx: listening on Redis channel %r", self.channel)
             self._ever_listened = True
             self._deaf_since = None
         elif isinstance(event, Disconnected):
             self._on_deaf(event.error)
         else:
-            self._get_logger().warning(
+            self._log().warning(
                 "redismpx: %d Socket.IO message(s) dropped: the handlers fell %d messages "
                 "behind (overflow policy %r)",
                 event.count,
@@ -373,15 +379,16 @@ class AsyncRedisMPXManager(AsyncPubSubManager):  # type: ignore[misc]
                 self.overflow,
             )
 
-    def _on_deaf(self, error: BaseException) -> None:
+    def _on_deaf(self, error: BaseException, then: str = "Reconnecting") -> None:
         self._listening.clear()
         if self._deaf_since is None:
             self._deaf_since = asyncio.get_running_loop().time()
-        self._get_logger().error(
+        self._log().error(
             "redismpx: not listening on Redis (%s: %s); messages published until it is back "
-            "are lost. Reconnecting.",
+            "are lost. %s.",
             type(error).__name__,
             error,
+            then,
         )
 
     async def _wait_until_listening(self) -> None:
@@ -402,7 +409,7 @@ class AsyncRedisMPXManager(AsyncPubSubManager):  # type: ignore[misc]
                 await self._listening.wait()
         except TimeoutError:
             self._startup_deadline = None
-            self._get_logger().error(
+            self._log().error(
                 "redismpx: not listening on Redis %.1f s after start; accepting clients anyway",
                 self.startup_wait,
             )

@@ -539,3 +539,129 @@ async def test_sentinel_failover(
         fleets, LIMITS, probe=raw_probe(lambda: primary), emit_probe=emit_probe
     )
     conclude(capsys, "Sentinel failover, time until delivery", result)
+
+
+# -- configuration: socketio's URL forms and redis_options ------------------------------------
+
+URL_FORMS = [
+    "redis://localhost:6379",
+    "redis://:password@localhost:6379/0",
+    "redis://user:password@localhost:6379/2",
+    "rediss://localhost:6379/0",
+    "valkey://localhost:6379/0",
+    "valkeys://user:password@localhost:6379",
+    "unix:///var/sock/redis.sock",
+    "unix:///var/sock/redis.sock?db=1",
+    "unix://user@/var/sock/redis.sock?db=0",
+    "redis+sentinel://192.168.0.1:26379,192.168.0.2:26379/",
+    "redis+sentinel://192.168.0.1:26379,192.168.0.2:26379/0/mymaster",
+    "redis+sentinel://user:pw@192.168.0.1:26379/3/mymaster",
+    "valkey+sentinel://192.168.0.1:26379/0/mymaster",
+    # refused by both: the service name goes after the db in socketio's form, a sentinel
+    # needs a port, and other schemes are not Redis
+    "redis+sentinel://192.168.0.1:26379/mymaster",
+    "redis+sentinel://192.168.0.1/0/mymaster",
+    "http://localhost:6379",
+]
+
+
+@pytest.mark.parametrize("url", URL_FORMS)
+def test_accepts_the_urls_socketio_accepts(url: str) -> None:
+    """Each URL is accepted by both managers or refused (ValueError) by both; ours refuses
+    at construction, the stock one when it connects."""
+    try:
+        socketio.AsyncRedisManager(url)._redis_connect()
+        stock_accepts = True
+    except ValueError:
+        stock_accepts = False
+    if stock_accepts:
+        AsyncRedisMPXManager(url)
+    else:
+        with pytest.raises(ValueError):
+            AsyncRedisMPXManager(url)
+
+
+def test_redis_options(caplog: pytest.LogCaptureFixture) -> None:
+    AsyncRedisMPXManager(
+        "redis://localhost:6379/0",
+        redis_options={"password": "pw", "socket_connect_timeout": 2, "backoff_cap": 0.1},
+    )
+    with caplog.at_level("WARNING"):
+        AsyncRedisMPXManager(redis_options={"socket_timeout": 5, "retry_on_timeout": True})
+    assert "retry_on_timeout, socket_timeout tune redis-py and are ignored" in caplog.text
+    with pytest.raises(TypeError, match="sokcet_timeout"):
+        AsyncRedisMPXManager(redis_options={"sokcet_timeout": 5})
+    with pytest.raises(ValueError):
+        AsyncRedisMPXManager(redis_options={"connect_timeout": -1})
+    with pytest.raises(ValueError):
+        AsyncRedisMPXManager(overflow="sometimes")  # type: ignore[arg-type]
+
+
+# -- the bounded buffer -------------------------------------------------------------------------
+
+
+class GatedManager(AsyncRedisMPXManager):
+    """Handlers that wait for ``gate``: a server that fell behind."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = asyncio.Event()
+
+    async def _handle_emit(self, message: Any) -> None:
+        await self.gate.wait()
+        await super()._handle_emit(message)
+
+
+@pytest.mark.parametrize("overflow", ["drop_oldest", "close"])
+async def test_slow_handlers_overflow(
+    overflow: Any, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Handlers stuck while 20 messages arrive. ``drop_oldest``: the listener keeps reading
+    Redis, keeps the newest ``max_buffer`` messages and delivers them once the handlers move
+    on. ``close``: it unsubscribes at the overflow, and subscribes afresh only once the
+    handlers ask for the next message (deaf meanwhile; what was buffered is lost)."""
+    manager = GatedManager(redis_server.url, max_buffer=5, overflow=overflow)
+    node = await Node("redismpx", manager).start()
+    client = Client()
+    try:
+        await client.connect(node)
+        for n in range(20):
+            await redis_server.acommand("PUBLISH", "socketio", probe_message(n, "burst"))
+        async with asyncio.timeout(10):
+            if overflow == "drop_oldest":  # all read (most of them dropped)
+                while manager.multiplexer.stats()["messages_received"] < 20:
+                    await asyncio.sleep(0.01)  # polls a counter: no event exists for it
+            else:  # the listener closed at the overflow: it unsubscribed
+                while await redis_server.acommand("PUBSUB", "NUMSUB", "socketio") != [
+                    b"socketio",
+                    0,
+                ]:
+                    await asyncio.sleep(0.01)  # polls the server: no event exists for it
+        manager.gate.set()
+        if overflow == "drop_oldest":
+            assert await client.wait_event("burst", 6) == [0, 15, 16, 17, 18, 19]
+            assert manager.multiplexer.stats()["dropped"] == 14
+            assert "14 Socket.IO message(s) dropped" in caplog.text
+        else:
+            await client.wait_event("burst", 1)
+            assert "delivery buffer overflow" in caplog.text
+        fleet_of_one = Fleet("redismpx", "socketio", node, node, client)
+        result = await time_until_delivery(
+            [fleet_of_one], LIMITS, probe=raw_probe(lambda: redis_server)
+        )
+        assert result["redismpx"]["probe"] is not None
+    finally:
+        with contextlib.suppress(Exception):
+            await client.sio.disconnect()
+        await node.stop()
+
+
+async def test_aclose_stops_the_listener(redis_server: RedisServer, fleet: Any) -> None:
+    node = await fleet("redismpx", redis_server.url)
+    await fleet.client(node)
+    thread = node.manager.thread
+    assert node.manager.listening
+    await node.manager.aclose()
+    assert thread.done() and not node.manager.listening
+    assert node.manager.multiplexer.closed
+    assert await redis_server.acommand("PUBSUB", "NUMSUB", "socketio") == [b"socketio", 0]
