@@ -38,6 +38,7 @@ import asyncio
 import json as _stdlib_json
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -312,7 +313,7 @@ class AsyncRedisMPXManager(AsyncPubSubManager):  # type: ignore[misc]
     def initialize(self) -> None:
         super().initialize()
         if not self.write_only and self.startup_wait > 0:
-            self._startup_deadline = asyncio.get_running_loop().time() + self.startup_wait
+            self._startup_deadline = time.monotonic() + self.startup_wait
 
     async def _publish(self, data: Any) -> int | None:
         """Publish one message on the channel; the receivers Redis counted, or ``None`` if
@@ -400,7 +401,7 @@ class AsyncRedisMPXManager(AsyncPubSubManager):  # type: ignore[misc]
         if self._ever_listened or not isinstance(thread, asyncio.Future) or thread.done():
             self._startup_deadline = None  # past the start, or no listener task to wait for
             return
-        remaining = deadline - asyncio.get_running_loop().time()
+        remaining = deadline - time.monotonic()
         if remaining <= 0:
             self._startup_deadline = None
             return
