@@ -683,3 +683,41 @@ async def test_aclose_stops_the_listener(redis_server: RedisServer, fleet: Any) 
     assert thread.done() and not node.manager.listening
     assert node.manager.multiplexer.closed
     assert await redis_server.acommand("PUBSUB", "NUMSUB", "socketio") == [b"socketio", 0]
+
+
+# -- the configuration of the docs, under uvicorn ----------------------------------------------
+
+
+async def test_asgi_app_under_uvicorn(redis_server: RedisServer, fleet: Any) -> None:
+    """docs/integrations/socketio.md's ASGI set-up: ``socketio.ASGIApp(sio,
+    on_shutdown=mgr.aclose)`` under uvicorn, bridged with an aiohttp-served server."""
+    import uvicorn
+
+    mgr = AsyncRedisMPXManager(redis_server.url)
+    sio = socketio.AsyncServer(async_mode="asgi", client_manager=mgr)
+    app = socketio.ASGIApp(sio, on_shutdown=mgr.aclose)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(20):
+            while not server.started:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.01)  # uvicorn has no started event
+        port = server.servers[0].sockets[0].getsockname()[1]
+        other = await fleet("redismpx", redis_server.url)
+        on_other = await fleet.client(other)
+        on_uvicorn = Client()
+        await on_uvicorn.sio.connect(f"http://127.0.0.1:{port}", transports=["websocket"])
+        await sio.emit("from-uvicorn", 1)
+        await other.sio.emit("from-aiohttp", 2)
+        for client in (on_other, on_uvicorn):
+            assert await client.wait_event("from-uvicorn") == [1]
+            assert await client.wait_event("from-aiohttp") == [2]
+        await on_uvicorn.sio.disconnect()
+    finally:
+        server.should_exit = True
+        await task
+    assert mgr.multiplexer.closed and not mgr.listening
