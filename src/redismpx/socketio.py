@@ -53,7 +53,7 @@ try:
     )
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "redismpx.socketio needs python-socketio >= 5.14: pip install 'redismpx[socketio]'"
+        "redismpx.socketio needs python-socketio >= 5.16: pip install 'redismpx[socketio]'"
     ) from exc
 
 from ._options import parse_options, split_options
