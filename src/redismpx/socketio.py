@@ -56,7 +56,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "redismpx.socketio needs python-socketio >= 5.16: pip install 'redismpx[socketio]'"
     ) from exc
 
-from ._options import parse_options, split_options
+from ._options import check_seconds, parse_options, split_options
 from .errors import RedisMPXError, SubscriptionClosed
 from .iterators import Activated, Disconnected, Dropped, Message
 from .multiplexer import Multiplexer
@@ -253,6 +253,9 @@ class AsyncRedisMPXManager(AsyncPubSubManager):  # type: ignore[misc]
             self._mpx_url, self._mpx_options = self._connection_settings()
         # Checked now (the multiplexer itself is made at the first use, in the server's loop).
         split_options({"max_buffer": max_buffer, "overflow": overflow})
+        check_seconds("publish_timeout", publish_timeout, allow_none=True)
+        if isinstance(startup_wait, bool) or not isinstance(startup_wait, int | float):
+            raise TypeError(f"startup_wait must be a number of seconds, not {startup_wait!r}")
         self._listening = asyncio.Event()
         self._ever_listened = False
         self._startup_deadline: float | None = None
@@ -342,6 +345,10 @@ class AsyncRedisMPXManager(AsyncPubSubManager):  # type: ignore[misc]
                 )
             except SubscriptionClosed:
                 break
+            except Exception as exc:  # never a hot loop: _thread calls _listen again at once
+                self._on_deaf(exc, "Retrying in 1 s")
+                await asyncio.sleep(1.0)
+                continue
             try:
                 async for event in sub.events():
                     if isinstance(event, Message):

@@ -28,6 +28,7 @@ import pytest
 socketio = pytest.importorskip("socketio")
 web = pytest.importorskip("aiohttp.web")
 
+from redismpx import Multiplexer  # noqa: E402
 from redismpx.server import RedisSentinel, RedisServer  # noqa: E402
 from redismpx.socketio import AsyncRedisMPXManager  # noqa: E402
 from support.waiting import wait_for  # noqa: E402
@@ -613,6 +614,29 @@ def test_redis_options(caplog: pytest.LogCaptureFixture) -> None:
         AsyncRedisMPXManager(redis_options={"connect_timeout": -1})
     with pytest.raises(ValueError):
         AsyncRedisMPXManager(overflow="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        AsyncRedisMPXManager(publish_timeout=0)
+
+
+async def test_shared_multiplexer(redis_server: RedisServer, fleet: Any) -> None:
+    """``multiplexer=``: the app's multiplexer carries the manager too (one Pub/Sub
+    connection per process), and ``aclose()`` leaves it open."""
+    async with Multiplexer(redis_server.url) as mpx:
+        a = await fleet("redismpx", redis_server.url, multiplexer=mpx)
+        b = await fleet("redismpx", redis_server.url)
+        on_a, on_b = await fleet.client(a), await fleet.client(b)
+        async with mpx.subscribe("app-channel") as own:
+            await a.sio.emit("shared", 1)
+            await b.sio.emit("shared", 2)
+            for client in (on_a, on_b):
+                assert sorted(await client.wait_event("shared", 2)) == [1, 2]
+            await mpx.publish("app-channel", "still mine")
+            async with asyncio.timeout(5):
+                assert (await anext(aiter(own))).data == b"still mine"
+        assert a.manager.multiplexer is mpx
+        await a.manager.aclose()
+        assert not mpx.closed
+        assert await mpx.publish("socketio", probe_message(1, "after")) >= 1  # b listens
 
 
 # -- the bounded buffer -------------------------------------------------------------------------
