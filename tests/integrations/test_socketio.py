@@ -560,6 +560,25 @@ async def test_sentinel_failover(
     conclude(capsys, "Sentinel failover, time until delivery", result)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+async def test_sentinel_with_passwords(
+    kind: str, sentinel_factory: Callable[..., RedisSentinel], fleet: Any
+) -> None:
+    """The docs' Sentinel configuration, on both managers: the data nodes' password in the
+    URL (socketio's form), the sentinels' in ``redis_options["sentinel_kwargs"]``."""
+    deployment = sentinel_factory(password="data-secret", sentinel_password="sentinel-secret")
+    hosts = ",".join(f"{h}:{p}" for h, p in deployment.sentinel_addresses)
+    url = f"redis+sentinel://:data-secret@{hosts}/0/{deployment.service_name}"
+    options = {"sentinel_kwargs": {"password": "sentinel-secret"}}
+    a = await fleet(kind, url, redis_options=options)
+    b = await fleet(kind, url, redis_options=options)
+    on_a, on_b = await fleet.client(a), await fleet.client(b)
+    await a.sio.emit("hello", 1)
+    await b.sio.emit("hello", 2)
+    for client in (on_a, on_b):
+        assert sorted(await client.wait_event("hello", 2)) == [1, 2]
+
+
 # -- configuration: socketio's URL forms and redis_options ------------------------------------
 
 URL_FORMS = [
