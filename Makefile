@@ -33,6 +33,7 @@ demo: $(VENV)/.installed-demo
 test: setup
 	$(PY) -m pytest -q
 	REDIS_SERVER=$(REDIS7) $(PY) -m pytest -q tests/unit tests/integration tests/cluster tests/sentinel tests/integrations
+	PYTHON=$(abspath $(PY)) bash .ci/socketio-upstream-tests.sh
 	$(MAKE) lint
 	$(MAKE) docs
 	$(MAKE) bench-quick
