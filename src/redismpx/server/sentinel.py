@@ -14,6 +14,7 @@ from redismpx.errors import ServerError
 from ._binary import _free_ports, find_server_binary
 from ._resp import Arg
 from .standalone import START_TIMEOUT, RedisServer, _stop_servers, _work_dir
+from .tls import TLSConfig
 
 #: The failure-detection timings of a :class:`RedisSentinel` (``sentinel <option> <name> N``).
 #: Measured on Valkey 8.1 and Redis 7.0: a SIGKILLed primary is replaced in about 2.6 s,
@@ -37,6 +38,20 @@ def _pairs(reply: Any) -> dict[str, str]:
     return dict(zip(items[::2], items[1::2], strict=True))
 
 
+def _tls_client_args(tls: TLSConfig) -> list[str]:
+    """The flags making a server talk TLS when it is the client (a replica to its primary, a
+    sentinel to the nodes it watches): ``tls-replication``, and the client certificate when
+    ``tls`` has one (otherwise the server's own certificate is presented, which a peer
+    checking client certificates may refuse: the test server certificate is for servers
+    only)."""
+    args = ["--tls-replication", "yes"]
+    if tls.client_cert_file is not None:
+        args += ["--tls-client-cert-file", tls.client_cert_file]
+        if tls.client_key_file is not None:
+            args += ["--tls-client-key-file", tls.client_key_file]
+    return args
+
+
 class SentinelNode(RedisServer):
     """A :class:`RedisServer` started in sentinel mode (``--sentinel``) with the config file
     :attr:`config_path` (``<directory>/sentinel.conf``).
@@ -47,6 +62,9 @@ class SentinelNode(RedisServer):
     ``SENTINEL DEBUG`` periods set after every start (default :data:`SENTINEL_DEBUG_PERIODS`;
     ``{}`` keeps the server's). ``password`` is the sentinel's ``requirepass``, used by the
     helpers and (when set alike on every sentinel) by the sentinels to talk to one another.
+    ``tls`` makes the sentinel serve TLS only (see :class:`RedisServer`); for it to reach the
+    data nodes and the other sentinels over TLS, it also needs ``--tls-replication yes`` in
+    ``args`` (as :class:`RedisSentinel` gives it).
     """
 
     def __init__(
@@ -60,9 +78,16 @@ class SentinelNode(RedisServer):
         password: str | None = None,
         args: Sequence[str] = (),
         directory: str | None = None,
+        tls: TLSConfig | None = None,
     ) -> None:
         super().__init__(
-            binary, host=host, port=port, args=args, directory=directory, password=password
+            binary,
+            host=host,
+            port=port,
+            args=args,
+            directory=directory,
+            password=password,
+            tls=tls,
         )
         self._config = list(config)
         self._config_written = False
@@ -124,6 +149,13 @@ class RedisSentinel:
     :class:`RedisServer`: kill, pause or restart them directly, then :meth:`wait_ready`. A
     restarted data node comes back with its first role (primary, or replica of ``data-0``);
     the sentinels reconfigure it to follow the current primary about 2-3 s later.
+
+    ``tls`` (a TLS-capable binary needed) makes every process serve TLS only with these
+    settings: the data nodes replicate over TLS and the sentinels talk to the data nodes and
+    to one another over TLS (``--tls-replication yes`` on all, presenting ``tls``'s client
+    certificate when it has one), and :attr:`url` is
+    ``rediss+sentinel://``. The helpers (:meth:`sentinel_command`, :meth:`wait_ready`,
+    :meth:`failover`, ...) use TLS as :meth:`RedisServer.command` does.
     """
 
     def __init__(
@@ -138,6 +170,7 @@ class RedisSentinel:
         host: str = "127.0.0.1",
         directory: str | None = None,
         args: Sequence[str] = (),
+        tls: TLSConfig | None = None,
     ) -> None:
         if replicas < 0 or sentinels < 1:
             raise ValueError("a sentinel deployment needs replicas >= 0 and sentinels >= 1")
@@ -148,11 +181,14 @@ class RedisSentinel:
         """The data nodes' password (``requirepass``, ``masterauth``, ``sentinel auth-pass``)."""
         self.sentinel_password = sentinel_password
         """The sentinels' password (their ``requirepass``)."""
+        self.tls = tls
+        """The TLS settings of every process, if any."""
         self._own_dir = directory is None
         self.directory, self._cleanup = _work_dir(self, directory, "redismpx-sentinel-")
         """The directory holding the nodes' directories."""
         ports = _free_ports(1 + replicas + sentinels, host)
-        data_args = ["--repl-diskless-sync-delay", "0", *args]
+        tls_args = [] if tls is None else _tls_client_args(tls)
+        data_args = ["--repl-diskless-sync-delay", "0", *tls_args, *args]
         if password is not None:
             data_args += ["--masterauth", password]
         self.data_nodes: list[RedisServer] = [
@@ -163,6 +199,7 @@ class RedisSentinel:
                 password=password,
                 args=data_args if i == 0 else [*data_args, "--replicaof", host, str(ports[0])],
                 directory=os.path.join(self.directory, f"data-{i}"),
+                tls=tls,
             )
             for i in range(1 + replicas)
         ]
@@ -178,7 +215,9 @@ class RedisSentinel:
                 port=ports[1 + replicas + i],
                 config=config,
                 password=sentinel_password,
+                args=tls_args,
                 directory=os.path.join(self.directory, f"sentinel-{i}"),
+                tls=tls,
             )
             for i in range(sentinels)
         ]
@@ -194,9 +233,11 @@ class RedisSentinel:
 
     @property
     def url(self) -> str:
-        """``redis+sentinel://H1:P1,H2:P2,.../SERVICE`` (without credentials)."""
+        """``redis+sentinel://H1:P1,H2:P2,.../SERVICE`` (``rediss+sentinel://`` with TLS;
+        without credentials)."""
         hosts = ",".join(f"{h}:{p}" for h, p in self.sentinel_addresses)
-        return f"redis+sentinel://{hosts}/{self.service_name}"
+        scheme = "redis+sentinel" if self.tls is None else "rediss+sentinel"
+        return f"{scheme}://{hosts}/{self.service_name}"
 
     @property
     def primary(self) -> RedisServer:
