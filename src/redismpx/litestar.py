@@ -23,6 +23,8 @@ What it changes compared with Litestar's ``RedisChannelsPubSubBackend``:
 * A lost connection (a server restart, ``CLIENT KILL``, a Sentinel failover) is reconnected
   with backoff and every channel subscribed again; the event stream never ends because of it.
 * ``on_startup()`` after ``on_shutdown()`` works, in the same event loop or in another one.
+* ``publish()`` waits through an outage instead of raising, so the plugin's publishing worker
+  (which one exception stops for good) survives a server restart.
 * The events wait in one bounded buffer (``max_buffer``) with an overflow policy.
 
 Redis Pub/Sub keeps no history: :meth:`RedisMPXChannelsBackend.get_history` raises
@@ -32,12 +34,14 @@ Redis Pub/Sub keeps no history: :meth:`RedisMPXChannelsBackend.get_history` rais
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, Unpack
 
 from litestar.channels.backends.base import ChannelsBackend
 
-from .errors import InvalidArgument, InvalidArgumentType
+from .errors import ConnectError, ConnectionLost, InvalidArgument, InvalidArgumentType
 from .iterators import ChannelIterator
 from .multiplexer import Multiplexer
 from .typedefs import ConnectionOptions, OverflowPolicy, SentinelOptions
@@ -51,6 +55,8 @@ DEFAULT_MAX_BUFFER: Final = 10_000
 """Events the backend holds for the plugin's reader before its overflow policy applies."""
 
 _POLICIES: Final = ("drop_oldest", "drop_newest", "latest_per_channel")
+
+logger = logging.getLogger("redismpx.litestar")
 
 
 class BackendMultiplexerOptions(ConnectionOptions, SentinelOptions, total=False):
@@ -92,8 +98,9 @@ class RedisMPXChannelsBackend(ChannelsBackend):
         subscribe_timeout: Seconds :meth:`subscribe` waits for Redis to confirm (``None``: no
             limit). On ``TimeoutError`` the channels stay wanted: they are subscribed as soon
             as Redis is reachable again.
-        publish_timeout: Seconds :meth:`publish` waits for its connection and Redis's reply
-            (``None``: no limit); see :meth:`Multiplexer.publish <redismpx.Multiplexer.publish>`.
+        publish_timeout: Seconds :meth:`publish` waits for its connection and Redis's reply;
+            ``None`` (the default): as long as Redis is unreachable, so that the plugin's
+            queued ``publish`` survives an outage (see :meth:`publish`).
         **multiplexer_options: Keywords of :class:`~redismpx.Multiplexer` (``password``,
             ``health_check_interval``, ``client_name``...), checked at startup.
 
@@ -110,7 +117,7 @@ class RedisMPXChannelsBackend(ChannelsBackend):
         max_buffer: int = DEFAULT_MAX_BUFFER,
         overflow: OverflowPolicy = "drop_oldest",
         subscribe_timeout: float | None = 5.0,
-        publish_timeout: float | None = 5.0,
+        publish_timeout: float | None = None,
         **multiplexer_options: Unpack[BackendMultiplexerOptions],
     ) -> None:
         if isinstance(redis, Multiplexer):
@@ -140,6 +147,8 @@ class RedisMPXChannelsBackend(ChannelsBackend):
         self._publish_timeout = _seconds("publish_timeout", publish_timeout)
         self._mpx: Multiplexer | None = None
         self._sub: ChannelIterator | None = None
+        self._interrupted = 0  # publishes cut by a lost connection, not logged yet
+        self._logged_at = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -220,27 +229,56 @@ class RedisMPXChannelsBackend(ChannelsBackend):
             self._sub.remove(*channels)
 
     async def publish(self, data: bytes, channels: Iterable[str]) -> None:
-        """``PUBLISH data`` to each of ``channels`` (all in one write, in order; not atomic
+        """``PUBLISH data`` to each of ``channels``, all in one write, in order (not atomic
         like the stock backend's Lua script, which no Pub/Sub receiver can tell apart).
 
-        Raises what :meth:`Multiplexer.publish <redismpx.Multiplexer.publish>` raises:
-        ``PublishTimeout`` after ``publish_timeout`` seconds without a connection or a reply,
-        ``ConnectionLost`` if the connection broke after the write (published or not), and
-        ``ServerError`` for an error reply. The first error is raised once every channel's
-        publish has ended.
+        While Redis is unreachable it waits (``publish_timeout``, no limit by default). A
+        publish whose connection broke after it was written may or may not have been
+        published: that one is logged at WARNING (rate-limited) and not raised, as Pub/Sub is
+        at-most-once anyway, because Litestar's plugin sends its queued ``publish`` calls from
+        one worker task that an exception ends for good (every later ``publish`` then stays
+        queued and the plugin's shutdown waits for them forever).
+
+        Raises:
+            PublishTimeout: No connection or no reply within ``publish_timeout`` seconds.
+            ServerError: An error reply (an ACL denial).
+            ConnectionLost: The backend shut down before the publish completed.
+
+        With several channels, the first error is raised once every channel's publish has
+        ended.
         """
         mpx, _ = self._started()
         names = list(dict.fromkeys(channels))
         timeout = self._publish_timeout
         if len(names) == 1:
-            await mpx.publish(names[0], data, timeout=timeout)
+            try:
+                await mpx.publish(names[0], data, timeout=timeout)
+            except ConnectionLost as exc:
+                self._interrupted_by(mpx, exc)
             return
         results = await asyncio.gather(
             *(mpx.publish(name, data, timeout=timeout) for name in names), return_exceptions=True
         )
         for result in results:
-            if isinstance(result, BaseException):
+            if isinstance(result, ConnectionLost):
+                self._interrupted_by(mpx, result)
+            elif isinstance(result, BaseException):
                 raise result
+
+    def _interrupted_by(self, mpx: Multiplexer, exc: ConnectionLost) -> None:
+        if isinstance(exc, ConnectError) or mpx.closed:  # not sent (or shut down): raise it
+            raise exc
+        self._interrupted += 1
+        now = time.monotonic()
+        if now - self._logged_at >= 1.0:  # at most once a second, with the count
+            self._logged_at = now
+            logger.warning(
+                "%d publish(es) cut by a lost connection after they were written: each may or "
+                "may not have been published (%s)",
+                self._interrupted,
+                exc,
+            )
+            self._interrupted = 0
 
     async def stream_events(self) -> AsyncGenerator[tuple[str, bytes], None]:
         """``(channel, data)`` for every message on a subscribed channel, in Redis's order.
