@@ -147,6 +147,7 @@ class RedisMPXChannelsBackend(ChannelsBackend):
         self._publish_timeout = _seconds("publish_timeout", publish_timeout)
         self._mpx: Multiplexer | None = None
         self._sub: ChannelIterator | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # where on_startup last ran
         self._interrupted = 0  # publishes cut by a lost connection, not logged yet
         self._logged_at = 0.0
 
@@ -173,25 +174,33 @@ class RedisMPXChannelsBackend(ChannelsBackend):
     async def on_startup(self) -> None:
         """Open the multiplexer (or take the one given) and the backend's subscription.
 
-        Does not wait for Redis: :meth:`subscribe` does. Calling it again before
-        :meth:`on_shutdown` does nothing; after it, it starts afresh (in any event loop).
+        Does not wait for Redis: :meth:`subscribe` does. Calling it again in the same event
+        loop before :meth:`on_shutdown` does nothing; after it, or in a new event loop (a
+        startup that failed, then a retry), it starts afresh.
         """
-        if self._sub is not None:
+        loop = asyncio.get_running_loop()
+        sub, mpx = self._sub, self._mpx
+        if sub is not None and not sub.closed and self._loop is loop:
             return
-        mpx = self._open()
+        # A multiplexer left by a startup in a loop that has ended since moves to this one
+        # at its first use (the old loop's subscription is dropped with that loop).
+        fresh = mpx is None or mpx.closed
+        if fresh:
+            mpx = self._open()
+        assert mpx is not None
         try:
             self._sub = mpx.subscribe(max_buffer=self._max_buffer, overflow=self._overflow)
         except BaseException:
-            if mpx is not self._redis:
+            if fresh and mpx is not self._redis:
                 await mpx.aclose()
             raise
-        self._mpx = mpx
+        self._mpx, self._loop = mpx, loop
 
     async def on_shutdown(self) -> None:
         """Close the subscription (Redis is told to unsubscribe what nobody else holds) and,
         unless it was passed in, the multiplexer. Idempotent."""
         sub, mpx = self._sub, self._mpx
-        self._sub = self._mpx = None
+        self._sub = self._mpx = self._loop = None
         if sub is not None:
             sub.close()
         if mpx is not None and mpx is not self._redis:
