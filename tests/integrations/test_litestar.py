@@ -570,6 +570,24 @@ def test_restart_after_shutdown(redis_server: RedisServer) -> None:
     shared.close()
 
 
+def test_startup_fails_while_redis_is_down_and_works_once_it_is_back(
+    redis_server: RedisServer,
+) -> None:
+    """Declared channels are subscribed at startup: an unreachable Redis fails the startup
+    after ``subscribe_timeout``; the same app (no shutdown ran) starts once Redis is back."""
+    backend = RedisMPXChannelsBackend(redis_server.url, subscribe_timeout=0.3)
+    app, _ = make_app(backend, channels=["room"])
+    redis_server.kill()
+    with pytest.raises(BaseException) as failed, TestClient(app, timeout=5):
+        pass
+    errors = getattr(failed.value, "exceptions", [failed.value])
+    assert any(isinstance(e, TimeoutError) for e in errors), errors
+    redis_server.restart()
+    with TestClient(app, timeout=5) as client, client.websocket_connect("/ws?channel=room") as ws:
+        assert publish(client, "room", b"back") == 200
+        assert receive(ws, 5) == b"back"
+
+
 async def test_restart_after_shutdown_in_one_event_loop(redis_server: RedisServer) -> None:
     plugin = ChannelsPlugin(backend=RedisMPXChannelsBackend(redis_server.url), channels=["a"])
     for run in range(3):
