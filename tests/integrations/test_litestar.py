@@ -718,11 +718,15 @@ class Recovery:
     published: int
     lost: int
     failed_publishes: int
+    last_event: float = 0.0
     notes: str = ""
 
     def __str__(self) -> str:
         if self.outage is None or self.back_at is None:
-            when = f"never back within {self.bound:g} s"
+            when = (
+                f"never back within {self.bound:g} s (last event {self.last_event:.3f} s "
+                "after the fault began)"
+            )
         else:
             when = f"no delivery for {self.outage:.3f} s, back {self.back_at:.3f} s after the fault"
         extra = f", {self.notes}" if self.notes else ""
@@ -784,7 +788,8 @@ def measure_recovery(
             gaps = [(b - a, b - start) for a, b in itertools.pairwise(deliveries)]
             outage, back_at = max(gaps) if back and gaps else (None, None)
             lost = len(set(sent) - received)
-            result = Recovery(name, outage, back_at, bound, len(sent), lost, failed)
+            last_event = deliveries[-1] - start
+            result = Recovery(name, outage, back_at, bound, len(sent), lost, failed, last_event)
     except BaseException as exc:
         if result is None:
             raise
