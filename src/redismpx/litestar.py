@@ -82,7 +82,7 @@ class RedisMPXChannelsBackend(ChannelsBackend):
       the backend opens a :class:`~redismpx.Multiplexer` with it and ``multiplexer_options``
       at each startup and closes it at shutdown;
     * a ``redis.asyncio.Redis`` client: the same, with the client's connection settings
-      (:meth:`Multiplexer.from_redis <redismpx.Multiplexer.from_redis>`; ``multiplexer_options``
+      (:meth:`redismpx.Multiplexer.from_redis`; ``multiplexer_options``
       add to them). The client itself is not used and not closed;
     * a :class:`~redismpx.Multiplexer` of your own (shared with the rest of the process): the
       backend makes its subscription on it at startup and closes that subscription at
