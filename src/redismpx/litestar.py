@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Final, Unpack
 
 from litestar.channels.backends.base import ChannelsBackend
 
+from ._buffer import check_buffer
 from .errors import ConnectError, ConnectionLost, InvalidArgument, InvalidArgumentType
 from .iterators import ChannelIterator
 from .multiplexer import Multiplexer
@@ -131,10 +132,7 @@ class RedisMPXChannelsBackend(ChannelsBackend):
                 "redis must be a URL, a redis.asyncio.Redis client or a redismpx.Multiplexer, "
                 f"not {type(redis).__name__}"
             )
-        if isinstance(max_buffer, bool) or not isinstance(max_buffer, int):
-            raise InvalidArgumentType(f"max_buffer must be an int, not {max_buffer!r}")
-        if max_buffer < 1:
-            raise InvalidArgument(f"max_buffer must be >= 1, not {max_buffer}")
+        check_buffer(max_buffer, overflow)
         if overflow not in _POLICIES:
             raise InvalidArgument(
                 f"overflow must be one of {', '.join(_POLICIES)}; not {overflow!r}"

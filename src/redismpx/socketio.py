@@ -61,7 +61,7 @@ from .errors import RedisMPXError, SubscriptionClosed
 from .iterators import Activated, Disconnected, Dropped, Message
 from .multiplexer import Multiplexer
 from .sentinel import SENTINEL_KEYS, parse_sentinel
-from .typedefs import OverflowPolicy
+from .typedefs import MultiplexerOptions, OverflowPolicy
 
 __all__ = ["AsyncRedisMPXManager"]
 
@@ -100,31 +100,9 @@ _IGNORED = frozenset(
     }
 )
 
-# Every keyword Multiplexer takes (connection, tuning, Sentinel).
-_MPX_KEYS = frozenset(
-    {
-        "host",
-        "port",
-        "unix_socket_path",
-        "username",
-        "password",
-        "db",
-        "client_name",
-        "ssl",
-        "ssl_ca_certs",
-        "ssl_certfile",
-        "ssl_keyfile",
-        "ssl_check_hostname",
-        "connect_timeout",
-        "protocol",
-        "health_check_interval",
-        "health_check_timeout",
-        "backoff_base",
-        "backoff_cap",
-        "chunk_size",
-        *SENTINEL_KEYS,
-    }
-)
+# Every keyword Multiplexer takes (connection, tuning, Sentinel) but the buffer's, which the
+# manager takes itself.
+_MPX_KEYS = frozenset(MultiplexerOptions.__optional_keys__) - {"max_buffer", "overflow"}
 
 
 def _translate_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:

@@ -573,6 +573,14 @@ async def test_sentinel_with_passwords(
     a = await fleet(kind, url, redis_options=options)
     b = await fleet(kind, url, redis_options=options)
     on_a, on_b = await fleet.client(a), await fleet.client(b)
+    # The stock manager starts listening some time after it starts (emits right after a
+    # start can be lost: see the startup test): wait until both listen on the primary.
+    async with asyncio.timeout(10):
+        while await deployment.primary.acommand("PUBSUB", "NUMSUB", "socketio") != [
+            b"socketio",
+            2,
+        ]:
+            await asyncio.sleep(0.01)  # polls the server: no event exists for it
     await a.sio.emit("hello", 1)
     await b.sio.emit("hello", 2)
     for client in (on_a, on_b):
