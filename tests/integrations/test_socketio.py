@@ -149,6 +149,22 @@ class Client:
         return self.got(event)
 
 
+async def until_listening(node: Node, client: Client, timeout: float = 10.0) -> None:
+    """Return once ``node`` hears what is published: an emit to ``client`` goes through Redis
+    and back. socketio starts a server's listener at its first client connection, and the
+    stock manager's first SUBSCRIBE can trail an emit made at once (see the startup test,
+    which measures exactly that and so does not wait)."""
+    n = 0
+    async with asyncio.timeout(timeout):
+        while not client.got("__listening__"):
+            n += 1
+            await node.sio.emit("__listening__", n, to=client.sid)
+            client.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.05):  # the emit rate while none arrived
+                    await client.changed.wait()
+
+
 @pytest.fixture
 async def fleet() -> AsyncIterator[Callable[..., Any]]:
     """``await fleet(kind, url, **manager_kwargs)`` starts a Node; ``fleet.client(node)``
@@ -164,7 +180,10 @@ async def fleet() -> AsyncIterator[Callable[..., Any]]:
     async def connect(node: Node, **kwargs: Any) -> Client:
         client = Client()
         clients.append(client)
-        return await client.connect(node, **kwargs)
+        await client.connect(node, **kwargs)
+        if client.sid:
+            await until_listening(node, client)
+        return client
 
     start_node.client = connect  # type: ignore[attr-defined]
     yield start_node
