@@ -8,7 +8,6 @@ option must say what is wrong without quoting the password.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -20,27 +19,16 @@ from redismpx.errors import InvalidArgument, RedisMPXError, ServerError
 from support.internals import link_of
 from support.logwatch import LogWatch, watch_log
 from support.recorder import Recorder
+from support.secrecy import error_chain
 
 # A short one, and one longer than the 128 characters a server echoes (it cuts it off).
 PASSWORDS = [secrets.token_hex(6), secrets.token_hex(80)]
 
 
-def _chain(error: BaseException | None) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    todo = [error]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        todo += [e.__cause__, e.__context__]
-
-
 def _texts(m: Multiplexer, log: LogWatch) -> list[str]:
     """Everything a user or an operator may see of the last error."""
     texts = [log.text, repr(m), str(m.stats())]
-    for e in _chain(m.last_error):
+    for e in error_chain(m.last_error):
         texts += [str(e), repr(e), repr(e.args), repr(vars(e))]
     return texts
 
@@ -135,7 +123,7 @@ BAD_URLS = [
 def test_url_errors_do_not_quote_the_password(url: str) -> None:
     with pytest.raises(InvalidArgument) as info:
         Multiplexer(url)
-    for e in _chain(info.value):
+    for e in error_chain(info.value):
         assert isinstance(e, RedisMPXError), repr(e)  # nothing raw chained
         for text in (str(e), repr(e)):
             assert "Tr0ub" not in text and "4dor" not in text and "3xyz" not in text, text
@@ -160,7 +148,7 @@ def test_credentials_utf8_cannot_encode_are_refused_unquoted(key: str) -> None:
     kwargs = {"username": "u", "password": "p", key: value}
     with pytest.raises(InvalidArgument, match=f"{key} cannot be encoded as UTF-8") as info:
         Multiplexer(**kwargs)
-    for e in _chain(info.value):
+    for e in error_chain(info.value):
         assert isinstance(e, RedisMPXError), repr(e)
         assert "Tr0ub" not in str(e) and "Tr0ub" not in repr(e)
 

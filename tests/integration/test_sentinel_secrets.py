@@ -13,7 +13,7 @@ import asyncio
 import logging
 import re
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,6 +21,7 @@ import pytest
 from redismpx import ConnectError, Multiplexer, PublishTimeout
 from redismpx.server import RedisSentinel
 from support.recorder import Recorder
+from support.secrecy import error_chain
 
 SentinelFactory = Callable[..., RedisSentinel]
 
@@ -28,21 +29,9 @@ SentinelFactory = Callable[..., RedisSentinel]
 LENGTHS = {"short": 6, "long": 80}
 
 
-def _chain(error: BaseException | None) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    todo = [error]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        todo += [e.__cause__, e.__context__]
-
-
 def _error_texts(error: BaseException | None) -> list[str]:
     texts: list[str] = []
-    for e in _chain(error):
+    for e in error_chain(error):
         texts += [str(e), repr(e), repr(e.args), repr(vars(e))]
     return texts
 

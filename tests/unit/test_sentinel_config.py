@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
@@ -23,6 +22,7 @@ from redismpx import ClusterMultiplexer, Multiplexer
 from redismpx.errors import InvalidArgument, InvalidArgumentType, RedisMPXError
 from redismpx.sentinel import SentinelConfig, SentinelRouter, is_sentinel_url, parse_sentinel
 from support.internals import router_of
+from support.secrecy import error_chain
 
 DATA_PW = "Dat4Passw0rdQXZ"
 SENT_PW = "S3ntPassw0rdQXZ"
@@ -32,28 +32,16 @@ def parse(url: str | None = None, **options: Any) -> SentinelConfig:
     return parse_sentinel(url, options)
 
 
-def _chain(error: BaseException | None) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    todo = [error]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        todo += [e.__cause__, e.__context__]
-
-
 def _error_texts(error: BaseException) -> list[str]:
     texts: list[str] = []
-    for e in _chain(error):
+    for e in error_chain(error):
         texts += [str(e), repr(e), repr(e.args)]
     return texts
 
 
 def _assert_typed(error: BaseException) -> None:
     """Every error in the chain is one of ours (nothing raw, which may quote the input)."""
-    for e in _chain(error):
+    for e in error_chain(error):
         assert isinstance(e, RedisMPXError), repr(e)
 
 
