@@ -38,6 +38,7 @@ from typing import Any, NoReturn
 
 import pytest
 import pytest_asyncio
+from hypothesis import settings
 
 from redismpx.server import (
     RedisCluster,
@@ -52,6 +53,11 @@ from redismpx.server import (
     supports_tls,
 )
 from support.faultproxy import FaultProxy
+
+# Property tests check what holds, not how fast: hypothesis's per-example deadline (200 ms)
+# failed them on a loaded machine. Timing is the benchmark's business.
+settings.register_profile("redismpx", deadline=None)
+settings.load_profile("redismpx")
 
 ServerFactory = Callable[..., RedisServer]
 SentinelFactory = Callable[..., RedisSentinel]

@@ -30,8 +30,12 @@ from ._buffer import (
 )
 from ._protocol import SUBSCRIBE_COMMANDS
 from ._subscriber import Host, Subscriber, check_callback, discard, is_async, logger
-from .errors import SubscribeRefused, SubscriptionClosed
+from .errors import InvalidArgumentType, SubscribeRefused, SubscriptionClosed
 from .typedefs import OnActivation, OnDisconnect, OnDrop, OnMessage, OverflowPolicy
+
+# A message or activation callback taking names as bytes or (``decode_names``) as str.
+AnyOnMessage = Callable[[Any, bytes], Any]
+AnyOnActivation = Callable[[Any], Any]
 
 
 class BufferKeywords(TypedDict, total=False):
@@ -48,33 +52,65 @@ class DeliveryKeywords(BufferKeywords, total=False):
 
 
 class DeliveryOptions:
-    """Buffer size, overflow policy and drop callback: shared by subscriptions that agree."""
+    """Buffer size, overflow policy, drop callback and name type: shared by subscriptions
+    that agree."""
 
-    __slots__ = ("max_buffer", "on_drop", "overflow")
+    __slots__ = ("decode_names", "max_buffer", "on_drop", "overflow")
 
-    def __init__(self, max_buffer: int, overflow: OverflowPolicy, on_drop: OnDrop | None) -> None:
+    def __init__(
+        self,
+        max_buffer: int,
+        overflow: OverflowPolicy,
+        on_drop: OnDrop | None,
+        decode_names: bool = False,
+    ) -> None:
         self.max_buffer = max_buffer
         self.overflow = overflow
         self.on_drop = on_drop
+        self.decode_names = decode_names
 
 
-_shared_options: dict[tuple[int, str], DeliveryOptions] = {}
+_shared_options: dict[tuple[int, str, bool], DeliveryOptions] = {}
 
 
 def delivery_options(
-    max_buffer: int, overflow: OverflowPolicy, on_drop: OnDrop | None
+    max_buffer: int, overflow: OverflowPolicy, on_drop: OnDrop | None, decode_names: bool = False
 ) -> DeliveryOptions:
     """Checked settings; one object shared by all the subscriptions that use the defaults."""
     check_callback("on_drop", on_drop, optional=True)
     check_buffer(max_buffer, overflow)
+    if decode_names is not True and decode_names is not False:
+        raise InvalidArgumentType(
+            f"decode_names must be True or False, not {type(decode_names).__name__}"
+        )
     if on_drop is not None:
-        return DeliveryOptions(max_buffer, overflow, on_drop)
+        return DeliveryOptions(max_buffer, overflow, on_drop, decode_names)
     # Thousands of subscriptions usually share the defaults: one object for all of them.
-    key = (max_buffer, overflow)
+    key = (max_buffer, overflow, decode_names)
     opts = _shared_options.get(key)
     if opts is None:
-        opts = _shared_options[key] = DeliveryOptions(max_buffer, overflow, None)
+        opts = _shared_options[key] = DeliveryOptions(max_buffer, overflow, None, decode_names)
     return opts
+
+
+def decode_name(name: bytes) -> str:
+    """A name as ``str``: UTF-8, stray bytes as surrogate escapes (PEP 383, as
+    ``os.fsdecode``), so ``name.encode("utf-8", "surrogateescape")`` gives the bytes back."""
+    return name.decode("utf-8", "surrogateescape")
+
+
+def _decoding_message(fn: AnyOnMessage) -> OnMessage:
+    def on_message(channel: bytes, data: bytes) -> Any:
+        return fn(channel.decode("utf-8", "surrogateescape"), data)
+
+    return on_message
+
+
+def _decoding_name(fn: AnyOnActivation) -> OnActivation:
+    def on_activation(name: bytes) -> Any:
+        return fn(name.decode("utf-8", "surrogateescape"))
+
+    return on_activation
 
 
 class Queue(Buffer):
@@ -115,9 +151,9 @@ class BufferedSubscriber(Subscriber):
     def __init__(
         self,
         host: Host,
-        on_message: OnMessage | None,
+        on_message: AnyOnMessage | None,
         on_disconnect: OnDisconnect | None,
-        on_activation: OnActivation | None,
+        on_activation: AnyOnActivation | None,
         opts: DeliveryOptions,
         queued: bool,
     ) -> None:
@@ -125,9 +161,16 @@ class BufferedSubscriber(Subscriber):
         self._opts = opts
         self._queue: Queue | None = None
         self._waiters: ActivationWaiters | None = None  # while a task awaits activation
+        queued = queued or any(is_async(f) for f in (on_message, on_disconnect, on_activation))
+        if opts.decode_names:
+            # Wrapped once here: the reader and the worker call on_message as they always do.
+            if on_message is not None:
+                on_message = _decoding_message(on_message)
+            if on_activation is not None:
+                self._on_activation = _decoding_name(on_activation)
         if on_message is not None:  # else an iterator: queued below
             self.deliver = on_message
-        if queued or any(is_async(f) for f in (on_message, on_disconnect, on_activation)):
+        if queued:
             self._become_queued(on_message)
 
     @property

@@ -14,30 +14,34 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Self
+from typing import Generic, Self, TypeAlias, cast
 
 from ._buffer import ACTIVATION, CLOSED, DISCONNECT, DROPPED, Event
-from ._buffered import BufferedSubscriber
+from ._buffered import BufferedSubscriber, decode_name
 from ._subscriber import Host
 from .subscriptions import ChannelSubscription, PatternSubscription
-from .typedefs import OverflowPolicy
+from .typedefs import Name, OverflowPolicy
 
 
 @dataclass(frozen=True, slots=True)
-class Message:
+class Message(Generic[Name]):
     """One message: the channel it was published to, its payload, and the pattern that
-    matched it (``None`` for channel subscriptions)."""
+    matched it (``None`` for channel subscriptions).
 
-    channel: bytes
+    ``channel`` and ``pattern`` are ``bytes``, or ``str`` for an iterator made with
+    ``decode_names=True`` (typed ``Message[str]``); the payload is always ``bytes``.
+    """
+
+    channel: Name
     data: bytes
-    pattern: bytes | None = None
+    pattern: Name | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class Activated:
+class Activated(Generic[Name]):
     """Redis confirmed ``name``: messages published from now on will arrive."""
 
-    name: bytes
+    name: Name
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,17 +58,19 @@ class Dropped:
     count: int
 
 
-SubscriptionEvent = Message | Activated | Disconnected | Dropped
+SubscriptionEvent: TypeAlias = Message[Name] | Activated[Name] | Disconnected | Dropped
+"""What ``events()`` yields (``SubscriptionEvent[str]`` with ``decode_names=True``)."""
 
 
-class _Iterating(BufferedSubscriber):
+class _Iterating(BufferedSubscriber, Generic[Name]):
     """The consumer side shared by both iterator classes: the iterating task is the worker."""
 
     __slots__ = ()
 
-    async def _next(self, with_events: bool) -> SubscriptionEvent:
+    async def _next(self, with_events: bool) -> SubscriptionEvent[Name]:
         q = self._consumer()
         wants = self._holds if self._filters_names else None
+        decode = self._opts.decode_names
         while True:
             item = q.take(wants)  # the consumer step the worker takes too
             if item is None:
@@ -77,23 +83,28 @@ class _Iterating(BufferedSubscriber):
                     raise item.arg
                 if with_events:
                     if tag == ACTIVATION:
-                        return Activated(item.arg)
+                        name = decode_name(item.arg) if decode else item.arg
+                        return cast("Activated[Name]", Activated(name))
                     if tag == DISCONNECT:
                         return Disconnected(item.arg)
                     if tag == DROPPED:
                         return Dropped(item.arg)
+            elif decode:
+                pattern = self._pattern_of()
+                text = None if pattern is None else decode_name(pattern)
+                return cast("Message[Name]", Message(decode_name(item[0]), item[1], text))
             else:
                 return Message(item[0], item[1], self._pattern_of())
 
-    def __aiter__(self) -> AsyncIterator[Message]:
+    def __aiter__(self) -> AsyncIterator[Message[Name]]:
         return self
 
-    async def __anext__(self) -> Message:
+    async def __anext__(self) -> Message[Name]:
         message = await self._next(False)
         assert isinstance(message, Message)
         return message
 
-    async def events(self) -> AsyncIterator[SubscriptionEvent]:
+    async def events(self) -> AsyncIterator[SubscriptionEvent[Name]]:
         """Messages and events (activation, disconnect, drops) in the order they happened."""
         while True:
             try:
@@ -118,29 +129,61 @@ class _Iterating(BufferedSubscriber):
         return None
 
 
-class ChannelIterator(_Iterating, ChannelSubscription):
-    """A :class:`ChannelSubscription` consumed with ``async for`` (see the module docstring)."""
+class ChannelIterator(_Iterating[Name], ChannelSubscription):
+    """A :class:`ChannelSubscription` consumed with ``async for`` (see the module docstring).
+
+    ``ChannelIterator[str]`` (``decode_names=True``) yields ``Message[str]``.
+    """
 
     __slots__ = ()
 
     def __init__(
-        self, host: Host, *, max_buffer: int, overflow: OverflowPolicy, sharded: bool
+        self,
+        host: Host,
+        *,
+        max_buffer: int,
+        overflow: OverflowPolicy,
+        sharded: bool,
+        decode_names: bool = False,
     ) -> None:
         ChannelSubscription.__init__(
-            self, host, None, max_buffer=max_buffer, overflow=overflow, sharded=sharded, queued=True
+            self,
+            host,
+            None,
+            max_buffer=max_buffer,
+            overflow=overflow,
+            sharded=sharded,
+            queued=True,
+            decode_names=decode_names,
         )
 
 
-class PatternIterator(_Iterating, PatternSubscription):
-    """A :class:`PatternSubscription` consumed with ``async for``."""
+class PatternIterator(_Iterating[Name], PatternSubscription):
+    """A :class:`PatternSubscription` consumed with ``async for``.
+
+    ``PatternIterator[str]`` (``decode_names=True``) yields ``Message[str]``.
+    """
 
     __slots__ = ()
 
     def __init__(
-        self, host: Host, pattern: str | bytes, *, max_buffer: int, overflow: OverflowPolicy
+        self,
+        host: Host,
+        pattern: str | bytes,
+        *,
+        max_buffer: int,
+        overflow: OverflowPolicy,
+        decode_names: bool = False,
     ) -> None:
         PatternSubscription.__init__(
-            self, host, pattern, None, max_buffer=max_buffer, overflow=overflow, queued=True
+            self,
+            host,
+            pattern,
+            None,
+            max_buffer=max_buffer,
+            overflow=overflow,
+            queued=True,
+            decode_names=decode_names,
         )
 
     def _pattern_of(self) -> bytes | None:

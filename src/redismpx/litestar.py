@@ -144,7 +144,7 @@ class RedisMPXChannelsBackend(ChannelsBackend):
         self._subscribe_timeout = _seconds("subscribe_timeout", subscribe_timeout)
         self._publish_timeout = _seconds("publish_timeout", publish_timeout)
         self._mpx: Multiplexer | None = None
-        self._sub: ChannelIterator | None = None
+        self._sub: ChannelIterator[str] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # where on_startup last ran
         self._interrupted = 0  # publishes cut by a lost connection, not logged yet
         self._logged_at = 0.0
@@ -187,7 +187,9 @@ class RedisMPXChannelsBackend(ChannelsBackend):
             mpx = self._open()
         assert mpx is not None
         try:
-            self._sub = mpx.subscribe(max_buffer=self._max_buffer, overflow=self._overflow)
+            self._sub = mpx.subscribe(
+                max_buffer=self._max_buffer, overflow=self._overflow, decode_names=True
+            )
         except BaseException:
             if fresh and mpx is not self._redis:
                 await mpx.aclose()
@@ -204,7 +206,7 @@ class RedisMPXChannelsBackend(ChannelsBackend):
         if mpx is not None and mpx is not self._redis:
             await mpx.aclose()
 
-    def _started(self) -> tuple[Multiplexer, ChannelIterator]:
+    def _started(self) -> tuple[Multiplexer, ChannelIterator[str]]:
         if self._mpx is None or self._sub is None:
             raise RuntimeError(
                 "RedisMPXChannelsBackend is not started: on_startup() was not called, or "
@@ -296,7 +298,7 @@ class RedisMPXChannelsBackend(ChannelsBackend):
         """
         _, sub = self._started()
         async for message in sub:
-            yield message.channel.decode(), message.data
+            yield message.channel, message.data
 
     async def get_history(self, channel: str, limit: int | None = None) -> list[bytes]:
         """Not available: Redis Pub/Sub keeps no history (as with Litestar's

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, Self, Unpack
+from typing import Any, Literal, Self, Unpack, overload
 
 from ._buffered import BufferKeywords, DeliveryKeywords
 from ._hub import Hub
@@ -24,7 +24,15 @@ from .promises import PromiseSubscription
 from .sentinel import SENTINEL_KEYS, SentinelRouter, is_sentinel_url, parse_sentinel
 from .state import State
 from .subscriptions import ChannelSubscription, PatternSubscription
-from .typedefs import MultiplexerOptions, OnActivation, OnDisconnect, OnMessage, OverflowPolicy
+from .typedefs import (
+    MultiplexerOptions,
+    OnActivation,
+    OnDisconnect,
+    OnMessage,
+    OnTextActivation,
+    OnTextMessage,
+    OverflowPolicy,
+)
 
 logger = logging.getLogger("redismpx")
 
@@ -162,6 +170,7 @@ class Multiplexer:
             **extra,
         }
 
+    @overload
     def new_channel_subscription(
         self,
         on_message: OnMessage,
@@ -169,6 +178,30 @@ class Multiplexer:
         on_activation: OnActivation | None = None,
         *,
         sharded: bool | None = None,
+        decode_names: Literal[False] = False,
+        **delivery: Unpack[DeliveryKeywords],
+    ) -> ChannelSubscription: ...
+
+    @overload
+    def new_channel_subscription(
+        self,
+        on_message: OnTextMessage,
+        on_disconnect: OnDisconnect | None = None,
+        on_activation: OnTextActivation | None = None,
+        *,
+        sharded: bool | None = None,
+        decode_names: Literal[True],
+        **delivery: Unpack[DeliveryKeywords],
+    ) -> ChannelSubscription: ...
+
+    def new_channel_subscription(
+        self,
+        on_message: OnMessage | OnTextMessage,
+        on_disconnect: OnDisconnect | None = None,
+        on_activation: OnActivation | OnTextActivation | None = None,
+        *,
+        sharded: bool | None = None,
+        decode_names: bool = False,
         **delivery: Unpack[DeliveryKeywords],
     ) -> ChannelSubscription:
         """A subscription to a set of channels managed with ``add``/``remove``.
@@ -177,6 +210,10 @@ class Multiplexer:
         classic ones. The default is classic channels here and shard channels on a
         :class:`~redismpx.ClusterMultiplexer` (where classic channels live on one home node,
         fed by the cluster-wide broadcast of ``PUBLISH``).
+
+        ``decode_names=True``: ``on_message`` and ``on_activation`` receive channel names as
+        ``str`` (UTF-8; bytes that are not UTF-8 as surrogate escapes) instead of ``bytes``.
+        Payloads stay ``bytes``.
         """
         self._check_open()
         if sharded is None:
@@ -187,18 +224,49 @@ class Multiplexer:
             on_disconnect,
             on_activation,
             sharded=sharded,
+            decode_names=decode_names,
             **self._delivery(**delivery),
         )
 
+    @overload
     def new_pattern_subscription(
         self,
         pattern: str | bytes,
         on_message: OnMessage,
         on_disconnect: OnDisconnect | None = None,
         on_activation: OnActivation | None = None,
+        *,
+        decode_names: Literal[False] = False,
+        **delivery: Unpack[DeliveryKeywords],
+    ) -> PatternSubscription: ...
+
+    @overload
+    def new_pattern_subscription(
+        self,
+        pattern: str | bytes,
+        on_message: OnTextMessage,
+        on_disconnect: OnDisconnect | None = None,
+        on_activation: OnTextActivation | None = None,
+        *,
+        decode_names: Literal[True],
+        **delivery: Unpack[DeliveryKeywords],
+    ) -> PatternSubscription: ...
+
+    def new_pattern_subscription(
+        self,
+        pattern: str | bytes,
+        on_message: OnMessage | OnTextMessage,
+        on_disconnect: OnDisconnect | None = None,
+        on_activation: OnActivation | OnTextActivation | None = None,
+        *,
+        decode_names: bool = False,
         **delivery: Unpack[DeliveryKeywords],
     ) -> PatternSubscription:
-        """A subscription to one glob-style pattern (``PSUBSCRIBE``)."""
+        """A subscription to one glob-style pattern (``PSUBSCRIBE``).
+
+        ``decode_names=True``: channel names (and the pattern given to ``on_activation``)
+        arrive as ``str``, as for :meth:`new_channel_subscription`.
+        """
         self._check_open()
         return PatternSubscription(
             self._hub,
@@ -206,6 +274,7 @@ class Multiplexer:
             on_message,
             on_disconnect,
             on_activation,
+            decode_names=decode_names,
             **self._delivery(**delivery),
         )
 
@@ -223,24 +292,46 @@ class Multiplexer:
         self._check_open()
         return PromiseSubscription(self._hub, prefix, on_disconnect, on_activation)
 
+    @overload
     def subscribe(
         self,
         *channels: str | bytes,
         sharded: bool | None = None,
+        decode_names: Literal[False] = False,
         **buffer: Unpack[BufferKeywords],
-    ) -> ChannelIterator:
+    ) -> ChannelIterator[bytes]: ...
+
+    @overload
+    def subscribe(
+        self,
+        *channels: str | bytes,
+        sharded: bool | None = None,
+        decode_names: Literal[True],
+        **buffer: Unpack[BufferKeywords],
+    ) -> ChannelIterator[str]: ...
+
+    def subscribe(
+        self,
+        *channels: str | bytes,
+        sharded: bool | None = None,
+        decode_names: bool = False,
+        **buffer: Unpack[BufferKeywords],
+    ) -> ChannelIterator[bytes] | ChannelIterator[str]:
         """Channels to consume with ``async for`` (``async with mpx.subscribe("a") as sub``).
 
         Yields :class:`~redismpx.iterators.Message`; ``sub.events()`` also yields activation,
         disconnect and drop events in order. ``add``/``remove`` work as on any channel
         subscription; leaving the ``async with`` block closes it. ``sharded`` defaults to what
         ``new_channel_subscription`` does (classic channels here, shard channels on a
-        :class:`~redismpx.ClusterMultiplexer`).
+        :class:`~redismpx.ClusterMultiplexer`). ``decode_names=True``: messages and events
+        carry names as ``str`` (``Message[str]``); payloads stay ``bytes``.
         """
         self._check_open()
         if sharded is None:
             sharded = self._hub.router.shard_by_default
-        sub = ChannelIterator(self._hub, sharded=sharded, **self._delivery(**buffer))
+        sub: ChannelIterator[Any] = ChannelIterator(
+            self._hub, sharded=sharded, decode_names=decode_names, **self._delivery(**buffer)
+        )
         try:
             sub.add(*channels)  # validates every name before registering any
         except BaseException:
@@ -248,14 +339,37 @@ class Multiplexer:
             raise
         return sub
 
+    @overload
     def psubscribe(
         self,
         pattern: str | bytes,
+        *,
+        decode_names: Literal[False] = False,
         **buffer: Unpack[BufferKeywords],
-    ) -> PatternIterator:
-        """A pattern to consume with ``async for``; messages carry the matching pattern."""
+    ) -> PatternIterator[bytes]: ...
+
+    @overload
+    def psubscribe(
+        self,
+        pattern: str | bytes,
+        *,
+        decode_names: Literal[True],
+        **buffer: Unpack[BufferKeywords],
+    ) -> PatternIterator[str]: ...
+
+    def psubscribe(
+        self,
+        pattern: str | bytes,
+        *,
+        decode_names: bool = False,
+        **buffer: Unpack[BufferKeywords],
+    ) -> PatternIterator[bytes] | PatternIterator[str]:
+        """A pattern to consume with ``async for``; messages carry the matching pattern.
+        ``decode_names=True``: channel and pattern as ``str``."""
         self._check_open()
-        return PatternIterator(self._hub, pattern, **self._delivery(**buffer))
+        return PatternIterator(
+            self._hub, pattern, decode_names=decode_names, **self._delivery(**buffer)
+        )
 
     async def publish(
         self,

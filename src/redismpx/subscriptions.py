@@ -9,11 +9,11 @@ B34-B36 in docs/spec.md); the user's view is the delivery model, docs/delivery.m
 from __future__ import annotations
 
 from ._activation import Subscribing
-from ._buffered import BufferedSubscriber, delivery_options
+from ._buffered import AnyOnActivation, AnyOnMessage, BufferedSubscriber, delivery_options
 from ._protocol import CHANNEL, PATTERN, SHARD, to_bytes
 from ._subscriber import Host, check_callback
 from .errors import InvalidArgument
-from .typedefs import OnActivation, OnDisconnect, OnDrop, OnMessage, OverflowPolicy
+from .typedefs import OnDisconnect, OnDrop, OverflowPolicy
 
 MAX_NAME_BYTES = 1 << 20
 SMALL_SET = 4  # names held in a tuple up to this many (copied on change), in a dict beyond
@@ -68,6 +68,9 @@ def _names_all(held: Names) -> tuple[bytes, ...]:
 class ChannelSubscription(BufferedSubscriber):
     """A set of channels whose messages reach ``on_message(channel, payload)``.
 
+    Names reach the callbacks as ``bytes``, or as ``str`` when the subscription was made with
+    ``decode_names=True`` (see :func:`~redismpx.Multiplexer.new_channel_subscription`).
+
     ``add``/``remove`` return at once; Redis is told in one coalesced command per event-loop
     turn, and only when the first subscription in the process wants a channel or the last
     one leaves it (reference counting). ``on_activation(channel)`` fires once Redis has
@@ -82,21 +85,22 @@ class ChannelSubscription(BufferedSubscriber):
     def __init__(
         self,
         host: Host,
-        on_message: OnMessage | None,  # None: an iterator, its own consumer
+        on_message: AnyOnMessage | None,  # None: an iterator, its own consumer
         on_disconnect: OnDisconnect | None = None,
-        on_activation: OnActivation | None = None,
+        on_activation: AnyOnActivation | None = None,
         *,
         max_buffer: int,
         overflow: OverflowPolicy,
         on_drop: OnDrop | None = None,
         sharded: bool = False,
         queued: bool = False,
+        decode_names: bool = False,
     ) -> None:
         if not queued:  # an iterator (queued) is its own consumer
             check_callback("on_message", on_message, optional=False)
         self._kind = SHARD if sharded else CHANNEL
         self._channels: Names = None
-        opts = delivery_options(max_buffer, overflow, on_drop)
+        opts = delivery_options(max_buffer, overflow, on_drop, decode_names)
         super().__init__(host, on_message, on_disconnect, on_activation, opts, queued)
         host.register(self)
 
@@ -200,20 +204,21 @@ class PatternSubscription(BufferedSubscriber):
         self,
         host: Host,
         pattern: str | bytes,
-        on_message: OnMessage | None,  # None: a PatternIterator
+        on_message: AnyOnMessage | None,  # None: a PatternIterator
         on_disconnect: OnDisconnect | None = None,
-        on_activation: OnActivation | None = None,
+        on_activation: AnyOnActivation | None = None,
         *,
         on_drop: OnDrop | None = None,
         max_buffer: int,
         overflow: OverflowPolicy,
         queued: bool = False,
+        decode_names: bool = False,
     ) -> None:
         if not queued:
             check_callback("on_message", on_message, optional=False)
         self.pattern: bytes = check_name(pattern, "pattern")
         """The glob-style pattern, as bytes."""
-        opts = delivery_options(max_buffer, overflow, on_drop)
+        opts = delivery_options(max_buffer, overflow, on_drop, decode_names)
         super().__init__(host, on_message, on_disconnect, on_activation, opts, queued)
         host.register(self)
         host.add(PATTERN, (self.pattern,), self)

@@ -4,16 +4,33 @@ from __future__ import annotations
 
 import ssl as _ssl
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict
+
+if TYPE_CHECKING:  # a TypeVar default (PEP 696): typing has it from Python 3.13 only
+    from typing_extensions import TypeVar
+
+    Name = TypeVar("Name", bytes, str, default=bytes)
+else:
+    from typing import TypeVar
+
+    Name = TypeVar("Name", bytes, str)
+"""How a subscription hands channel names to the app: ``bytes``, or ``str`` with
+``decode_names=True`` (``Message[str]``, ``Activated[str]``)."""
 
 OnMessage = Callable[[bytes, bytes], "Awaitable[Any] | Any"]
 """``on_message(channel, payload)``: a plain function, or one returning an awaitable."""
+
+OnTextMessage = Callable[[str, bytes], "Awaitable[Any] | Any"]
+"""``on_message(channel, payload)`` of a subscription made with ``decode_names=True``."""
 
 OnDisconnect = Callable[[BaseException], "Awaitable[Any] | Any"]
 """``on_disconnect(error)``: an outage (or a refusal, or a close by the library) reached it."""
 
 OnActivation = Callable[[bytes], "Awaitable[Any] | Any"]
 """``on_activation(name)``: Redis confirmed ``name``; messages published from now on arrive."""
+
+OnTextActivation = Callable[[str], "Awaitable[Any] | Any"]
+"""``on_activation(name)`` of a subscription made with ``decode_names=True``."""
 
 OnDrop = Callable[[int], "Awaitable[Any] | Any"]
 """``on_drop(count)``: the overflow policy dropped ``count`` messages."""

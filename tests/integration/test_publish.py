@@ -378,6 +378,9 @@ async def test_publishes_waiting_through_a_server_restart_go_out_once_it_is_back
     await rec.activated("c")
     pub = made(proxy.url, backoff_cap=0.1)
     assert await pub.publish("c", "before") == 1
+    # Redis may reply to the publisher before it has written the message to the subscriber:
+    # a kill right after the reply could lose it (flaky under load).
+    await until_received(rec, "c", "before")
     await redis_server.akill(signal.SIGKILL)
     await rec.disconnected(1)
     proxy.refuse(True)
