@@ -8,20 +8,20 @@ Needs ``prometheus-client`` (``pip install 'redismpx[prometheus]'``)::
     collector.add(mpx)                   # exported as multiplexer="default"
     collector.add(other, name="events")  # a second one needs a name of its own
 
-The collector reads :meth:`Multiplexer.stats() <redismpx.Multiplexer.stats>` of each
-multiplexer once per scrape (one consistent snapshot each) and keeps no series of its own:
-what a scrape shows is what ``stats()`` said at that moment. It holds each multiplexer by a
-weak reference, so a multiplexer the app forgot (closed and dropped) leaves the metrics by
-itself; a closed one still referenced is exported with ``state="closed"`` and its final
-counters until it is removed or a new multiplexer takes its name.
+The collector reads :meth:`~redismpx.Multiplexer.stats` of each multiplexer once per scrape
+(one consistent snapshot each) and keeps no series of its own: what a scrape shows is what
+``stats()`` said at that moment. It holds each multiplexer by a weak reference, so a
+multiplexer the app forgot (closed and dropped) leaves the metrics by itself; a closed one
+still referenced is exported with ``state="closed"`` and its final counters until it is
+removed or a new multiplexer takes its name.
 
-Cardinality is bounded: the labels are ``multiplexer`` (the names given to :meth:`add`, at
-most ``max_multiplexers``), ``state`` (the four :class:`~redismpx.State` values), ``primary``
-(the one primary a Sentinel multiplexer is connected to) and ``node`` (a cluster's primaries
-in use, at most ``max_nodes``). No label ever names a channel or a pattern, and none is
-taken from a URL, so no password can appear. A scrape never raises: a multiplexer whose
-``stats()`` fails, or a value of an unexpected type, is skipped and counted in
-``redismpx_collector_errors_total``.
+Cardinality is bounded: the labels are ``multiplexer`` (the names given to
+:meth:`RedisMPXCollector.add`, at most ``max_multiplexers``), ``state`` (the four
+:class:`~redismpx.State` values), ``primary`` (the one primary a Sentinel multiplexer is
+connected to) and ``node`` (a cluster's primaries in use, at most ``max_nodes``). No label
+ever names a channel or a pattern, and none is taken from a URL, so no password can appear.
+A scrape never raises: a multiplexer whose ``stats()`` fails, or a value of an unexpected
+type, is skipped and counted in ``redismpx_collector_errors_total``.
 """
 
 from __future__ import annotations
