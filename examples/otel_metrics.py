@@ -129,7 +129,7 @@ class RedisMPXMetrics:
 
 async def main() -> None:
     from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
     from redismpx.server import RedisServer
 
@@ -147,7 +147,8 @@ async def main() -> None:
             for scope in resource.scope_metrics:
                 for metric in scope.metrics:
                     for point in metric.data.data_points:
-                        print(metric.name, dict(point.attributes or {}), point.value)
+                        if isinstance(point, NumberDataPoint):
+                            print(metric.name, dict(point.attributes or {}), point.value)
     provider.shutdown()
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
 from redismpx import Multiplexer, State
 from support.recorder import Recorder
@@ -51,6 +51,7 @@ def read(reader: InMemoryMetricReader) -> tuple[Points, dict[str, str]]:
                     kind += " monotonic"
                 kinds[metric.name] = kind
                 for point in metric.data.data_points:
+                    assert isinstance(point, NumberDataPoint)
                     attrs = tuple(sorted((point.attributes or {}).items()))
                     points[metric.name, attrs] = point.value
     return points, kinds
