@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from redismpx import ClusterMultiplexer, InvalidArgument, InvalidArgumentType, Multiplexer
@@ -90,6 +90,17 @@ def test_argument_types() -> None:
     for label in ("", "1x", "__x", "state", "node", "primary", "a-b"):
         with pytest.raises(InvalidArgument):
             RedisMPXCollector(registry=None, name_label=label)
+
+
+def test_the_default_registry() -> None:
+    collector = RedisMPXCollector()
+    try:
+        mpx = Multiplexer(URL)
+        collector.add(mpx, "global")
+        assert 'redismpx_up{multiplexer="global"} 0.0' in generate_latest(REGISTRY).decode()
+    finally:
+        collector.unregister()
+    assert "redismpx_up" not in generate_latest(REGISTRY).decode()
 
 
 def test_one_collector_per_registry() -> None:
