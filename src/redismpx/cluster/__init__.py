@@ -94,7 +94,9 @@ class ClusterMultiplexer(Multiplexer):
     again (by the same node, or by the new owner after a slot move or failover).
     ``state`` is ``connected`` when the topology is known and every node holding wanted names
     is connected. ``stats()`` adds ``nodes`` (Pub/Sub connections), ``topology_refreshes``,
-    ``slot_moves`` (names moved between nodes) and ``redirects`` (``MOVED`` replies seen).
+    ``slot_moves`` (names moved between nodes), ``redirects`` (``MOVED`` replies seen) and
+    ``node_stats``: per primary in use (``"host:port"``), its ``state``, ``channels``,
+    ``patterns``, ``shard_channels``, ``messages_received``, ``connects`` and ``reconnects``.
     """
 
     def __init__(

@@ -79,6 +79,19 @@ class ClusterLink(Link):
         return f"<ClusterLink {where} {self.state.value}>"
 
 
+def _node_stats(link: ClusterLink) -> dict[str, Any]:
+    channels, patterns, shards = link.registry.counts()
+    return {
+        "state": link.state.value,
+        "channels": channels,
+        "patterns": patterns,
+        "shard_channels": shards,
+        "messages_received": link.messages_received(),
+        "connects": link.connects,
+        "reconnects": link.reconnects,
+    }
+
+
 class ClusterRouter:
     """Routes names to per-primary links (see the module docstring)."""
 
@@ -232,6 +245,12 @@ class ClusterRouter:
         for key, n in self._retired_counts.items():
             stats[key] += n
         stats["nodes"] = sum(1 for link in self.links.values() if link.state is State.CONNECTED)
+        # Per primary in use (bounded by the cluster's size); a retired link's counts went to
+        # the totals above, so these restart from 0 when a node's link is made again.
+        stats["node_stats"] = {
+            (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"): _node_stats(link)
+            for (host, port), link in self.links.items()
+        }
         stats.update(self.counters)
         stats["publish_connects"] = self.publisher.connects
         stats["published"] = self.publisher.published
