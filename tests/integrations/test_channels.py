@@ -167,9 +167,7 @@ async def test_wire_format_shared_with_channels_redis(
 async def test_key_rotation(redis_server: RedisServer, layers: Any) -> None:
     """The first key encrypts, every key decrypts (rotation without downtime)."""
     old = layers("redismpx", [redis_server.url], symmetric_encryption_keys=["old" * 11])
-    new = layers(
-        "redismpx", [redis_server.url], symmetric_encryption_keys=["new" * 11, "old" * 11]
-    )
+    new = layers("redismpx", [redis_server.url], symmetric_encryption_keys=["new" * 11, "old" * 11])
     channel = await new.new_channel()
     await old.send(channel, {"type": "from-old"})
     assert await receive(new, channel) == {"type": "from-old"}
@@ -384,9 +382,7 @@ async def test_host_forms(form: str, server_factory: Any, layers: Any) -> None:
     assert await receive(layer, channel) == {"type": form}
 
 
-async def test_sentinel_forms(
-    sentinel_factory: Callable[..., RedisSentinel], layers: Any
-) -> None:
+async def test_sentinel_forms(sentinel_factory: Callable[..., RedisSentinel], layers: Any) -> None:
     """channels_redis's Sentinel dict (sentinels, master_name, sentinel_kwargs, and the data
     nodes' password), and a ``redis+sentinel://`` URL."""
     deployment = sentinel_factory(password="data-pw", sentinel_password="sentinel-pw")
@@ -439,7 +435,11 @@ async def test_several_hosts_shard_as_channels_redis(server_factory: Any, layers
         ({"hosts": ["http://localhost"]}, InvalidArgument, "scheme"),
         ({"hosts": [{"host": "h", "sockettimeout": 1}]}, InvalidArgumentType, "sockettimeout"),
         ({"hosts": [{"master_name": "m"}]}, InvalidArgument, "needs sentinels"),
-        ({"hosts": [{"sentinels": [("h", 1)], "master_name": "m", "db": "x"}]}, InvalidArgumentType, "db"),
+        (
+            {"hosts": [{"sentinels": [("h", 1)], "master_name": "m", "db": "x"}]},
+            InvalidArgumentType,
+            "db",
+        ),
         ({"capacity": 0}, InvalidArgument, "capacity"),
         ({"channel_capacity": {"x*": "big"}}, InvalidArgumentType, "capacity"),
         ({"overflow": "close"}, InvalidArgument, "overflow"),
