@@ -164,7 +164,8 @@ def pytest_collection_modifyitems(items):
 EOF
 
 cd "$SRC"
-REDISMPX_SHIM_DIR="$WORK" PYTHONPATH="$WORK:$EXTRA${PYTHONPATH:+:$PYTHONPATH}" \
+mkdir "$WORK/tmp"  # the servers' directories: removed with $WORK whatever happens
+TMPDIR="$WORK/tmp" REDISMPX_SHIM_DIR="$WORK" PYTHONPATH="$WORK:$EXTRA${PYTHONPATH:+:$PYTHONPATH}" \
     "$PY" -m pytest -p redismpx_channels_shim -p no:cacheprovider -p no:randomly \
     -o asyncio_mode=auto -o asyncio_default_fixture_loop_scope=function --timeout=60 -rxXs -q \
     tests/test_pubsub.py tests/test_pubsub_sentinel.py "$@"

@@ -24,6 +24,7 @@ logger = logging.getLogger("redismpx.channels")
 
 _OVERFLOWS = ("drop_oldest", "drop_newest")
 _FLUSHED = "the channel layer was flushed or closed"
+_LEFT = "released: its receive was cancelled and not called again within receive_linger"
 
 
 def _name(value: Any, what: str) -> str:
@@ -158,11 +159,12 @@ class RedisMPXChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         loop = asyncio.get_running_loop()
         layer = self._layers.get(loop)
         if layer is None:
-            for old in [old for old in self._layers if old.is_closed()]:
-                # Closed without passing through close() (the wrapper was bypassed): its
-                # tasks and sockets ended with it; only the reference is left to drop.
-                logger.debug("channel layer: dropping the state of closed loop %r", old)
-                del self._layers[old]
+            for old in list(self._layers):  # a copy: other threads' loops come and go
+                if old.is_closed():
+                    # Closed without passing through close() (the wrapper was bypassed): its
+                    # tasks and sockets ended with it; only the reference is left to drop.
+                    logger.debug("channel layer: dropping the state of closed loop %r", old)
+                    self._layers.pop(old, None)
             layer = self._layers[loop] = _LoopLayer(self)
             self._close_with(loop)
         return layer
@@ -286,7 +288,7 @@ class _LoopLayer:
         self.consumers[name] = inbox
         return inbox
 
-    def _release(self, inbox: Inbox, reason: str = "released") -> None:
+    def _release(self, inbox: Inbox, reason: str = _LEFT) -> None:
         if self.consumers.get(inbox.name) is inbox:
             del self.consumers[inbox.name]
         self._dropped += inbox.dropped
