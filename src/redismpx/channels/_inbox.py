@@ -38,11 +38,6 @@ Overflow = Literal["drop_oldest", "drop_newest"]
 _LOG_EVERY = 10.0  # seconds between two drop warnings of one consumer
 
 
-def text(name: bytes) -> str:
-    """A channel name as redismpx delivers it (bytes), as the layer's ``str``."""
-    return name.decode("utf-8", "surrogateescape")
-
-
 class Hook:
     """A hook message waiting in a queue (``void`` once coalesced away)."""
 
