@@ -32,8 +32,10 @@ demo: $(VENV)/.installed-demo
 # The whole suite, on Valkey (PyPI) and on Redis 7 (Debian), then lint, types and a bench smoke.
 test: setup
 	$(PY) -m pytest -q
-	REDIS_SERVER=$(REDIS7) $(PY) -m pytest -q tests/unit tests/integration tests/cluster tests/sentinel tests/integrations
+	REDIS_SERVER=$(REDIS7) $(PY) -m pytest -q tests/integration tests/cluster tests/sentinel tests/integrations
 	PYTHON=$(abspath $(PY)) bash .ci/socketio-upstream-tests.sh
+	PYTHON=$(abspath $(PY)) bash .ci/channels-redis-upstream-tests.sh
+	REDIS_SERVER=$(REDIS7) PYTHON=$(abspath $(PY)) bash .ci/channels-redis-upstream-tests.sh
 	$(MAKE) lint
 	$(MAKE) docs
 	$(MAKE) bench-quick

@@ -13,7 +13,12 @@
 #   PYTHONS_CACHE         where the chroots live   (default /var/cache/redismpx-pythons)
 #   PYTHONS_MAX_AGE_DAYS  rebuild a chroot older than this, keeping the old one if the rebuild
 #                         fails (default 30; 0 = rebuild now)
-#   PYTHONS_PYTEST_ARGS   what pytest runs (default: tests/unit tests/integration -m "not browser")
+#   PYTHONS_PYTEST_ARGS   what pytest runs on every Python (default: the whole unit and
+#                         integration suites on $PYTHONS_FULL, and on the others the same less
+#                         the product-surface modules that do not vary by Python version:
+#                         CLI, demo, Sentinel server set-ups, password secrecy, the soak and
+#                         the pytest plugin's inner sessions; they cost ~2 minutes a Python)
+#   PYTHONS_FULL          the Pythons that run everything (default: 3.14, the newest)
 #   CI                    passed into the chroot (with CI set, a missing server fails a test)
 #
 # In each chroot: the Python with venv support and headers, gcc and make (for a dependency
@@ -31,11 +36,19 @@ CACHE="${PYTHONS_CACHE:-/var/cache/redismpx-pythons}"
 MAX_AGE_DAYS="${PYTHONS_MAX_AGE_DAYS:-30}"
 RECIPE=1 # bump when the chroot's contents change: every chroot is rebuilt
 read -r -a WANT <<<"${*:-${PYTHONS:-3.12 3.13 3.14}}"
-if [ -n "${PYTHONS_PYTEST_ARGS:-}" ]; then
-  read -r -a PYTEST_ARGS <<<"$PYTHONS_PYTEST_ARGS"
-else
-  PYTEST_ARGS=(tests/unit tests/integration -m "not browser")
-fi
+FULL=" ${PYTHONS_FULL:-3.14} "
+pytest_args() { # the pytest arguments for Python $1, into PYTEST_ARGS
+  if [ -n "${PYTHONS_PYTEST_ARGS:-}" ]; then
+    read -r -a PYTEST_ARGS <<<"$PYTHONS_PYTEST_ARGS"
+  elif [[ "$FULL" == *" $1 "* ]]; then
+    PYTEST_ARGS=(tests/unit tests/integration -m "not browser")
+  else
+    PYTEST_ARGS=(tests/unit tests/integration -m "not browser")
+    for module in cli demo sentinel_server secrets sentinel_secrets soak pytest_plugin; do
+      PYTEST_ARGS+=("--ignore=tests/integration/test_$module.py")
+    done
+  fi
+}
 CHROOT_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 log() { printf '== pythons: %s\n' "$*" >&2; }
@@ -365,6 +378,7 @@ for v in "${WANT[@]}"; do
   fi
   version="$(in_chroot "$root" "$venv/bin/python" -c 'import platform; print(platform.python_version())')"
   logfile="$CACHE/logs/pytest-$v.log"
+  pytest_args "$v"
   log "Python $version ($distro $suite): pytest$(printf ' %q' "${PYTEST_ARGS[@]}")"
   # In the background, so that a signal to this script runs its trap at once.
   # shellcheck disable=SC2016

@@ -165,8 +165,11 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_heartbeat()
         error: BaseException
-        if self.closed.done():  # aborted: the reason given then (heartbeat, close, failover)
-            error = self.closed.result()
+        closed = self.closed
+        if closed.done() and not closed.cancelled():
+            # Aborted: the reason given then (heartbeat, close, failover). Cancelled when
+            # asyncio.run ended with the multiplexer still open: then it is as below.
+            error = closed.result()
         elif exc is None:
             error = ConnectionLost("connection closed by the server")
         elif isinstance(exc, ConnectionLost):

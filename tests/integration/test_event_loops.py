@@ -7,6 +7,7 @@ These tests are synchronous on purpose: each one runs several event loops of its
 from __future__ import annotations
 
 import asyncio
+import logging
 import warnings
 from typing import Any
 
@@ -150,3 +151,23 @@ def test_a_cluster_multiplexer_follows_its_user_into_a_new_event_loop(
         assert _our_tasks() == []
 
     asyncio.run(second())
+
+
+def test_a_loop_ending_with_the_multiplexer_open_logs_no_error(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # asyncio.run cancels the multiplexer's tasks, and with them the future a connection
+    # keeps for its close reason: connection_lost then read the cancelled future and asyncio
+    # logged "Exception in callback ... CancelledError" per connection (Django's
+    # async_to_sync hits this on every call from sync code).
+    mpx = Multiplexer(redis_server.url)
+
+    async def use() -> None:
+        sub = mpx.new_channel_subscription(lambda c, d: None)
+        await sub.add("x")
+        assert await mpx.publish("x", "y") == 1
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(use())
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    mpx.close()
