@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
+from types import FunctionType, MethodType
 from typing import Any, TypedDict
 
 from ._activation import ActivationWaiters
@@ -99,18 +101,39 @@ def decode_name(name: bytes) -> str:
     return name.decode("utf-8", "surrogateescape")
 
 
-def _decoding_message(fn: AnyOnMessage) -> OnMessage:
-    def on_message(channel: bytes, data: bytes) -> Any:
-        return fn(channel.decode("utf-8", "surrogateescape"), data)
+# One decoding wrapper per callback, shared by every subscription made with it: thousands of
+# subscriptions usually share one callback, and a closure each would more than double what a
+# subscription costs. Weak values: an entry lives as long as a subscription holds its wrapper.
+# Only functions and bound methods (equal when they are the same callable): a callable object
+# may define ``==`` as it likes.
+_message_wrappers: weakref.WeakValueDictionary[Any, OnMessage] = weakref.WeakValueDictionary()
+_name_wrappers: weakref.WeakValueDictionary[Any, OnActivation] = weakref.WeakValueDictionary()
 
-    return on_message
+
+def _decoding_message(fn: AnyOnMessage) -> OnMessage:
+    shared = isinstance(fn, FunctionType | MethodType)
+    wrapper = _message_wrappers.get(fn) if shared else None
+    if wrapper is None:
+
+        def wrapper(channel: bytes, data: bytes) -> Any:
+            return fn(channel.decode("utf-8", "surrogateescape"), data)
+
+        if shared:
+            _message_wrappers[fn] = wrapper
+    return wrapper
 
 
 def _decoding_name(fn: AnyOnActivation) -> OnActivation:
-    def on_activation(name: bytes) -> Any:
-        return fn(name.decode("utf-8", "surrogateescape"))
+    shared = isinstance(fn, FunctionType | MethodType)
+    wrapper = _name_wrappers.get(fn) if shared else None
+    if wrapper is None:
 
-    return on_activation
+        def wrapper(name: bytes) -> Any:
+            return fn(name.decode("utf-8", "surrogateescape"))
+
+        if shared:
+            _name_wrappers[fn] = wrapper
+    return wrapper
 
 
 class Queue(Buffer):

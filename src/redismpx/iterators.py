@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Generic, Self, TypeAlias, cast
+from typing import TYPE_CHECKING, Generic, Self, TypeAlias, cast
 
 from ._buffer import ACTIVATION, CLOSED, DISCONNECT, DROPPED, Event
 from ._buffered import BufferedSubscriber, decode_name
@@ -58,8 +58,12 @@ class Dropped:
     count: int
 
 
-SubscriptionEvent: TypeAlias = Message[Name] | Activated[Name] | Disconnected | Dropped
-"""What ``events()`` yields (``SubscriptionEvent[str]`` with ``decode_names=True``)."""
+if TYPE_CHECKING:
+    SubscriptionEvent: TypeAlias = Message[Name] | Activated[Name] | Disconnected | Dropped
+else:  # the plain classes at run time: ``isinstance(x, SubscriptionEvent)`` keeps working
+    SubscriptionEvent = Message | Activated | Disconnected | Dropped
+"""What ``events()`` yields (``SubscriptionEvent[str]`` with ``decode_names=True``; annotations
+only: at run time it is the union of the classes, for ``isinstance``)."""
 
 
 class _Iterating(BufferedSubscriber, Generic[Name]):

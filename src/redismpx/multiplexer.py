@@ -27,6 +27,8 @@ from .subscriptions import ChannelSubscription, PatternSubscription
 from .typedefs import (
     MultiplexerOptions,
     OnActivation,
+    OnAnyActivation,
+    OnAnyMessage,
     OnDisconnect,
     OnMessage,
     OnTextActivation,
@@ -194,6 +196,18 @@ class Multiplexer:
         **delivery: Unpack[DeliveryKeywords],
     ) -> ChannelSubscription: ...
 
+    @overload
+    def new_channel_subscription(
+        self,
+        on_message: OnAnyMessage,
+        on_disconnect: OnDisconnect | None = None,
+        on_activation: OnAnyActivation | None = None,
+        *,
+        sharded: bool | None = None,
+        decode_names: bool,
+        **delivery: Unpack[DeliveryKeywords],
+    ) -> ChannelSubscription: ...
+
     def new_channel_subscription(
         self,
         on_message: OnMessage | OnTextMessage,
@@ -249,6 +263,18 @@ class Multiplexer:
         on_activation: OnTextActivation | None = None,
         *,
         decode_names: Literal[True],
+        **delivery: Unpack[DeliveryKeywords],
+    ) -> PatternSubscription: ...
+
+    @overload
+    def new_pattern_subscription(
+        self,
+        pattern: str | bytes,
+        on_message: OnAnyMessage,
+        on_disconnect: OnDisconnect | None = None,
+        on_activation: OnAnyActivation | None = None,
+        *,
+        decode_names: bool,
         **delivery: Unpack[DeliveryKeywords],
     ) -> PatternSubscription: ...
 
@@ -310,6 +336,15 @@ class Multiplexer:
         **buffer: Unpack[BufferKeywords],
     ) -> ChannelIterator[str]: ...
 
+    @overload
+    def subscribe(
+        self,
+        *channels: str | bytes,
+        sharded: bool | None = None,
+        decode_names: bool,
+        **buffer: Unpack[BufferKeywords],
+    ) -> ChannelIterator[bytes] | ChannelIterator[str]: ...
+
     def subscribe(
         self,
         *channels: str | bytes,
@@ -356,6 +391,15 @@ class Multiplexer:
         decode_names: Literal[True],
         **buffer: Unpack[BufferKeywords],
     ) -> PatternIterator[str]: ...
+
+    @overload
+    def psubscribe(
+        self,
+        pattern: str | bytes,
+        *,
+        decode_names: bool,
+        **buffer: Unpack[BufferKeywords],
+    ) -> PatternIterator[bytes] | PatternIterator[str]: ...
 
     def psubscribe(
         self,

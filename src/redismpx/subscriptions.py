@@ -57,6 +57,17 @@ def _names_remove(held: tuple[bytes, ...] | dict[bytes, None], name: bytes) -> N
     return None
 
 
+def _escaped(name: str | bytes) -> str | bytes:
+    """A ``str`` with surrogate escapes (PEP 383, as ``decode_names`` hands them out) as its
+    bytes; anything else unchanged, for ``check_name`` to accept or refuse."""
+    if isinstance(name, str):
+        try:
+            return name.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            pass
+    return name
+
+
 def _names_all(held: Names) -> tuple[bytes, ...]:
     if held is None:
         return ()
@@ -141,15 +152,22 @@ class ChannelSubscription(BufferedSubscriber):
     def __contains__(self, channel: object) -> bool:
         """``channel in sub``: whether it holds ``channel`` (``str`` or bytes-like)."""
         if isinstance(channel, str):
-            channel = channel.encode(errors="surrogateescape")
+            try:
+                channel = channel.encode(errors="surrogateescape")
+            except UnicodeEncodeError:  # a surrogate that is no escaped byte: no name is that
+                return False
         elif isinstance(channel, bytearray | memoryview):
             channel = bytes(channel)  # add() accepts them too
         return isinstance(channel, bytes) and self._holds(channel)
 
     def remove(self, *channels: str | bytes) -> None:
-        """Remove channels; a channel not held is ignored. Delivery stops when this returns."""
+        """Remove channels; a channel not held is ignored. Delivery stops when this returns.
+
+        A ``str`` handed over by ``decode_names=True`` is accepted as it is, surrogate escapes
+        included (they stand for the name's bytes that are not UTF-8).
+        """
         self._check_open()
-        names = [check_name(c, "channel name") for c in channels]
+        names = [check_name(_escaped(c), "channel name") for c in channels]
         gone: list[bytes] = []
         for name in names:
             held = self._channels

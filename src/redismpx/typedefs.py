@@ -23,6 +23,10 @@ OnMessage = Callable[[bytes, bytes], "Awaitable[Any] | Any"]
 OnTextMessage = Callable[[str, bytes], "Awaitable[Any] | Any"]
 """``on_message(channel, payload)`` of a subscription made with ``decode_names=True``."""
 
+OnAnyMessage = Callable[[str | bytes, bytes], "Awaitable[Any] | Any"]
+"""``on_message(channel, payload)`` when ``decode_names`` is a ``bool`` only known at run time:
+it takes both name types."""
+
 OnDisconnect = Callable[[BaseException], "Awaitable[Any] | Any"]
 """``on_disconnect(error)``: an outage (or a refusal, or a close by the library) reached it."""
 
@@ -31,6 +35,9 @@ OnActivation = Callable[[bytes], "Awaitable[Any] | Any"]
 
 OnTextActivation = Callable[[str], "Awaitable[Any] | Any"]
 """``on_activation(name)`` of a subscription made with ``decode_names=True``."""
+
+OnAnyActivation = Callable[[str | bytes], "Awaitable[Any] | Any"]
+"""``on_activation(name)`` when ``decode_names`` is only known at run time."""
 
 OnDrop = Callable[[int], "Awaitable[Any] | Any"]
 """``on_drop(count)``: the overflow policy dropped ``count`` messages."""

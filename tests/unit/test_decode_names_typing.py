@@ -5,7 +5,10 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import pytest
 from mypy import api
+
+import redismpx
 
 USER_CODE = """
 from redismpx import Multiplexer, Message
@@ -40,7 +43,9 @@ WRONG = {
 }
 
 
-def test_decode_names_is_typed(tmp_path: Path) -> None:
+def test_decode_names_is_typed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The redismpx under test (a worktree's src/), not whatever the venv's .pth points at.
+    monkeypatch.setenv("MYPYPATH", str(Path(redismpx.__file__).parent.parent))
     lines = textwrap.dedent(USER_CODE).splitlines()
     lines += [
         "    async with mpx.subscribe('a') as w:",
