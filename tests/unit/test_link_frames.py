@@ -16,6 +16,7 @@ from redismpx._connection import Connection, Heartbeat
 from redismpx._link import Link
 from redismpx._options import Tuning, parse_options
 from redismpx._protocol import CHANNEL, PATTERN, SHARD
+from redismpx._reader import FEED_SLICE
 from redismpx._registry import PING
 from redismpx._tasks import TaskOwner
 from redismpx.errors import ConnectionLost, HeartbeatTimeout, ServerError, SubscribeRefused
@@ -248,6 +249,31 @@ async def test_an_error_with_nothing_pending_aborts_and_stops_dispatch(wire: Wir
     assert listener.got == [] and wire.transport.aborted
     wire.feed(wire.frame(b"message", b"x", b"later"))
     assert listener.got == []
+
+
+async def test_a_large_read_is_parsed_in_slices_with_frames_across_them(wire: Wire) -> None:
+    # A read bigger than FEED_SLICE goes to hiredis a slice at a time; frames that straddle
+    # the slices' edges, and payloads bigger than a slice, arrive whole and in order.
+    listener = L()
+    wire.hold(CHANNEL, b"x", listener)
+    sizes = [1, 700, 5000, FEED_SLICE - 3, FEED_SLICE, 3 * FEED_SLICE + 7, 0, 13] * 5
+    payloads = [bytes([65 + i % 26]) * size for i, size in enumerate(sizes)]
+    data = b"".join(wire.frame(b"message", b"x", p) for p in payloads)
+    assert len(data) > 10 * FEED_SLICE
+    wire.feed(data)
+    assert listener.got == [(b"x", p) for p in payloads]
+    assert wire.conn.received == len(payloads) and wire.aborted is None
+
+
+async def test_nothing_after_an_abort_in_an_early_slice_is_dispatched(wire: Wire) -> None:
+    listener = L()
+    wire.hold(CHANNEL, b"x", listener)
+    first = wire.frame(b"message", b"x", b"before")
+    rest = b"".join(wire.frame(b"message", b"x", b"%d" % i) for i in range(5000))
+    assert len(rest) > 3 * FEED_SLICE
+    wire.feed(first + b"-ERR out of the blue\r\n" + rest)
+    assert listener.got == [(b"x", b"before")]
+    assert isinstance(wire.aborted, ConnectionLost)
 
 
 async def test_a_protocol_error_aborts(wire: Wire) -> None:
