@@ -191,7 +191,9 @@ async def test_on_disconnect_is_followed_by_on_reconnect_with_several_hosts(
         async with asyncio.timeout(5):  # Redis has processed the UNSUBSCRIBE
             while await numsub(b, f"asgi__group__{group}"):
                 await asyncio.sleep(0.01)
-        # Drop every connection to the second host; wait until it is reconnected.
+        # Drop every connection to the second host (Pub/Sub ones too: channels made before
+        # ours may live there); wait until it is reconnected.
+        await b.acommand("CLIENT", "KILL", "TYPE", "pubsub")
         await b.acommand("CLIENT", "KILL", "TYPE", "normal")
         async with asyncio.timeout(10):
             while (layer.stats()["multiplexers"][1] or {}).get("reconnects", 0) < 1:
@@ -293,3 +295,20 @@ async def test_a_password_in_the_url_wins_as_in_channels_redis(
     finally:
         await stock.flush()
         await ours.close()
+
+
+async def test_a_refused_receive_name_leaves_no_consumer_behind() -> None:
+    """``receive`` on a name redismpx refuses (over its 1 MiB name limit) raises
+    ``InvalidArgument`` but keeps an inbox for the name, never subscribed: the next
+    ``receive`` on it finds that inbox and waits forever instead of raising (a worker that
+    retries hangs), and the inbox stays for the life of the loop. No Redis is needed: the
+    name is refused before anything is sent."""
+    layer = RedisMPXChannelLayer(hosts=["redis://127.0.0.1:1"])  # never connected
+    try:
+        for _ in range(2):
+            with pytest.raises(InvalidArgument, match="limit"):
+                async with asyncio.timeout(5):  # main: the second one waits forever
+                    await layer.receive("x" * (1 << 20) + "y")
+        assert layer.stats()["consumers"] == 0
+    finally:
+        await layer.close()
