@@ -12,6 +12,7 @@ from __future__ import annotations
 import binascii
 import logging
 import ssl
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -102,8 +103,21 @@ def _from_dict(entry: Mapping[str, Any]) -> Host:
     url = options.pop("address", None)
     if url is not None and not isinstance(url, str):
         raise InvalidArgumentType(f"address must be a URL string, not {type(url).__name__}")
+    if url is not None:
+        # channels_redis hands both to redis-py's from_url, where the URL's userinfo wins.
+        parts = urllib.parse.urlsplit(url)
+        if parts.password is not None:
+            options.pop("password", None)
+        if parts.username:
+            options.pop("username", None)
     master_name = options.pop("master_name", None)
     sentinel_kwargs = options.pop("sentinel_kwargs", None)
+    tls = (url is not None and url.lower().startswith("rediss://")) or bool(options.get("ssl"))
+    if "ssl_cert_reqs" in options and not tls:
+        raise InvalidArgument(
+            "ssl_cert_reqs applies to TLS: a rediss:// address or ssl=True (redis-py refuses "
+            "it too on a plain connection)"
+        )
     result = _translate(options)
     if master_name is not None:
         if url is not None:

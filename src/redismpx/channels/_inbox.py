@@ -92,6 +92,8 @@ class Inbox:
         self._wake: asyncio.Future[None] | None = None
         self._receivers = 0
         self._linger: asyncio.TimerHandle | None = None
+        self._orphan = False  # the task that made the channel has ended
+        self._linger_seconds = 0.0
         # Names not confirmed again since an outage, and whether one is under way.
         self._inactive: set[bytes] = set()
         self._gap = False
@@ -163,8 +165,10 @@ class Inbox:
             logger.error("channel %s: Redis refused a subscription: %s", self.name, error)
             return
         sub = self.subs.get(shard)
-        if sub is not None:
-            self._inactive.update(sub.channels)
+        names = sub.channels if sub is not None else frozenset()
+        if not names:
+            return  # nothing of this consumer lives on that host: no gap for it
+        self._inactive.update(names)
         self._gap = True
         stale = self._pending.pop("on_reconnect", None)
         if stale is not None:  # unread "back": it is not any more
@@ -239,8 +243,27 @@ class Inbox:
         cancels ``receive`` when a consumer ends, and says nothing else). The channel is
         released ``linger`` seconds later unless a ``receive`` comes meanwhile."""
         self._receivers -= 1
-        if not cancelled or self._receivers or self.closed_reason is not None:
+        if (cancelled or self._orphan) and not self._receivers:
+            self._release_in(linger)
+
+    def owned_by(self, task: asyncio.Task[Any] | None, linger: float) -> None:
+        """``task`` made the channel (a Channels consumer's own task, which ends with the
+        consumer, however it ends: a handler that raised leaves no receive to cancel, nor a
+        receive that had already returned when the consumer stopped)."""
+        if task is not None:
+            self._linger_seconds = linger
+            task.add_done_callback(self._owner_ended)
+
+    def _owner_ended(self, _: object) -> None:
+        self._orphan = True
+        if not self._receivers:
+            self._release_in(self._linger_seconds)
+
+    def _release_in(self, linger: float) -> None:
+        if self.closed_reason is not None:
             return
+        if self._linger is not None:
+            self._linger.cancel()
         loop = asyncio.get_running_loop()
         self._linger = loop.call_later(linger, self._on_release, self)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -113,6 +115,17 @@ class RedisMPXChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         expiry: int = 60,
         group_expiry: int = 86400,
     ) -> None:
+        if channel_capacity is not None and not isinstance(channel_capacity, Mapping):
+            raise InvalidArgumentType(
+                "channel_capacity must be a dict {glob or compiled regex: capacity}, not "
+                f"{type(channel_capacity).__name__}"
+            )
+        for key in channel_capacity or {}:
+            if not isinstance(key, str | re.Pattern):
+                raise InvalidArgumentType(
+                    "a channel_capacity key must be a glob (str) or a compiled regex, not "
+                    f"{type(key).__name__}"
+                )
         super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
         for key, value in [("capacity", capacity), *(channel_capacity or {}).items()]:
             if isinstance(value, bool) or not isinstance(value, int):
@@ -142,6 +155,8 @@ class RedisMPXChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.hosts: list[Host] = decode_hosts(hosts)
         self._serializer = Serializer(serializer_format, symmetric_encryption_keys)
         self._layers: dict[asyncio.AbstractEventLoop, _LoopLayer] = {}
+        # Loops whose close() is wrapped already: close() and reuse must not wrap it again.
+        self._wrapped: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
     # -- serialization (channels_redis's method names) -------------------------------------------
 
@@ -166,7 +181,9 @@ class RedisMPXChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                     logger.debug("channel layer: dropping the state of closed loop %r", old)
                     self._layers.pop(old, None)
             layer = self._layers[loop] = _LoopLayer(self)
-            self._close_with(loop)
+            if loop not in self._wrapped:
+                self._wrapped.add(loop)
+                self._close_with(loop)
         return layer
 
     def _close_with(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -182,6 +199,7 @@ class RedisMPXChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 except Exception:
                     logger.exception("channel layer: closing the state of a closing loop")
                     layer.close_now()
+            self._wrapped.discard(loop)
             setattr(loop, "close", original)  # noqa: B010 - an instance attribute, not mypy's method
             original()
 
@@ -320,13 +338,18 @@ class _LoopLayer:
         except BaseException:
             self._release(inbox, "its subscription failed")
             raise
+        inbox.owned_by(asyncio.current_task(), self.channel_layer.receive_linger)
         return name
 
     async def receive(self, channel: str) -> Any:
         inbox = self.consumers.get(_name(channel, "channel name"))
         if inbox is None:  # a channel of another process's making: subscribed now
             inbox = self._open(channel)
-            self._subscription(inbox, channel).add(channel)  # receive waits anyway
+            try:
+                self._subscription(inbox, channel).add(channel)  # receive waits anyway
+            except BaseException:  # a name Redis cannot take: nothing is held for it
+                self._release(inbox, "its subscription failed")
+                raise
         inbox.receiving()
         cancelled = False
         try:
