@@ -41,7 +41,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--scenarios",
         default=",".join(ALL_SCENARIOS),
-        help="comma-separated subset of S1..S11 (default: all)",
+        help="comma-separated subset of S1..S12 (default: all)",
     )
     p.add_argument(
         "--contenders",
@@ -60,6 +60,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "of everything, bench/out/ otherwise)",
     )
     p.add_argument("--no-uvloop", action="store_true", help="skip the uvloop variants")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="S12: run each server process under cProfile during the measured window (its "
+        "figures are then inflated); writes OUT/profiles/*.prof and where the time goes",
+    )
+    p.add_argument(
+        "--s12-eager",
+        action="store_true",
+        help="S12: also measure mpx-eager, a plain callback that starts the send coroutine "
+        "itself (an experiment, not a documented pattern)",
+    )
     return p.parse_args(argv)  # fmt: skip
 
 
@@ -117,7 +129,9 @@ def _meta(
         "server": f"{binary.label} ({binary.path})",
         "libraries": (
             f"redismpx {_version('redismpx')} ({mpx_source}), redis-py {_version('redis')}, "
-            f"hiredis {_version('hiredis')}, uvloop {_version('uvloop')}"
+            f"hiredis {_version('hiredis')}, uvloop {_version('uvloop')}; S12: "
+            f"starlette {_version('starlette')}, uvicorn {_version('uvicorn')}, "
+            f"websockets {_version('websockets')}, broadcaster {_version('broadcaster')}"
         ),
         "mode": f"{'--quick' if quick else 'full'}, {elapsed:.0f} s",
         "load average": f"at start {load_start}; at end {_load()}",
@@ -134,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown scenario/contender: {', '.join(bad)}", file=sys.stderr)
         return 2
     everything = set(scenarios) == set(ALL_SCENARIOS) and set(contenders) == set(ALL_CONTENDERS)
+    everything = everything and not args.profile  # profiled figures are inflated
     out_dir = args.out or (BENCH_DIR if everything and not args.quick else BENCH_DIR / "out")
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -143,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"no server binary: {exc}", file=sys.stderr)
         return 2
-    plan = build_plan(sizes, scenarios, contenders, uvloop=not args.no_uvloop)
+    profile_dir = out_dir / "profiles" if args.profile else None
+    plan = build_plan(sizes, scenarios, contenders, uvloop=not args.no_uvloop,
+                      profile_dir=profile_dir, s12_eager=args.s12_eager)  # fmt: skip
     start = time.monotonic()
 
     def log(msg: str) -> None:
@@ -163,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = report.build_rows(plan, results)
     print(report.console_table(rows))
+    s12 = report.s12_console(plan, results)
+    if s12:
+        print("\nS12 end to end, every variant:\n" + s12)
     plotted = report.plot_scaling(results, out_dir / "scaling.png")
     meta = _meta(binary, args.quick, elapsed, load_start, mpx_source)
     report.write_markdown(out_dir / "results.md", meta, plan, results, rows, plotted)

@@ -30,6 +30,10 @@ class Sizes:
     s9_deliveries: int  # S9: deliveries per point
     s11_publishers: int  # S11: concurrent publisher tasks in the client process
     s11_secs: float  # S11: seconds of publishing per repetition
+    s12_clients: int  # S12: WebSocket clients of the one channel
+    s12_messages: int  # S12: messages per repetition
+    s12_rate: float  # S12: messages/s published (the paced runs)
+    s12_reps: int  # S12: measured repetitions per run (after one short warm-up)
 
 
 FULL = Sizes(
@@ -56,6 +60,10 @@ FULL = Sizes(
     s9_deliveries=200_000,
     s11_publishers=1_000,
     s11_secs=1.0,
+    s12_clients=1_000,
+    s12_messages=80,
+    s12_rate=20.0,
+    s12_reps=2,
 )
 
 QUICK = Sizes(
@@ -82,4 +90,8 @@ QUICK = Sizes(
     s9_deliveries=2_000,
     s11_publishers=1_000,
     s11_secs=0.1,
+    s12_clients=20,
+    s12_messages=10,
+    s12_rate=100.0,
+    s12_reps=1,
 )

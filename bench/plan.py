@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from bench.config import QUICK, Sizes
@@ -17,10 +18,11 @@ from bench.scenarios import (
     recovery,
     scaling,
     throughput,
+    websocket,
 )
 from bench.scenarios.common import Env
 
-ALL_SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11")
+ALL_SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11", "S12")
 ALL_CONTENDERS = ("limit", "redispy", "mpx")
 UVLOOP_CONTENDERS = ("limit", "mpx")
 
@@ -56,11 +58,57 @@ def _throughput(sizes: Sizes) -> list[tuple[str, str, str, dict[str, Any]]]:
     ]  # fmt: skip
 
 
+def s12_variants(contenders: tuple[str, ...], eager: bool = False) -> tuple[str, ...]:
+    """S12's app variants for the chosen contenders: ``limit``; ``mpx``: the three redismpx
+    variants (and the ``mpx-eager`` experiment if asked for); ``redispy``: stock broadcaster,
+    whose Redis backend is redis-py's."""
+    out: list[str] = []
+    if "limit" in contenders:
+        out.append("limit")
+    if "mpx" in contenders:
+        out += ["mpx-callback", "mpx-iterator", "mpx-broadcaster"]
+        if eager:
+            out.append("mpx-eager")
+    if "redispy" in contenders:
+        out.append("broadcaster")
+    return tuple(out)
+
+
+def _s12(
+    sizes: Sizes,
+    contenders: tuple[str, ...],
+    uvloop: bool,
+    profile_dir: Path | None,
+    eager: bool,
+) -> list[Run]:
+    variants = s12_variants(contenders, eager)
+    if not variants:
+        return []
+    n, m, rate = sizes.s12_clients, sizes.s12_messages, sizes.s12_rate
+    title = f"S12 1 channel to {n:,} WebSockets (Starlette, uvicorn), {rate:g} msgs/s"
+    runs = []
+    loops = (False, True) if uvloop else (False,)
+    for use_uvloop in loops:
+        func = partial(websocket.run, clients=n, messages=m, rate=rate, use_uvloop=use_uvloop,
+                       profile_dir=profile_dir)  # fmt: skip
+        key, full = ("S12-uvloop", f"{title} (uvloop)") if use_uvloop else ("S12", title)
+        runs.append(Run(key, "S12", full, variants, func, sizes.tp_rounds))
+    if sizes == QUICK:  # the paced runs prove that every variant works, on both loops
+        return runs
+    # Every message at once: no bar (see bench/README.md, S12), one round, asyncio.
+    func = partial(websocket.run, clients=n, messages=m, rate=0.0, profile_dir=profile_dir)
+    title = f"S12 1 channel to {n:,} WebSockets, {m:,} messages at once (no bar)"
+    runs.append(Run("S12-burst", "S12", title, variants, func, 1))
+    return runs
+
+
 def build_plan(
     sizes: Sizes,
     scenarios: tuple[str, ...] = ALL_SCENARIOS,
     contenders: tuple[str, ...] = ALL_CONTENDERS,
     uvloop: bool = True,
+    profile_dir: Path | None = None,
+    s12_eager: bool = False,
 ) -> list[Run]:
     """The runs for the chosen scenarios, contenders in the order limit, redis-py, redismpx."""
     runs: list[Run] = []
@@ -107,4 +155,7 @@ def build_plan(
             func = partial(publish.run, use_uvloop=True)
             title = f"{s11_title} (uvloop)"
             runs.append(Run("S11-uvloop", "S11", title, contenders, func, sizes.tp_rounds))
+    if "S12" in wanted:
+        # Last: the longest set-up (1,000 WebSocket connections per run), and its own loops.
+        runs += _s12(sizes, contenders, uvloop, profile_dir, s12_eager)
     return runs

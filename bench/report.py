@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.contenders import LABELS
 from bench.plan import Run
@@ -180,10 +181,68 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x"
 
 
+# S12: redismpx's variants against the limit and against stock broadcaster (the bars), with
+# the limit in the table's limit column and stock broadcaster in its redis-py column.
+S12_MPX = ("mpx-callback", "mpx-iterator", "mpx-broadcaster", "mpx-eager")
+S12_BAR_LIMIT = 0.8
+S12_BAR_BROADCASTER = 3.0
+
+
+def _cell(r: dict[str, Any] | None, field: str, fmt: Callable[[float], str]) -> str:
+    if r is None:
+        return "not run"
+    if "error" in r:
+        return "FAILED"
+    return fmt(float(r[field]))
+
+
+def _value(r: dict[str, Any] | None, field: str) -> float | None:
+    return None if r is None or "error" in r else float(r[field])
+
+
+def _s12_rows(run: Run, per: dict[str, dict[str, Any]]) -> list[Row]:
+    """One row per redismpx variant: deliveries per server CPU-second, both bars."""
+    rows = []
+    barred = run.key != "S12-burst"
+    limit, stock = per.get("limit"), per.get("broadcaster")
+    for variant in S12_MPX:
+        if variant not in run.contenders:
+            continue
+        r = per.get(variant)
+        cells = {
+            "limit": _cell(limit, "rate_cpu", _si) if "limit" in run.contenders else "-",
+            "redispy": _cell(stock, "rate_cpu", _si) if "broadcaster" in run.contenders else "-",
+            "mpx": _cell(r, "rate_cpu", _si),
+        }
+        mine, lim, sto = _value(r, "rate_cpu"), _value(limit, "rate_cpu"), _value(stock, "rate_cpu")
+        target = verdict = ""
+        if variant == "mpx-eager":
+            verdict = "info" if mine is not None else ""
+        elif barred:
+            target = f">= {S12_BAR_LIMIT}x limit, >= {S12_BAR_BROADCASTER:g}x broadcaster"
+            if mine is None or lim is None or sto is None:
+                verdict = "n/a"
+            else:
+                ok = mine >= S12_BAR_LIMIT * lim and mine >= S12_BAR_BROADCASTER * sto
+                verdict = "PASS" if ok else "FAIL"
+            lost = _value(r, "lost")
+            if lost:
+                verdict = f"FAIL ({lost:,.0f} lost)"
+        elif mine is not None:
+            verdict = "info"
+        rows.append(Row(f"{run.title}: {variant}",
+                        "deliveries/s per server CPU-s (redis-py column: stock broadcaster)",
+                        cells, _ratio(mine, lim), _ratio(mine, sto), target, verdict))  # fmt: skip
+    return rows
+
+
 def build_rows(plan: list[Run], results: Results) -> list[Row]:
     rows: list[Row] = []
     for run in plan:
         per = results.get(run.key, {})
+        if run.scenario == "S12":
+            rows += _s12_rows(run, per)
+            continue
         for fig in figures_for(run.key):
             values: dict[str, float] = {}
             cells: dict[str, str] = {}
@@ -303,6 +362,79 @@ def plot_scaling(results: Results, path: Path) -> bool:
     return True
 
 
+S12_HEADER = ("run", "variant", "deliveries/s per server CPU-s", "server CPU us/delivery",
+              "of which kernel", "vs limit", "vs broadcaster", "deliveries/s wall", "lost",
+              "out of order", "dropped (redismpx)")  # fmt: skip
+
+
+def s12_lines(plan: list[Run], results: Results) -> list[list[str]]:
+    """Every S12 variant of every S12 run, with its ratios to the limit and to broadcaster."""
+    lines = []
+    for run in plan:
+        if run.scenario != "S12":
+            continue
+        per = results.get(run.key, {})
+        lim = _value(per.get("limit"), "rate_cpu")
+        sto = _value(per.get("broadcaster"), "rate_cpu")
+        for variant in run.contenders:
+            r = per.get(variant)
+            if r is None or "error" in r:
+                lines.append([run.key, variant, "FAILED" if r else "not run"] + [""] * 8)
+                continue
+            rate = float(r["rate_cpu"])
+            lines.append([
+                run.key, variant, _si(rate), f"{r['cpu_us']:.1f}", _pct(float(r["sys_share"])),
+                _ratio(rate, lim), _ratio(rate, sto), _si(float(r["rate_wall"])),
+                f"{r['lost']:,.0f}", f"{r['disorder']:,.0f}", f"{r['dropped']:,.0f}",
+            ])  # fmt: skip
+    return lines
+
+
+def s12_console(plan: list[Run], results: Results) -> str:
+    lines = s12_lines(plan, results)
+    if not lines:
+        return ""
+    table = [list(S12_HEADER), *lines]
+    widths = [max(len(line[i]) for line in table) for i in range(len(S12_HEADER))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True))
+                     for line in table)  # fmt: skip
+
+
+def s12_markdown(plan: list[Run], results: Results) -> list[str]:
+    """The S12 section of results.md: every variant, what uvicorn ran, the profiles if any."""
+    from bench.scenarios.websocket import PROFILES
+
+    lines = s12_lines(plan, results)
+    if not lines:
+        return []
+    out = ["## S12 end to end", ""]
+    impls = sorted({str(r["impl"]) for run in plan if run.scenario == "S12"
+                    for r in results.get(run.key, {}).values() if "impl" in r})  # fmt: skip
+    out += [f"Server: {impl}." for impl in impls] + [""]
+    out += ["| " + " | ".join(S12_HEADER) + " |", "|" + "---|" * len(S12_HEADER)]
+    out += ["| " + " | ".join(line) + " |" for line in lines]
+    out.append("")
+    if PROFILES:
+        out += [
+            "### Where the server's time goes (cProfile, own time per group, us per delivery;",
+            "inflated by the profiler: compare shares, not totals)",
+            "",
+        ]
+        for prof in PROFILES:
+            mode = f"{prof['rate']:g} msgs/s" if prof["rate"] else "all at once"
+            out.append(f"**{prof['variant']}** ({prof['loop']}, {mode}): "
+                       f"{prof['total_us']:.1f} us per delivery in all")  # fmt: skip
+            out.append("")
+            out += ["| group | us/delivery | share |", "|---|---|---|"]
+            for group, us in prof["groups"].items():
+                out.append(f"| {group} | {us:.2f} | {us / prof['total_us']:.0%} |")
+            out += ["", "| costliest functions (own time) | calls | us/delivery |", "|---|---|---|"]
+            for func, calls, us in prof["top"]:
+                out.append(f"| `{func}` | {calls:,} | {us:.2f} |")
+            out.append("")
+    return out
+
+
 def details_table(plan: list[Run], results: Results) -> str:
     """Raw numbers per run, for checking stability (spread = (max-min)/median of reps)."""
     out = ["| run | contender | raw figures |", "|---|---|---|"]
@@ -343,5 +475,6 @@ def write_markdown(
         if plotted:
             parts += ["![S9 scaling](scaling.png)", ""]
         parts += [scaling, ""]
+    parts += s12_markdown(plan, results)
     parts += ["## Raw figures per run", "", details_table(plan, results), ""]
     path.write_text("\n".join(parts))

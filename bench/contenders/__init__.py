@@ -11,6 +11,10 @@ from bench.contenders.base import Contender
 
 NAMES = ("limit", "redispy", "mpx")
 LABELS = {"limit": "limit", "redispy": "redis-py", "mpx": "redismpx"}
+# S12 (end to end, bench/scenarios/websocket.py) runs app variants rather than contenders:
+# their labels, for the log and the tables.
+LABELS.update({v: v for v in ("mpx-callback", "mpx-iterator", "mpx-broadcaster",
+                              "broadcaster", "mpx-eager")})  # fmt: skip
 
 
 def create(name: str, url: str, **options: Any) -> Contender:
