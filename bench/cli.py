@@ -67,10 +67,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "figures are then inflated); writes OUT/profiles/*.prof and where the time goes",
     )
     p.add_argument(
-        "--s12-eager",
+        "--s12-experiments",
         action="store_true",
-        help="S12: also measure mpx-eager, a plain callback that starts the send coroutine "
-        "itself (an experiment, not a documented pattern)",
+        help="S12: also measure mpx-eager and mpx-batched, plain callbacks that start the "
+        "send coroutines themselves (experiments for a proposal, not documented patterns)",
     )
     return p.parse_args(argv)  # fmt: skip
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     profile_dir = out_dir / "profiles" if args.profile else None
     plan = build_plan(sizes, scenarios, contenders, uvloop=not args.no_uvloop,
-                      profile_dir=profile_dir, s12_eager=args.s12_eager)  # fmt: skip
+                      profile_dir=profile_dir, s12_experiments=args.s12_experiments)  # fmt: skip
     start = time.monotonic()
 
     def log(msg: str) -> None:

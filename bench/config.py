@@ -61,8 +61,8 @@ FULL = Sizes(
     s11_publishers=1_000,
     s11_secs=1.0,
     s12_clients=1_000,
-    s12_messages=80,
-    s12_rate=20.0,
+    s12_messages=50,
+    s12_rate=10.0,
     s12_reps=2,
 )
 

@@ -58,17 +58,17 @@ def _throughput(sizes: Sizes) -> list[tuple[str, str, str, dict[str, Any]]]:
     ]  # fmt: skip
 
 
-def s12_variants(contenders: tuple[str, ...], eager: bool = False) -> tuple[str, ...]:
+def s12_variants(contenders: tuple[str, ...], experiments: bool = False) -> tuple[str, ...]:
     """S12's app variants for the chosen contenders: ``limit``; ``mpx``: the three redismpx
-    variants (and the ``mpx-eager`` experiment if asked for); ``redispy``: stock broadcaster,
-    whose Redis backend is redis-py's."""
+    variants (and the experiments ``mpx-eager`` and ``mpx-batched`` if asked for);
+    ``redispy``: stock broadcaster, whose Redis backend is redis-py's."""
     out: list[str] = []
     if "limit" in contenders:
         out.append("limit")
     if "mpx" in contenders:
         out += ["mpx-callback", "mpx-iterator", "mpx-broadcaster"]
-        if eager:
-            out.append("mpx-eager")
+        if experiments:
+            out += ["mpx-eager", "mpx-batched"]
     if "redispy" in contenders:
         out.append("broadcaster")
     return tuple(out)
@@ -79,12 +79,17 @@ def _s12(
     contenders: tuple[str, ...],
     uvloop: bool,
     profile_dir: Path | None,
-    eager: bool,
+    experiments: bool,
 ) -> list[Run]:
-    variants = s12_variants(contenders, eager)
+    variants = s12_variants(contenders, experiments)
     if not variants:
         return []
     n, m, rate = sizes.s12_clients, sizes.s12_messages, sizes.s12_rate
+    rounds = sizes.tp_rounds
+    if profile_dir is not None:
+        # cProfile makes the server ~5x slower: a fifth of the rate keeps it from falling
+        # behind (which would batch frames per socket and change what is profiled).
+        rate, rounds = rate / 5, 1
     title = f"S12 1 channel to {n:,} WebSockets (Starlette, uvicorn), {rate:g} msgs/s"
     runs = []
     loops = (False, True) if uvloop else (False,)
@@ -92,7 +97,7 @@ def _s12(
         func = partial(websocket.run, clients=n, messages=m, rate=rate, use_uvloop=use_uvloop,
                        profile_dir=profile_dir)  # fmt: skip
         key, full = ("S12-uvloop", f"{title} (uvloop)") if use_uvloop else ("S12", title)
-        runs.append(Run(key, "S12", full, variants, func, sizes.tp_rounds))
+        runs.append(Run(key, "S12", full, variants, func, rounds))
     if sizes == QUICK:  # the paced runs prove that every variant works, on both loops
         return runs
     # Every message at once: no bar (see bench/README.md, S12), one round, asyncio.
@@ -108,7 +113,7 @@ def build_plan(
     contenders: tuple[str, ...] = ALL_CONTENDERS,
     uvloop: bool = True,
     profile_dir: Path | None = None,
-    s12_eager: bool = False,
+    s12_experiments: bool = False,
 ) -> list[Run]:
     """The runs for the chosen scenarios, contenders in the order limit, redis-py, redismpx."""
     runs: list[Run] = []
@@ -157,5 +162,5 @@ def build_plan(
             runs.append(Run("S11-uvloop", "S11", title, contenders, func, sizes.tp_rounds))
     if "S12" in wanted:
         # Last: the longest set-up (1,000 WebSocket connections per run), and its own loops.
-        runs += _s12(sizes, contenders, uvloop, profile_dir, s12_eager)
+        runs += _s12(sizes, contenders, uvloop, profile_dir, s12_experiments)
     return runs

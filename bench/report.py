@@ -183,7 +183,7 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 # S12: redismpx's variants against the limit and against stock broadcaster (the bars), with
 # the limit in the table's limit column and stock broadcaster in its redis-py column.
-S12_MPX = ("mpx-callback", "mpx-iterator", "mpx-broadcaster", "mpx-eager")
+S12_MPX = ("mpx-callback", "mpx-iterator", "mpx-broadcaster", "mpx-eager", "mpx-batched")
 S12_BAR_LIMIT = 0.8
 S12_BAR_BROADCASTER = 3.0
 
@@ -216,7 +216,7 @@ def _s12_rows(run: Run, per: dict[str, dict[str, Any]]) -> list[Row]:
         }
         mine, lim, sto = _value(r, "rate_cpu"), _value(limit, "rate_cpu"), _value(stock, "rate_cpu")
         target = verdict = ""
-        if variant == "mpx-eager":
+        if variant in ("mpx-eager", "mpx-batched"):
             verdict = "info" if mine is not None else ""
         elif barred:
             target = f">= {S12_BAR_LIMIT}x limit, >= {S12_BAR_BROADCASTER:g}x broadcaster"

@@ -14,7 +14,7 @@ LABELS = {"limit": "limit", "redispy": "redis-py", "mpx": "redismpx"}
 # S12 (end to end, bench/scenarios/websocket.py) runs app variants rather than contenders:
 # their labels, for the log and the tables.
 LABELS.update({v: v for v in ("mpx-callback", "mpx-iterator", "mpx-broadcaster",
-                              "broadcaster", "mpx-eager")})  # fmt: skip
+                              "broadcaster", "mpx-eager", "mpx-batched")})  # fmt: skip
 
 
 def create(name: str, url: str, **options: Any) -> Contender:

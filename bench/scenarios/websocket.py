@@ -57,7 +57,7 @@ PROFILES: list[dict[str, Any]] = []
 def burst_options(variant: str, messages: int) -> dict[str, Any]:
     """redismpx settings for a run: the documented defaults, with ``max_buffer`` raised to
     hold a whole repetition where the default could drop (a burst larger than it)."""
-    if variant in ("mpx-callback", "mpx-iterator", "mpx-eager") and messages > 1_000:
+    if variant in ("mpx-callback", "mpx-iterator") and messages > 1_000:
         return {"max_buffer": messages}
     if variant == "mpx-broadcaster" and messages > 10_000:
         return {"max_buffer": messages}
