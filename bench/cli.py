@@ -70,7 +70,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--s12-experiments",
         action="store_true",
         help="S12: also measure mpx-eager and mpx-batched, plain callbacks that start the "
-        "send coroutines themselves (experiments for a proposal, not documented patterns)",
+        "send coroutines themselves (experiments for a proposal, not documented patterns), "
+        "and every variant with all the messages published at once",
     )
     return p.parse_args(argv)  # fmt: skip
 

@@ -98,7 +98,7 @@ def _s12(
                        profile_dir=profile_dir)  # fmt: skip
         key, full = ("S12-uvloop", f"{title} (uvloop)") if use_uvloop else ("S12", title)
         runs.append(Run(key, "S12", full, variants, func, rounds))
-    if sizes == QUICK:  # the paced runs prove that every variant works, on both loops
+    if not experiments or sizes == QUICK:
         return runs
     # Every message at once: no bar (see bench/README.md, S12), one round, asyncio.
     func = partial(websocket.run, clients=n, messages=m, rate=0.0, profile_dir=profile_dir)

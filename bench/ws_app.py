@@ -407,6 +407,8 @@ def _group(key: tuple[str, int, str]) -> str:
     if path == "~":
         if "'send' of '_socket.socket'" in func:
             return "socket.send (kernel)"
+        if "'poll' of 'select.epoll'" in func:
+            return "epoll (kernel)"
         if "uvloop" in func or "_asyncio" in func:
             return "event loop (C)"
         if "hiredis" in func:
@@ -501,7 +503,8 @@ async def server(ctl: Ctl, variant: str, p: dict[str, Any]) -> dict[str, Any]:
                 # A pair of marks brackets a repetition: ("mark", True, profile) starts it,
                 # ("mark", False, deliveries) ends it.
                 if msg[1] and msg[2] and p["profile"]:
-                    prof = cProfile.Profile()
+                    # CPU time, not wall time: the idle waits in epoll must not count.
+                    prof = cProfile.Profile(time.process_time)
                     prof.enable()
                 elif not msg[1] and prof is not None:
                     prof.disable()
