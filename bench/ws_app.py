@@ -25,6 +25,11 @@ tells users to write them (docs/guide.md, docs/migration.md, docs/integrations/b
   (``WARM``, never published to) from startup: the app's channel is then the second one, and
   its listener runs.
 
+Two experiments (``--s12-experiments``), not documented patterns, size a proposal (see
+bench/README.md, S12): ``mpx-eager``, a plain callback that starts the send coroutine itself
+and hands it to redismpx only if it suspends; ``mpx-batched``, a plain callback that queues the
+frame, with one drain per loop turn sending socket by socket the same way.
+
 The orchestrator talks to the process through :class:`bench.worker.Ctl` (the event loop keeps
 running): ``ready`` (``n`` sockets subscribed, and confirmed by Redis where the API says so),
 ``mark`` (the process's CPU time; the first ``mark`` of a pair starts the profiler when asked

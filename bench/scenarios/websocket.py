@@ -9,7 +9,8 @@ Three processes besides the Redis server, each a fresh spawn per run:
 * the **publisher** (not for ``limit``): a raw socket writing ``PUBLISH`` commands of
   sequence-numbered 64-byte payloads.
 
-Per repetition: the clients are armed for ``messages`` frames each; the server reports its CPU
+After a warm-up repetition (not measured; none with ``--quick``), per repetition: the clients
+are armed for ``messages`` frames each; the server reports its CPU
 time (``time.process_time()``, the whole process); the publisher publishes ``messages``
 messages (or, for ``limit``, the server's own driver sends them), paced at ``rate`` messages/s
 or, with ``rate = 0``, all at once; the clients report once every socket has all its frames
@@ -44,19 +45,19 @@ from bench.ws_app import CHANNEL, EXPERIMENTS, VARIANTS, payload
 
 CHUNK = 100  # PUBLISH commands per write when publishing at full speed
 
-# redismpx's queued subscriptions hold at most max_buffer messages each (1,000 by default,
-# drop_oldest). Paced, a socket's buffer holds a message or two; at full speed a whole
-# repetition can wait in it, so the buffer is sized to the repetition (stock broadcaster's
-# queues are unbounded): see burst_options().
-MPX_VARIANTS = ("mpx-callback", "mpx-iterator", "mpx-broadcaster")
-
 # With --profile: per run, where the server's time went (read by bench.report).
 PROFILES: list[dict[str, Any]] = []
 
 
 def burst_options(variant: str, messages: int) -> dict[str, Any]:
     """redismpx settings for a run: the documented defaults, with ``max_buffer`` raised to
-    hold a whole repetition where the default could drop (a burst larger than it)."""
+    hold a whole repetition where the default could drop (a burst larger than it).
+
+    A queued subscription holds at most ``max_buffer`` messages (1,000 by default,
+    ``drop_oldest``; ``RedisMPXBackend``: 10,000). Paced, a socket's buffer holds a message or
+    two; all at once, a whole repetition may wait in it. Stock broadcaster's queues are
+    unbounded.
+    """
     if variant in ("mpx-callback", "mpx-iterator") and messages > 1_000:
         return {"max_buffer": messages}
     if variant == "mpx-broadcaster" and messages > 10_000:
