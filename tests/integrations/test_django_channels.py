@@ -2,7 +2,7 @@
 its configuration, its bounds and its event loops, beside channels_redis's
 ``RedisPubSubChannelLayer`` where the comparison says something.
 
-The fault scenarios, measured against the stock layer, are in ``test_channels_faults.py``.
+The fault scenarios, measured against the stock layer, are in ``test_django_channels_faults.py``.
 """
 
 from __future__ import annotations
