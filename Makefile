@@ -29,7 +29,8 @@ $(VENV)/.installed-bench: pyproject.toml
 demo: $(VENV)/.installed-demo
 	$(VENV)/bin/redismpx demo $(ARGS)
 
-# The whole suite, on Valkey (PyPI) and on Redis 7 (Debian), then lint, types and a bench smoke.
+# The whole suite, on Valkey (PyPI) and on Redis 7 (Debian), the frameworks' own tests against our
+# integrations (python-socketio, channels_redis), then lint, types, docs and a bench smoke.
 test: setup
 	$(PY) -m pytest -q
 	REDIS_SERVER=$(REDIS7) $(PY) -m pytest -q tests/integration tests/cluster tests/sentinel tests/integrations
