@@ -1,11 +1,35 @@
-"""The connection settings of a redis-py client, for ``Multiplexer.from_redis``."""
+"""redis-py's settings: a client's, for ``Multiplexer.from_redis``, and the keywords that tune
+redis-py alone, which the integrations accept and ignore."""
 
 from __future__ import annotations
 
 import ssl as _ssl
-from typing import Any
+from typing import Any, Final
 
 from .errors import InvalidArgument, InvalidArgumentType
+
+# redis-py keywords that tune redis-py's own sockets, pools, retries and decoding: redismpx has
+# its own heartbeat and backoff. The integrations that take redis-py's keywords accept these
+# and ignore them.
+REDISPY_TUNING_KEYWORDS: Final = frozenset(
+    {
+        "socket_timeout",
+        "socket_keepalive",
+        "socket_keepalive_options",
+        "socket_type",
+        "retry",
+        "retry_on_timeout",
+        "retry_on_error",
+        "decode_responses",
+        "encoding",
+        "encoding_errors",
+        "max_connections",
+        "single_connection_client",
+        "lib_name",
+        "lib_version",
+        "driver_info",
+    }
+)
 
 
 def settings_of_redis_client(client: Any) -> dict[str, Any]:

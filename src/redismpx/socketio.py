@@ -57,6 +57,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ._options import check_seconds, parse_options, split_options
+from ._redispy import REDISPY_TUNING_KEYWORDS
 from .errors import RedisMPXError, SubscriptionClosed
 from .iterators import Activated, Disconnected, Dropped, Message
 from .multiplexer import Multiplexer
@@ -76,29 +77,12 @@ _RENAMED = {"socket_connect_timeout": "connect_timeout"}
 
 # redis-py keywords that tune redis-py's own sockets, pools and retries: redismpx has its own
 # (the heartbeat, the reconnect backoff), so they are accepted and ignored, with a warning.
-_IGNORED = frozenset(
-    {
-        "socket_timeout",
-        "socket_keepalive",
-        "socket_keepalive_options",
-        "socket_type",
-        "retry",
-        "retry_on_timeout",
-        "retry_on_error",
-        "decode_responses",
-        "encoding",
-        "encoding_errors",
-        "max_connections",
-        "single_connection_client",
-        "auto_close_connection_pool",
-        "connection_pool",
-        "lib_name",
-        "lib_version",
-        "driver_info",
-        "min_other_sentinels",
-        "force_master_ip",
-    }
-)
+_IGNORED = REDISPY_TUNING_KEYWORDS | {
+    "auto_close_connection_pool",
+    "connection_pool",
+    "min_other_sentinels",
+    "force_master_ip",
+}
 
 # Every keyword Multiplexer takes (connection, tuning, Sentinel) but the buffer's, which the
 # manager takes itself.

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._options import parse_options, split_options
+from .._redispy import REDISPY_TUNING_KEYWORDS
 from ..errors import InvalidArgument, InvalidArgumentType
 from ..sentinel import SENTINEL_KEYS, is_sentinel_url, parse_sentinel
 from ..typedefs import MultiplexerOptions
@@ -32,28 +33,7 @@ _MPX_KEYS = frozenset(MultiplexerOptions.__optional_keys__) - {"max_buffer", "ov
 _RENAMED = {"socket_connect_timeout": "connect_timeout", "path": "unix_socket_path"}
 # redis-py keywords that tune redis-py's own sockets, pools, retries and decoding: redismpx
 # has its own heartbeat and backoff, and the layer decodes nothing. Accepted, and ignored.
-_IGNORED = frozenset(
-    {
-        "socket_timeout",
-        "socket_keepalive",
-        "socket_keepalive_options",
-        "socket_type",
-        "socket_read_size",
-        "retry",
-        "retry_on_timeout",
-        "retry_on_error",
-        "decode_responses",
-        "encoding",
-        "encoding_errors",
-        "max_connections",
-        "connection_class",
-        "parser_class",
-        "lib_name",
-        "lib_version",
-        "driver_info",
-        "single_connection_client",
-    }
-)
+_IGNORED = REDISPY_TUNING_KEYWORDS | {"socket_read_size", "connection_class", "parser_class"}
 
 
 @dataclass(frozen=True)
