@@ -13,9 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from types import FunctionType, MethodType
 from typing import Any, TypedDict
 
 from ._activation import ActivationWaiters
@@ -30,14 +28,11 @@ from ._buffer import (
     Event,
     check_buffer,
 )
+from ._decoding import AnyOnActivation, AnyOnMessage, decoding_message, decoding_name
 from ._protocol import SUBSCRIBE_COMMANDS
 from ._subscriber import Host, Subscriber, check_callback, discard, is_async, logger
 from .errors import InvalidArgumentType, SubscribeRefused, SubscriptionClosed
-from .typedefs import OnActivation, OnDisconnect, OnDrop, OnMessage, OverflowPolicy
-
-# A message or activation callback taking names as bytes or (``decode_names``) as str.
-AnyOnMessage = Callable[[Any, bytes], Any]
-AnyOnActivation = Callable[[Any], Any]
+from .typedefs import OnDisconnect, OnDrop, OnMessage, OverflowPolicy
 
 
 class BufferKeywords(TypedDict, total=False):
@@ -95,47 +90,6 @@ def delivery_options(
     return opts
 
 
-def decode_name(name: bytes) -> str:
-    """A name as ``str``: UTF-8, stray bytes as surrogate escapes (PEP 383, as
-    ``os.fsdecode``), so ``name.encode("utf-8", "surrogateescape")`` gives the bytes back."""
-    return name.decode("utf-8", "surrogateescape")
-
-
-# One decoding wrapper per callback, shared by every subscription made with it: thousands of
-# subscriptions usually share one callback, and a closure each would more than double what a
-# subscription costs. Weak values: an entry lives as long as a subscription holds its wrapper.
-# Only functions and bound methods (equal when they are the same callable): a callable object
-# may define ``==`` as it likes.
-_message_wrappers: weakref.WeakValueDictionary[Any, OnMessage] = weakref.WeakValueDictionary()
-_name_wrappers: weakref.WeakValueDictionary[Any, OnActivation] = weakref.WeakValueDictionary()
-
-
-def _decoding_message(fn: AnyOnMessage) -> OnMessage:
-    shared = isinstance(fn, FunctionType | MethodType)
-    wrapper = _message_wrappers.get(fn) if shared else None
-    if wrapper is None:
-
-        def wrapper(channel: bytes, data: bytes) -> Any:
-            return fn(channel.decode("utf-8", "surrogateescape"), data)
-
-        if shared:
-            _message_wrappers[fn] = wrapper
-    return wrapper
-
-
-def _decoding_name(fn: AnyOnActivation) -> OnActivation:
-    shared = isinstance(fn, FunctionType | MethodType)
-    wrapper = _name_wrappers.get(fn) if shared else None
-    if wrapper is None:
-
-        def wrapper(name: bytes) -> Any:
-            return fn(name.decode("utf-8", "surrogateescape"))
-
-        if shared:
-            _name_wrappers[fn] = wrapper
-    return wrapper
-
-
 class Queue(Buffer):
     """A :class:`Buffer` with its consumer: the worker task or the waiting iterator."""
 
@@ -188,9 +142,9 @@ class BufferedSubscriber(Subscriber):
         if opts.decode_names:
             # Wrapped once here: the reader and the worker call on_message as they always do.
             if on_message is not None:
-                on_message = _decoding_message(on_message)
+                on_message = decoding_message(on_message)
             if on_activation is not None:
-                self._on_activation = _decoding_name(on_activation)
+                self._on_activation = decoding_name(on_activation)
         if on_message is not None:  # else an iterator: queued below
             self.deliver = on_message
         if queued:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Self, TypeAlias, cast
 
 from ._buffer import ACTIVATION, CLOSED, DISCONNECT, DROPPED, Event
-from ._buffered import BufferedSubscriber, decode_name
+from ._buffered import BufferedSubscriber
+from ._decoding import decode_name
 from ._subscriber import Host
 from .subscriptions import ChannelSubscription, PatternSubscription
 from .typedefs import Name, OverflowPolicy

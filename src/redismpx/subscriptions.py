@@ -9,7 +9,8 @@ B34-B36 in docs/spec.md); the user's view is the delivery model, docs/delivery.m
 from __future__ import annotations
 
 from ._activation import Subscribing
-from ._buffered import AnyOnActivation, AnyOnMessage, BufferedSubscriber, delivery_options
+from ._buffered import BufferedSubscriber, delivery_options
+from ._decoding import AnyOnActivation, AnyOnMessage
 from ._protocol import CHANNEL, PATTERN, SHARD, to_bytes
 from ._subscriber import Host, check_callback
 from .errors import InvalidArgument
