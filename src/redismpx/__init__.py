@@ -18,6 +18,7 @@ from .errors import (
     SubscriptionClosed,
     SubscriptionInterrupted,
 )
+from .history import Gap, History, HistoryEntry, Position
 from .iterators import Activated, ChannelIterator, Disconnected, Dropped, Message, PatternIterator
 from .multiplexer import Multiplexer
 from .promises import Promise, PromiseSubscription
@@ -34,7 +35,10 @@ __all__ = [
     "Disconnected",
     "Dropped",
     "EventLoopMismatch",
+    "Gap",
     "HeartbeatTimeout",
+    "History",
+    "HistoryEntry",
     "InactiveSubscription",
     "InvalidArgument",
     "InvalidArgumentType",
@@ -42,6 +46,7 @@ __all__ = [
     "Multiplexer",
     "PatternIterator",
     "PatternSubscription",
+    "Position",
     "Promise",
     "PromiseSubscription",
     "PromiseTimeout",

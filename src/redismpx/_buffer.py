@@ -49,6 +49,7 @@ AWAITABLE: Final = 2
 DROPPED: Final = 3
 CLOSED: Final = 4
 VOID: Final = 5  # coalesced away while waiting: take() skips it
+MISSED: Final = 6  # a recovering subscription's history gap (a ``Gap``): never coalesced
 
 # What put() answers besides a count of dropped messages (0 or more).
 CLOSE: Final = -1  # the "close" policy overflowed: the subscriber must close

@@ -24,6 +24,7 @@ from ._buffer import (
     CLOSED,
     DISCONNECT,
     DROPPED,
+    MISSED,
     Buffer,
     Event,
     check_buffer,
@@ -162,11 +163,19 @@ class BufferedSubscriber(Subscriber):
         return True
 
     def _detach(self) -> None:
-        self._host.remove(self._kind, self._held(), self)
+        self._let_go(self._held())
         if self._waiters is not None:
             self._waiters.wake_all()  # their names are gone: each waiter looks again
         if self._queue is not None:
             self._queue.stale = True  # what waits of those names is skipped (B17)
+
+    def _let_go(self, names: Sequence[bytes]) -> None:
+        """Give ``names`` back to the host (Redis unsubscribes those nobody else holds)."""
+        self._host.remove(self._kind, names, self)
+
+    def _phase(self, name: bytes) -> bool | None:
+        """True: ``name`` is active; None: Redis refused it; False: neither yet."""
+        return self._host.phase(self._kind, name)
 
     def _become_queued(self, on_message: OnMessage | None) -> None:
         if self._queue is not None:
@@ -255,16 +264,15 @@ class BufferedSubscriber(Subscriber):
         self._host.start_in_running_loop()  # the first use in this loop may be this wait
         while True:
             self._check_open()
-            kind, host = self._kind, self._host
             missing = []
             for name in names:
                 if not self._holds(name):
                     continue  # removed meanwhile: no longer waited for
-                phase = host.phase(kind, name)
+                phase = self._phase(name)
                 if phase is None:  # refused, now or before this wait began
                     raise SubscribeRefused(
                         "Redis refused it (an ACL denial: see the log for its reply)",
-                        SUBSCRIBE_COMMANDS[kind].decode(),
+                        SUBSCRIBE_COMMANDS[self._kind].decode(),
                         name,
                     )
                 if not phase:
@@ -319,6 +327,10 @@ class BufferedSubscriber(Subscriber):
             q = self._consumer()
             q.push_keyed(DISCONNECT, (DISCONNECT, name), error)  # not an outage: per name
             q.kick()
+
+    def _on_gap(self) -> Callable[[Any], Any] | None:
+        """The ``on_gap`` callback of a recovering subscription (None: none)."""
+        return None
 
     def _forget_name(self, name: bytes) -> None:
         """``name`` was removed: its messages, activation or refusal waiting unread are moot."""
@@ -395,6 +407,8 @@ class BufferedSubscriber(Subscriber):
             fn, which = self._on_disconnect, "on_disconnect"
         elif tag == DROPPED:
             fn, which = self._opts.on_drop, "on_drop"
+        elif tag == MISSED:
+            fn, which = self._on_gap(), "on_gap"
         else:
             return
         result = None if fn is None else self._call(which, fn, event.arg, defer=False)

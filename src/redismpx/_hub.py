@@ -14,9 +14,11 @@ from asyncio.events import _get_running_loop  # the C accessor: None outside a l
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
+from ._history import HistoryReader
 from ._names import Listener
 from ._options import Tuning
 from ._protocol import CHANNEL, KINDS, PATTERN, SHARD
+from ._recovery import Track
 from ._router import MakeRouter
 from ._tasks import TaskOwner
 from .errors import EventLoopMismatch, SubscriptionClosed
@@ -56,6 +58,7 @@ class Hub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.router = make_router(self)
         self._route = self.router.route  # bound once: add/remove are hot during churn
+        self.history = HistoryReader(self.router.call_for, self.tasks)
 
     # -- the event loop ----------------------------------------------------------------------
 
@@ -129,6 +132,10 @@ class Hub:
         if registry.is_active(kind, name):
             return True
         return None if registry.is_refused(kind, name) else False
+
+    def read_history(self, track: Track) -> None:
+        """Read a recovering channel's history (batched with the others of this loop turn)."""
+        self.history.request(track)
 
     def forget(self, member: Any) -> None:
         self._members.pop(member, None)

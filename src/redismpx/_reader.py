@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import hiredis
 
+from ._envelope import RESERVED
 from ._protocol import ACK_OF, ERROR, FRAME_TYPES, PMESSAGE, PONG, PUSH, SUBSCRIBED, classify
 from .errors import ConnectionLost
 
@@ -111,6 +112,8 @@ class PubSubReader:
                         continue
                     if t == PMESSAGE:
                         channel, payload = frame[2], frame[3]
+                        if channel.startswith(RESERVED):
+                            continue  # a history's envelope channel: for recovering subs only
                     else:
                         channel, payload = name, frame[2]
                     snap = st.snapshot or st.build()

@@ -79,6 +79,9 @@ class Router(LinkOwner, Protocol):
     ) -> int:
         """``PUBLISH`` (or ``SPUBLISH``) over the command side; the receivers Redis counted."""
 
+    async def call_for(self, key: bytes, command: bytes, name: str, timeout: float | None) -> Any:
+        """Send an encoded command to the node that owns ``key`` (over the command side)."""
+
     async def publish_probe(self, channel: bytes) -> float:
         """Publish ``ping``'s probe the way a default channel subscription listens; returns
         the loop time at which it was sent."""
@@ -159,6 +162,9 @@ class SingleRouter:
         receivers = int(await self.commands.call(frame, name, timeout))
         self.published += 1
         return receivers
+
+    async def call_for(self, key: bytes, command: bytes, name: str, timeout: float | None) -> Any:
+        return await self.commands.call(command, name, timeout)
 
     async def publish_probe(self, channel: bytes) -> float:
         # A classic PUBLISH on the command connection; a first PING opens it before the

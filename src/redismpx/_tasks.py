@@ -46,6 +46,19 @@ class TaskOwner:
         handles.add(handle)
         return handle
 
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> asyncio.Handle:
+        """``loop.call_later(delay, fn, *args)``, cancelled by ``cancel()`` likewise."""
+        loop = self.loop or asyncio.get_running_loop()
+        handles = self._handles
+
+        def run() -> None:
+            handles.discard(handle)
+            fn(*args)
+
+        handle = loop.call_later(delay, run)
+        handles.add(handle)
+        return handle
+
     def cancel(self) -> None:
         """Cancel every task and every callback not run yet."""
         for handle in self._handles:

@@ -16,10 +16,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Self, TypeAlias, cast
 
-from ._buffer import ACTIVATION, CLOSED, DISCONNECT, DROPPED, Event
+from ._buffer import ACTIVATION, CLOSED, DISCONNECT, DROPPED, MISSED, Event
 from ._buffered import BufferedSubscriber
 from ._decoding import decode_name
 from ._subscriber import Host
+from .history import Gap
 from .subscriptions import ChannelSubscription, PatternSubscription
 from .typedefs import Name, OverflowPolicy
 
@@ -60,9 +61,11 @@ class Dropped:
 
 
 if TYPE_CHECKING:
-    SubscriptionEvent: TypeAlias = Message[Name] | Activated[Name] | Disconnected | Dropped
+    SubscriptionEvent: TypeAlias = (
+        Message[Name] | Activated[Name] | Disconnected | Dropped | Gap[Name]
+    )
 else:  # the plain classes at run time: ``isinstance(x, SubscriptionEvent)`` keeps working
-    SubscriptionEvent = Message | Activated | Disconnected | Dropped
+    SubscriptionEvent = Message | Activated | Disconnected | Dropped | Gap
 """What ``events()`` yields (``SubscriptionEvent[str]`` with ``decode_names=True``; annotations
 only: at run time it is the union of the classes, for ``isinstance``)."""
 
@@ -94,6 +97,8 @@ class _Iterating(BufferedSubscriber, Generic[Name]):
                         return Disconnected(item.arg)
                     if tag == DROPPED:
                         return Dropped(item.arg)
+                    if tag == MISSED:
+                        return cast("Gap[Name]", item.arg)
             elif decode:
                 pattern = self._pattern_of()
                 text = None if pattern is None else decode_name(pattern)
@@ -110,7 +115,8 @@ class _Iterating(BufferedSubscriber, Generic[Name]):
         return message
 
     async def events(self) -> AsyncIterator[SubscriptionEvent[Name]]:
-        """Messages and events (activation, disconnect, drops) in the order they happened."""
+        """Messages and events (activation, disconnect, drops, and a recovering
+        subscription's gaps) in the order they happened."""
         while True:
             try:
                 yield await self._next(True)
@@ -150,6 +156,7 @@ class ChannelIterator(_Iterating[Name], ChannelSubscription):
         overflow: OverflowPolicy,
         sharded: bool,
         decode_names: bool = False,
+        recover: bool = False,
     ) -> None:
         ChannelSubscription.__init__(
             self,
@@ -160,6 +167,7 @@ class ChannelIterator(_Iterating[Name], ChannelSubscription):
             sharded=sharded,
             queued=True,
             decode_names=decode_names,
+            recover=recover,
         )
 
 

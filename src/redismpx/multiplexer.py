@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any, Literal, Self, Unpack, overload
 
+from . import _history
 from ._buffered import BufferKeywords, DeliveryKeywords
 from ._hub import Hub
 from ._options import check_seconds, parse_options, split_options
 from ._protocol import to_bytes
 from ._redispy import settings_of_redis_client
 from ._router import SingleRouter
-from .errors import InvalidArgumentType, SubscriptionClosed
+from .errors import InvalidArgument, InvalidArgumentType, SubscriptionClosed
+from .history import History, Position
 from .iterators import ChannelIterator, PatternIterator
 from .promises import PromiseSubscription
 from .sentinel import SENTINEL_KEYS, SentinelRouter, is_sentinel_url, parse_sentinel
@@ -30,6 +33,7 @@ from .typedefs import (
     OnAnyActivation,
     OnAnyMessage,
     OnDisconnect,
+    OnGap,
     OnMessage,
     OnTextActivation,
     OnTextMessage,
@@ -37,6 +41,8 @@ from .typedefs import (
 )
 
 logger = logging.getLogger("redismpx")
+
+MAX_HISTORY_TTL = 366 * 86400.0  # a year: keys that live longer are not a history any more
 
 
 class Multiplexer:
@@ -181,6 +187,8 @@ class Multiplexer:
         *,
         sharded: bool | None = None,
         decode_names: Literal[False] = False,
+        recover: bool = False,
+        on_gap: OnGap | None = None,
         **delivery: Unpack[DeliveryKeywords],
     ) -> ChannelSubscription: ...
 
@@ -193,6 +201,8 @@ class Multiplexer:
         *,
         sharded: bool | None = None,
         decode_names: Literal[True],
+        recover: bool = False,
+        on_gap: OnGap | None = None,
         **delivery: Unpack[DeliveryKeywords],
     ) -> ChannelSubscription: ...
 
@@ -205,6 +215,8 @@ class Multiplexer:
         *,
         sharded: bool | None = None,
         decode_names: bool,
+        recover: bool = False,
+        on_gap: OnGap | None = None,
         **delivery: Unpack[DeliveryKeywords],
     ) -> ChannelSubscription: ...
 
@@ -216,6 +228,8 @@ class Multiplexer:
         *,
         sharded: bool | None = None,
         decode_names: bool = False,
+        recover: bool = False,
+        on_gap: OnGap | None = None,
         **delivery: Unpack[DeliveryKeywords],
     ) -> ChannelSubscription:
         """A subscription to a set of channels managed with ``add``/``remove``.
@@ -228,6 +242,12 @@ class Multiplexer:
         ``decode_names=True``: ``on_message`` and ``on_activation`` receive channel names as
         ``str`` (UTF-8; bytes that are not UTF-8 as surrogate escapes) instead of ``bytes``.
         Payloads stay ``bytes``.
+
+        ``recover=True``: after an outage, deliver first what was missed from each channel's
+        history (kept by ``publish(..., history_size=N)``), then the live messages, with no
+        duplicate and no gap; ``on_gap(gap)`` hears (once per channel and outage) when the
+        history no longer covered it. See :meth:`ChannelSubscription.add` (``since=``) and
+        docs/history.md.
         """
         self._check_open()
         if sharded is None:
@@ -239,6 +259,8 @@ class Multiplexer:
             on_activation,
             sharded=sharded,
             decode_names=decode_names,
+            recover=recover,
+            on_gap=on_gap,
             **self._delivery(**delivery),
         )
 
@@ -324,6 +346,8 @@ class Multiplexer:
         *channels: str | bytes,
         sharded: bool | None = None,
         decode_names: Literal[False] = False,
+        recover: bool = False,
+        since: Position | Mapping[str | bytes, Position] | None = None,
         **buffer: Unpack[BufferKeywords],
     ) -> ChannelIterator[bytes]: ...
 
@@ -333,6 +357,8 @@ class Multiplexer:
         *channels: str | bytes,
         sharded: bool | None = None,
         decode_names: Literal[True],
+        recover: bool = False,
+        since: Position | Mapping[str | bytes, Position] | None = None,
         **buffer: Unpack[BufferKeywords],
     ) -> ChannelIterator[str]: ...
 
@@ -342,6 +368,8 @@ class Multiplexer:
         *channels: str | bytes,
         sharded: bool | None = None,
         decode_names: bool,
+        recover: bool = False,
+        since: Position | Mapping[str | bytes, Position] | None = None,
         **buffer: Unpack[BufferKeywords],
     ) -> ChannelIterator[bytes] | ChannelIterator[str]: ...
 
@@ -350,6 +378,8 @@ class Multiplexer:
         *channels: str | bytes,
         sharded: bool | None = None,
         decode_names: bool = False,
+        recover: bool = False,
+        since: Position | Mapping[str | bytes, Position] | None = None,
         **buffer: Unpack[BufferKeywords],
     ) -> ChannelIterator[bytes] | ChannelIterator[str]:
         """Channels to consume with ``async for`` (``async with mpx.subscribe("a") as sub``).
@@ -360,15 +390,21 @@ class Multiplexer:
         ``new_channel_subscription`` does (classic channels here, shard channels on a
         :class:`~redismpx.ClusterMultiplexer`). ``decode_names=True``: messages and events
         carry names as ``str`` (``Message[str]``); payloads stay ``bytes``.
+        ``recover=True`` (and ``since``): as for ``new_channel_subscription``, with the gaps
+        as :class:`~redismpx.Gap` events in ``sub.events()``.
         """
         self._check_open()
         if sharded is None:
             sharded = self._hub.router.shard_by_default
         sub: ChannelIterator[Any] = ChannelIterator(
-            self._hub, sharded=sharded, decode_names=decode_names, **self._delivery(**buffer)
+            self._hub,
+            sharded=sharded,
+            decode_names=decode_names,
+            recover=recover,
+            **self._delivery(**buffer),
         )
         try:
-            sub.add(*channels)  # validates every name before registering any
+            sub.add(*channels, since=since)  # validates every name before registering any
         except BaseException:
             sub.close()  # a bad name: nothing stays behind
             raise
@@ -422,8 +458,14 @@ class Multiplexer:
         *,
         sharded: bool = False,
         timeout: float | None = 5.0,
+        history_size: int | None = None,
+        history_ttl: float = 3600.0,
     ) -> int:
         """Publish ``data`` on ``channel``; returns the number of receivers Redis reports.
+
+        ``history_size=N``: also keep it in the channel's history (at least the last ``N``
+        publications, forgotten ``history_ttl`` seconds after the last one), atomically with
+        the publish, for recovering subscriptions and :meth:`history` (docs/history.md).
 
         ``sharded=True`` sends ``SPUBLISH`` (for shard-channel subscriptions) instead of
         ``PUBLISH``. ``str`` is encoded as UTF-8; anything but ``str`` or bytes-like
@@ -449,7 +491,48 @@ class Multiplexer:
         if timeout is not None and (timeout.__class__ is not float or not 0 < timeout < 1e300):
             check_seconds("timeout", timeout)  # the common case (a float) checked inline
         self._hub.start_in_running_loop()
-        return await self._hub.router.publish(name, payload, sharded=sharded, timeout=timeout)
+        if history_size is None:
+            return await self._hub.router.publish(name, payload, sharded=sharded, timeout=timeout)
+        size, ttl_ms = _check_history(history_size, history_ttl)
+        receivers, _ = await _history.publish(
+            self._hub.router.call_for,
+            name,
+            payload,
+            size=size,
+            ttl_ms=ttl_ms,
+            sharded=sharded,
+            timeout=timeout,
+        )
+        return receivers
+
+    async def history(
+        self,
+        channel: str | bytes,
+        *,
+        since: Position | None = None,
+        limit: int = 100,
+        timeout: float | None = 5.0,
+    ) -> History:
+        """Read ``channel``'s history (kept by ``publish(..., history_size=N)``).
+
+        Without ``since``: the last ``limit`` publications. With ``since``: up to ``limit``
+        publications after it, oldest first, and :attr:`History.gap` says if the history no
+        longer reaches back to it. :attr:`History.position` is where to continue from: pass
+        it as ``since`` to the next call, or to a recovering subscription's ``add`` to go on
+        live without a duplicate or a gap. Errors as for :meth:`publish`.
+        """
+        self._check_open()
+        name = to_bytes(channel, "channel")
+        if since is not None and not isinstance(since, Position):
+            raise InvalidArgumentType(f"since must be a Position, not {type(since).__name__}")
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise InvalidArgumentType(f"limit must be an int, not {type(limit).__name__}")
+        if not 1 <= limit <= 1_000_000:
+            raise InvalidArgument(f"limit must be from 1 to 1000000, not {limit}")
+        if timeout is not None:
+            check_seconds("timeout", timeout)
+        self._hub.start_in_running_loop()
+        return await _history.read_history(self._hub.router.call_for, name, since, limit, timeout)
 
     async def ping(self, timeout: float = 5.0) -> float:
         """End-to-end probe: publish on a private channel and see it arrive here.
@@ -499,3 +582,18 @@ class Multiplexer:
         (those known) and ``failovers`` (announced failovers followed).
         """
         return self._hub.stats()
+
+
+def _check_history(size: object, ttl: object) -> tuple[int, int]:
+    """``history_size`` and ``history_ttl`` checked; the TTL in milliseconds."""
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise InvalidArgumentType(f"history_size must be an int, not {type(size).__name__}")
+    if not 1 <= size <= 10_000_000:
+        raise InvalidArgument(f"history_size must be from 1 to 10000000, not {size}")
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise InvalidArgumentType(f"history_ttl must be a number, not {type(ttl).__name__}")
+    if not 0.001 <= ttl <= MAX_HISTORY_TTL:  # NaN fails too
+        raise InvalidArgument(
+            f"history_ttl must be from 0.001 to {MAX_HISTORY_TTL:.0f} s, not {ttl}"
+        )
+    return size, round(ttl * 1000)

@@ -59,6 +59,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ._options import check_seconds, parse_options, split_options
 from ._redispy import REDISPY_TUNING_KEYWORDS
 from .errors import RedisMPXError, SubscriptionClosed
+from .history import Gap
 from .iterators import Activated, Disconnected, Dropped, Message
 from .multiplexer import Multiplexer
 from .sentinel import SENTINEL_KEYS, parse_sentinel
@@ -325,7 +326,7 @@ class AsyncRedisMPXManager(AsyncPubSubManager):  # type: ignore[misc]
                 sub.close()
         self._listening.clear()
 
-    def _on_event(self, event: Activated | Disconnected | Dropped) -> None:
+    def _on_event(self, event: Activated | Disconnected | Dropped | Gap) -> None:
         loop = asyncio.get_running_loop()
         if isinstance(event, Activated):
             self._listening.set()
@@ -340,7 +341,7 @@ class AsyncRedisMPXManager(AsyncPubSubManager):  # type: ignore[misc]
             self._deaf_since = None
         elif isinstance(event, Disconnected):
             self._on_deaf(event.error)
-        else:
+        elif isinstance(event, Dropped):
             self._log().warning(
                 "redismpx: %d Socket.IO message(s) dropped: the handlers fell %d messages "
                 "behind (overflow policy %r)",

@@ -8,13 +8,19 @@ B34-B36 in docs/spec.md); the user's view is the delivery model, docs/delivery.m
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
 from ._activation import Subscribing
+from ._buffer import MISSED
 from ._buffered import BufferedSubscriber, delivery_options
-from ._decoding import AnyOnActivation, AnyOnMessage
+from ._decoding import AnyOnActivation, AnyOnMessage, decode_name
 from ._protocol import CHANNEL, PATTERN, SHARD, to_bytes
+from ._recovering import RecoveryTap, TapHost
 from ._subscriber import Host, check_callback
-from .errors import InvalidArgument
-from .typedefs import OnDisconnect, OnDrop, OverflowPolicy
+from .errors import InvalidArgument, InvalidArgumentType
+from .history import Gap, GapReason, Position
+from .typedefs import OnDisconnect, OnDrop, OnGap, OverflowPolicy
 
 MAX_NAME_BYTES = 1 << 20
 SMALL_SET = 4  # names held in a tuple up to this many (copied on change), in a dict beyond
@@ -88,9 +94,13 @@ class ChannelSubscription(BufferedSubscriber):
     one leaves it (reference counting). ``on_activation(channel)`` fires once Redis has
     confirmed the channel (and again after each reconnect). With ``sharded=True`` the names
     are shard channels (``SSUBSCRIBE``; publish them with ``SPUBLISH``).
+
+    With ``recover=True`` it recovers what it missed from the channels' history after an
+    outage (see docs/history.md): ``on_activation(channel)`` then means "caught up, live
+    from now on", and ``on_gap(gap)`` says when the history no longer covered an outage.
     """
 
-    __slots__ = ("_channels", "_kind")
+    __slots__ = ("_channels", "_kind", "_tap")
 
     _filters_names = True
 
@@ -107,12 +117,23 @@ class ChannelSubscription(BufferedSubscriber):
         sharded: bool = False,
         queued: bool = False,
         decode_names: bool = False,
+        recover: bool = False,
+        on_gap: OnGap | None = None,
     ) -> None:
         if not queued:  # an iterator (queued) is its own consumer
             check_callback("on_message", on_message, optional=False)
+        if recover is not True and recover is not False:
+            raise InvalidArgumentType(
+                f"recover must be True or False, not {type(recover).__name__}"
+            )
+        check_callback("on_gap", on_gap, optional=True)
+        if on_gap is not None and not recover:
+            raise InvalidArgument("on_gap needs recover=True")
         self._kind = SHARD if sharded else CHANNEL
         self._channels: Names = None
         opts = delivery_options(max_buffer, overflow, on_drop, decode_names)
+        # A recovering subscription's names go through its tap (the link's listener).
+        self._tap = RecoveryTap(self, _tap_host(host), self._kind, on_gap) if recover else None
         super().__init__(host, on_message, on_disconnect, on_activation, opts, queued)
         host.register(self)
 
@@ -121,16 +142,25 @@ class ChannelSubscription(BufferedSubscriber):
         """The channels this subscription holds (as bytes)."""
         return frozenset(_names_all(self._channels))
 
-    def add(self, *channels: str | bytes) -> Subscribing:
+    def add(
+        self,
+        *channels: str | bytes,
+        since: Position | Mapping[str | bytes, Position] | None = None,
+    ) -> Subscribing:
         """Add channels (``str`` is encoded as UTF-8). Adding one already held does nothing.
 
         Returns at once; Redis is told at the end of the event-loop turn. ``await
         sub.add(...)`` also waits until Redis confirmed each channel (then what is published
         from now on arrives): see :class:`~redismpx.Subscribing`.
+
+        ``since`` (``recover=True`` only): the position to continue from, for every channel
+        given or per channel (a mapping): what was published after it is delivered first.
+        A recovering channel is awaited until it has caught up.
         """
         host = self._host
         self._check_open()  # (in a new event loop, host.add closes the old loop's subs: raises)
         names = [check_name(c, "channel name") for c in channels]  # validate all first
+        positions = None if since is None else self._positions(names, since)
         new: list[bytes] = []
         for name in names:
             # The common sizes (no name, one name) handled inline: add is hot during churn.
@@ -147,8 +177,38 @@ class ChannelSubscription(BufferedSubscriber):
                 self._channels = _names_add(held, name)
             new.append(name)
         if new:
-            host.add(self._kind, new, self)
+            if self._tap is not None:
+                self._tap.add(new, positions or {})
+            else:
+                host.add(self._kind, new, self)
         return Subscribing(self, names)
+
+    def _positions(
+        self, names: list[bytes], since: Position | Mapping[str | bytes, Position]
+    ) -> dict[bytes, Position]:
+        if self._tap is None:
+            raise InvalidArgument("since= needs a subscription made with recover=True")
+        if isinstance(since, Position):
+            return dict.fromkeys(names, since)
+        if not isinstance(since, Mapping):
+            raise InvalidArgumentType(
+                f"since must be a Position or a mapping of them, not {type(since).__name__}"
+            )
+        found = {check_name(_escaped(k), "channel name"): v for k, v in since.items()}
+        for position in found.values():
+            if not isinstance(position, Position):
+                raise InvalidArgumentType(
+                    f"since maps channels to a Position, not {type(position).__name__}"
+                )
+        return found
+
+    def position(self, channel: str | bytes) -> Position | None:
+        """Where a recovering subscription stands on ``channel``: the position of the last
+        message delivered (or the one it started from); None without one yet, or for a
+        channel it does not hold, or without ``recover=True``."""
+        if self._tap is None:
+            return None
+        return self._tap.position(check_name(_escaped(channel), "channel name"))
 
     def __contains__(self, channel: object) -> bool:
         """``channel in sub``: whether it holds ``channel`` (``str`` or bytes-like)."""
@@ -184,7 +244,7 @@ class ChannelSubscription(BufferedSubscriber):
                 continue
             gone.append(name)
         if gone:
-            self._host.remove(self._kind, gone, self)
+            self._let_go(gone)
             for name in gone:
                 self._forget_name(name)
 
@@ -196,6 +256,38 @@ class ChannelSubscription(BufferedSubscriber):
     def _detach(self) -> None:
         super()._detach()
         self._channels = None
+
+    def _let_go(self, names: Sequence[bytes]) -> None:
+        if self._tap is not None:
+            self._tap.remove(names)
+        else:
+            self._host.remove(self._kind, names, self)
+
+    def _phase(self, name: bytes) -> bool | None:
+        if self._tap is not None:
+            return self._tap.phase(name)  # a recovering channel is active once caught up
+        return self._host.phase(self._kind, name)
+
+    # A recovering channel's history did not cover an outage (from the tap).
+    def notify_gap(self, channel: bytes, reason: GapReason, since: Position | None) -> None:
+        if self._end is not None or not self._holds(channel):
+            return
+        gap: Gap[str] | Gap[bytes]
+        if self._opts.decode_names:
+            gap = Gap(decode_name(channel), reason, since)
+        else:
+            gap = Gap(channel, reason, since)
+        q = self._queue
+        if q is not None:
+            self._consumer().push(MISSED, gap)
+            q.kick()
+        else:
+            fn = self._on_gap()
+            if fn is not None:
+                self._call("on_gap", fn, gap)
+
+    def _on_gap(self) -> Callable[[Any], Any] | None:
+        return None if self._tap is None else self._tap.on_gap
 
     def _held(self) -> tuple[bytes, ...]:
         return _names_all(self._channels)
@@ -210,6 +302,12 @@ class ChannelSubscription(BufferedSubscriber):
     def _label(self) -> str:
         n = len(self._held())
         return f"ChannelSubscription@{id(self):#x}[{n} channel{'s' if n != 1 else ''}]"
+
+
+def _tap_host(host: Host) -> TapHost:
+    if not hasattr(host, "read_history"):
+        raise InvalidArgument("recover=True needs a multiplexer that reads history")
+    return host  # type: ignore[return-value]  # checked above
 
 
 class PatternSubscription(BufferedSubscriber):

@@ -39,6 +39,10 @@ OnTextActivation = Callable[[str], "Awaitable[Any] | Any"]
 OnAnyActivation = Callable[[str | bytes], "Awaitable[Any] | Any"]
 """``on_activation(name)`` when ``decode_names`` is only known at run time."""
 
+OnGap = Callable[[Any], "Awaitable[Any] | Any"]
+"""``on_gap(gap)``: a recovering subscription missed messages its history no longer holds
+(``gap`` is a :class:`~redismpx.Gap`)."""
+
 OnDrop = Callable[[int], "Awaitable[Any] | Any"]
 """``on_drop(count)``: the overflow policy dropped ``count`` messages."""
 

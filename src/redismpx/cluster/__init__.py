@@ -129,6 +129,8 @@ class ClusterMultiplexer(Multiplexer):
         *,
         sharded: bool = True,
         timeout: float | None = 5.0,
+        history_size: int | None = None,
+        history_ttl: float = 3600.0,
     ) -> int:
         """Publish ``data`` on ``channel``; returns the number of receivers Redis reports.
 
@@ -140,9 +142,17 @@ class ClusterMultiplexer(Multiplexer):
 
         One command connection per node, opened at the first publish to it and kept; the
         rest (pipelining, waiting up to ``timeout``, errors) is as for
-        :meth:`Multiplexer.publish <redismpx.Multiplexer.publish>`.
+        :meth:`Multiplexer.publish <redismpx.Multiplexer.publish>`, and so is
+        ``history_size``: the history lives in the channel's slot, on its owner.
         """
-        return await super().publish(channel, data, sharded=sharded, timeout=timeout)
+        return await super().publish(
+            channel,
+            data,
+            sharded=sharded,
+            timeout=timeout,
+            history_size=history_size,
+            history_ttl=history_ttl,
+        )
 
 
 def _url_list(urls: str | Sequence[str] | None) -> list[str | None]:

@@ -7,7 +7,7 @@ first publish to it and kept, pipelined per loop turn, re-dialled with the backo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._commands import CommandLink
 from .._connection import Connection, connect
@@ -64,15 +64,22 @@ class Publisher:
             receivers = int(await self._link(addr).call(frame, "PUBLISH", timeout))
             self.published += 1
             return receivers
-        slot = key_slot(channel)
         frame = encode_pair(b"SPUBLISH", channel, data)
+        receivers = int(await self.call_for(channel, frame, "SPUBLISH", timeout))
+        self.published += 1
+        return receivers
+
+    async def call_for(self, key: bytes, command: bytes, name: str, timeout: float | None) -> Any:
+        """Send ``command`` to the primary owning ``key``'s slot, following ``MOVED``."""
+        router = self._router
+        slot = key_slot(key)
         for _ in range(MAX_REDIRECTS + 1):
             smap = await router.topology.ensure_map()
             owner = smap.owners[slot]
             if owner is None:
-                raise ServerError(f"CLUSTERDOWN no node serves slot {slot}", "SPUBLISH")
+                raise ServerError(f"CLUSTERDOWN no node serves slot {slot}", name)
             try:
-                receivers = int(await self._link(owner).call(frame, "SPUBLISH", timeout))
+                return await self._link(owner).call(command, name, timeout)
             except ServerError as exc:
                 redirect = parse_redirect(exc.reply) if exc.code == "MOVED" else None
                 if redirect is None:
@@ -81,10 +88,7 @@ class Publisher:
                 smap.assign(moved_slot, (host or owner[0], port))
                 router.counters["redirects"] += 1
                 router.topology.request_refresh()
-            else:
-                self.published += 1
-                return receivers
-        raise ServerError(f"too many redirects for slot {slot}", "SPUBLISH")
+        raise ServerError(f"too many redirects for slot {slot}", name)
 
     def _link(self, addr: Address) -> CommandLink:
         link = self._links.get(addr)

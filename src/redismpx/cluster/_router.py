@@ -238,6 +238,9 @@ class ClusterRouter:
     ) -> int:
         return await self.publisher.publish(channel, data, sharded=sharded, timeout=timeout)
 
+    async def call_for(self, key: bytes, command: bytes, name: str, timeout: float | None) -> Any:
+        return await self.publisher.call_for(key, command, name, timeout)
+
     def describe(self) -> str:
         return "seeds=" + ",".join(f"{h}:{p}" for h, p in self.seeds)
 

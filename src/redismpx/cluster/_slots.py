@@ -1,6 +1,6 @@
 """Cluster routing, sans-I/O: hash slots, the slot map, and single-slot command chunks.
 
-* :func:`key_slot`: a name's hash slot, CRC16 (XMODEM) mod 16384 with hash tags honoured.
+* :func:`key_slot` (re-exported from :mod:`redismpx._hashslot`): a name's hash slot.
 * :class:`SlotMap`: which primary serves each slot, read from ``CLUSTER SHARDS`` (Redis 7+)
   or ``CLUSTER SLOTS``, patched by ``MOVED`` redirects between two reads.
 * :class:`SlotRegistry`: a :class:`~redismpx._registry.Registry` whose shard-channel commands
@@ -12,14 +12,13 @@ No sockets, tasks or clocks in here.
 
 from __future__ import annotations
 
-from binascii import crc_hqx
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
+from .._hashslot import SLOTS
+from .._hashslot import key_slot as key_slot  # re-exported: the cluster's modules use it
 from .._protocol import SHARD
 from .._registry import Command, Registry
-
-SLOTS: Final = 16384
 
 #: Redirects followed for one slot between two topology reads (and per publish) before the
 #: names wait for the next read instead: nodes that disagree must not make us ping-pong.
@@ -27,20 +26,6 @@ MAX_REDIRECTS: Final = 5
 
 #: ``(host, port)`` of a cluster node.
 Address = tuple[str, int]
-
-
-def key_slot(name: bytes) -> int:
-    """The hash slot of ``name``: CRC16 (XMODEM) mod 16384 of its hash tag if it has one.
-
-    The tag is the part between the first ``{`` and the next ``}``, when not empty.
-    """
-    start = name.find(b"{")
-    if start != -1:
-        end = name.find(b"}", start + 1)
-        if end > start + 1:
-            name = name[start + 1 : end]
-    # binascii.crc_hqx is CRC-CCITT with the given initial value: with 0 it is XMODEM.
-    return crc_hqx(name, 0) % SLOTS
 
 
 def parse_redirect(message: str) -> tuple[int, str, int] | None:

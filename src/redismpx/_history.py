@@ -1,0 +1,214 @@
+"""History on the command side: publishing with history, reading it, and the batched reads
+of recovering subscriptions.
+
+Every command goes to the node that owns the channel's slot (``call_for`` of the router)
+over the command connection, never the Pub/Sub one: a read never delays live delivery.
+Reads asked in one event-loop turn go out in one pipeline (10,000 channels recovering after
+a restart cost one write and one pass over the replies, not 10,000 round trips), and the
+subscriptions of one process recovering the same channel share one read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from . import _scripts
+from ._envelope import envelope_channel, history_keys
+from ._recovery import Entry, Track
+from ._tasks import TaskOwner
+from .errors import ConnectionLost, PublishTimeout, ServerError
+from .history import History, HistoryEntry, Position
+
+logger = logging.getLogger("redismpx.history")
+
+CallFor = Callable[[bytes, bytes, str, "float | None"], Awaitable[Any]]
+"""``call_for(key, command, name, timeout)``: a command to the node that owns ``key``."""
+
+#: Entries per read command; a longer backlog is read in several, in order.
+READ_CHUNK = 1000
+#: How long a recovery read may take before it is tried again.
+READ_TIMEOUT = 10.0
+#: The pause before reading again after a failed read (doubling up to RETRY_CAP).
+RETRY_BASE, RETRY_CAP = 0.05, 2.0
+
+
+async def publish(
+    call_for: CallFor,
+    channel: bytes,
+    payload: bytes,
+    *,
+    size: int,
+    ttl_ms: int,
+    sharded: bool,
+    timeout: float | None,
+) -> tuple[int, Position]:
+    """Append to the history and publish (see :mod:`redismpx._scripts`); returns the
+    receivers Redis counted on ``channel`` and the publication's position."""
+    meta, log = history_keys(channel)
+    epoch = os.urandom(8).hex().encode()  # used only if this publication starts a history
+
+    async def call(command: bytes, name: str) -> Any:
+        return await call_for(channel, command, name, timeout)
+
+    args = (
+        channel,
+        envelope_channel(channel),
+        payload,
+        b"%d" % size,
+        b"%d" % ttl_ms,
+        epoch,
+        b"SPUBLISH" if sharded else b"PUBLISH",
+    )
+    receivers, used, offset = await _scripts.PUBLISH.run(call, (meta, log), args)
+    return int(receivers), Position(_text(used), int(offset))
+
+
+async def read(
+    call_for: CallFor,
+    channel: bytes,
+    *,
+    since: tuple[bytes, int] | None,
+    limit: int,
+    timeout: float | None,
+) -> tuple[bytes | None, int, list[Entry]]:
+    """``(epoch, last offset, entries)`` of ``channel``'s history: up to ``limit`` entries
+    after ``since`` (all of them if ``since`` is of another epoch), oldest first; the last
+    ``limit`` without ``since``. Epoch None: the channel has no history."""
+    keys = history_keys(channel)
+
+    async def call(command: bytes, name: str) -> Any:
+        return await call_for(channel, command, name, timeout)
+
+    if since is None:
+        args: tuple[bytes, ...] = (b"tail", b"", b"0", b"%d" % limit)
+    else:
+        args = (b"after", since[0], b"%d" % since[1], b"%d" % limit)
+    epoch, last, raw = await _scripts.READ.run(call, keys, args)
+    entries = [_entry(item) for item in raw]
+    if since is None:
+        entries.reverse()  # XREVRANGE: newest first
+    return (None if not epoch else _bytes(epoch)), int(last or 0), entries
+
+
+async def read_history(
+    call_for: CallFor, channel: bytes, since: Position | None, limit: int, timeout: float | None
+) -> History:
+    """What :meth:`Multiplexer.history` returns (see there)."""
+    start = None if since is None else (since.epoch.encode(), since.offset)
+    epoch, last, entries = await read(call_for, channel, since=start, limit=limit, timeout=timeout)
+    if epoch is None:
+        return History([], None, None if since is None else "lost")
+    text = _text(epoch)
+    gap = None
+    if since is not None:
+        if text != since.epoch:
+            gap = "epoch"
+        elif last > since.offset and (not entries or entries[0][0] > since.offset + 1):
+            gap = "trimmed"
+    found = [HistoryEntry(Position(text, offset), data) for offset, data in entries]
+    # Where to go on from: the last entry when ``limit`` cut the read short, else the end.
+    at = found[-1].position if since is not None and len(found) == limit else Position(text, last)
+    return History(found, at, gap)  # type: ignore[arg-type]  # gap is a GapReason
+
+
+def _entry(item: Any) -> Entry:
+    # A stream entry: [b"<offset>-0", [b"d", payload]].
+    ident, fields = item[0], item[1]
+    return int(_bytes(ident).split(b"-", 1)[0]), _bytes(fields[1])
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _text(value: Any) -> str:
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+
+
+class HistoryReader:
+    """The recovery reads of one multiplexer, batched per event-loop turn (see the module)."""
+
+    def __init__(self, call_for: CallFor, tasks: TaskOwner) -> None:
+        self._call_for = call_for
+        self._tasks = tasks
+        self._pending: dict[tuple[bytes, bytes | None], list[tuple[Track, int]]] = {}
+        self._handle: asyncio.Handle | None = None
+        self._retry: dict[bytes, float] = {}  # the next pause of a channel whose read failed
+        self.reads = 0  # read commands answered (for stats)
+
+    def request(self, track: Track, delay: float = 0.0) -> None:
+        """Read the history after ``track``'s position, for its current generation."""
+        if delay:
+            self._tasks.call_later(delay, self._later, track, track.generation)
+            return
+        key = (track.channel, track.epoch)
+        self._pending.setdefault(key, []).append((track, track.generation))
+        if self._handle is None:
+            self._handle = self._tasks.call_soon(self._flush)
+
+    def _later(self, track: Track, generation: int) -> None:
+        if track.generation == generation and not track.live:
+            self.request(track)
+
+    def _flush(self) -> None:
+        self._handle = None
+        batch, self._pending = self._pending, {}
+        for (channel, epoch), waiting in batch.items():
+            self._tasks.spawn(self._read(channel, epoch, waiting), "redismpx history read")
+
+    async def _read(
+        self, channel: bytes, epoch: bytes | None, waiting: list[tuple[Track, int]]
+    ) -> None:
+        # One read for every track of this channel and epoch, from the earliest position.
+        waiting = [(t, g) for t, g in waiting if t.generation == g]
+        if not waiting:
+            return
+        start = None if epoch is None else min(t.offset for t, _ in waiting)
+        try:
+            found_epoch, last, entries = await self._read_all(channel, epoch, start)
+        except (ConnectionLost, PublishTimeout, ServerError, OSError) as exc:
+            delay = self._retry[channel] = min(
+                self._retry.get(channel, RETRY_BASE / 2) * 2, RETRY_CAP
+            )
+            logger.warning(
+                "history read of %r failed (%s); reading again in %.2f s", channel, exc, delay
+            )
+            for track, generation in waiting:
+                if track.generation == generation:
+                    self.request(track, delay)
+            return
+        self._retry.pop(channel, None)
+        for track, generation in waiting:
+            mine = entries
+            if found_epoch == track.epoch:
+                mine = [e for e in entries if e[0] > track.offset]
+            track.read_done(generation, found_epoch, last, mine)
+
+    async def _read_all(
+        self, channel: bytes, epoch: bytes | None, start: int | None
+    ) -> tuple[bytes | None, int, list[Entry]]:
+        if epoch is None or start is None:  # a fresh start needs the last position only
+            found, last, _ = await read(
+                self._call_for, channel, since=None, limit=1, timeout=READ_TIMEOUT
+            )
+            self.reads += 1
+            return found, last, []
+        since = (epoch, start)
+        entries: list[Entry] = []
+        while True:
+            found, last, chunk = await read(
+                self._call_for, channel, since=since, limit=READ_CHUNK, timeout=READ_TIMEOUT
+            )
+            self.reads += 1
+            if entries and found != since[0]:
+                entries = []  # the history changed between two chunks: start over
+                since = (epoch, start)
+                continue
+            entries.extend(chunk)
+            if len(chunk) < READ_CHUNK or found is None:
+                return found, last, entries
+            since = (found, chunk[-1][0])

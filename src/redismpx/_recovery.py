@@ -1,0 +1,202 @@
+"""Recovering one channel, sans-I/O: what a recovering subscription does with each event.
+
+A :class:`Track` is one channel of one recovering subscription. It is fed the events of the
+channel's two names (the channel and its envelope channel, see :mod:`redismpx._envelope`)
+and the results of history reads, and answers through its :class:`TrackSink`: deliver this
+payload, report this gap, the channel is caught up, read the history after this position.
+No sockets, tasks or clocks in here.
+
+The rules, and why:
+
+* *Live*: an envelope whose offset follows the last one delivered is delivered; one at or
+  before it is a duplicate and skipped; one further on (or of another epoch) means
+  something was missed while connected, so the track reads the history (below).
+* *The plain copy*: the script publishes the envelope and then the payload alone on the
+  channel, back to back on the same connection. After an envelope, the next message of the
+  channel is that copy and is skipped, if the channel was active when the envelope came
+  (else the copy is not coming). A message of the channel that follows no envelope was
+  published without history: delivered as it is, but only while the envelope channel is
+  active too, since otherwise a copy cannot be told from it.
+* *Recovering*: any activation of either name ends live delivery (it follows an outage, or
+  the very start). From that moment everything that arrives is held, in order; once both
+  names are active the history is read, and only a read started after the latest
+  activation counts (a kill during the read means reading again). The read's entries after
+  the last position are delivered, then the held messages by the live rules.
+* *The start*: a track with no position yet takes the position of the first envelope held,
+  or the history's last offset when none was held: a channel is recoverable from its first
+  activation on, before it has received anything. Where the channel had no history at
+  all, the first envelope that comes live is the start.
+* *Caught up* is told once per activation (the subscription's ``on_activation``), not after
+  a read caused by a miss while connected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from .history import GapReason, Position
+
+Entry = tuple[int, bytes]  # (offset, payload) of a history entry
+_PLAIN = -1  # the offset of a held message published without history
+
+
+class TrackSink(Protocol):
+    """What a track asks of the subscription it belongs to."""
+
+    def deliver_to(self, channel: bytes, payload: bytes) -> None: ...
+    def gap(self, channel: bytes, reason: GapReason, since: Position | None) -> None: ...
+    def caught_up(self, channel: bytes) -> None: ...
+    def read(self, track: Track) -> None: ...  # read the history after ``track.position``
+    # Whether Redis holds the channel (the envelope channel) for us now: asked only while
+    # the track recovers (live, both are).
+    def channel_active(self, channel: bytes) -> bool: ...
+    def envelope_active(self, channel: bytes) -> bool: ...
+
+
+class Track:
+    """One recovering channel of one subscription (see the module docstring)."""
+
+    __slots__ = (
+        "channel",
+        "epoch",
+        "expect_copy",
+        "generation",
+        "held",
+        "live",
+        "offset",
+        "outage",
+        "sink",
+    )
+
+    def __init__(self, sink: TrackSink, channel: bytes, since: Position | None) -> None:
+        self.sink = sink
+        self.channel = channel
+        # The last position delivered; epoch None: none yet (a fresh start).
+        self.epoch: bytes | None = None if since is None else since.epoch.encode()
+        self.offset = 0 if since is None else since.offset
+        self.live = False
+        self.held: list[tuple[bytes, int, bytes]] = []  # (epoch, offset or _PLAIN, payload)
+        self.expect_copy = False
+        self.generation = 0  # bumped by each activation: reads of an older one are void
+        self.outage = False  # recovering from an activation (told as caught up), not a miss
+
+    @property
+    def position(self) -> Position | None:
+        """The last position delivered (or started from)."""
+        return None if self.epoch is None else Position(self.epoch.decode(), self.offset)
+
+    def __repr__(self) -> str:
+        state = "live" if self.live else f"recovering ({len(self.held)} held)"
+        return f"<Track {self.channel!r} at {self.position} {state}>"
+
+    # -- events of the two names -------------------------------------------------------------
+
+    def activated(self, both_active: bool) -> None:
+        """One of the two names became active; ``both_active``: so is the other one."""
+        self.live = False
+        self.held.clear()  # an earlier outage's: the history has them
+        self.expect_copy = False
+        self.generation += 1
+        self.outage = True
+        if both_active:
+            self.sink.read(self)
+
+    def envelope(self, epoch: bytes, offset: int, payload: bytes) -> None:
+        """An envelope arrived (its plain copy follows if the channel is active)."""
+        if self.live:
+            self.expect_copy = True  # live implies both names are active
+            if epoch == self.epoch and offset == self.offset + 1:
+                self.offset = offset
+                self.sink.deliver_to(self.channel, payload)
+            elif self.epoch is None:
+                # Started where the channel had no history: it began after our read.
+                self.epoch, self.offset = epoch, offset
+                self.sink.deliver_to(self.channel, payload)
+            elif epoch != self.epoch or offset > self.offset:
+                self._missed(epoch, offset, payload)
+            # else a duplicate: skipped
+        else:
+            self.expect_copy = self.sink.channel_active(self.channel)
+            self.held.append((epoch, offset, payload))
+
+    def plain(self, payload: bytes) -> None:
+        """A message of the channel itself arrived."""
+        if self.expect_copy:
+            self.expect_copy = False  # the copy of the envelope just handled
+        elif self.live:
+            self.sink.deliver_to(self.channel, payload)
+        elif self.sink.envelope_active(self.channel):
+            self.held.append((b"", _PLAIN, payload))
+        # else it cannot be told from the copy of an envelope we did not hear: if it is one,
+        # the history has it; if not, it was published during the outage (at most once)
+
+    def _missed(self, epoch: bytes, offset: int, payload: bytes) -> None:
+        # Live, something was missed (a position skipped, a new epoch): read the history.
+        self.live = False
+        self.held = [(epoch, offset, payload)]
+        self.generation += 1
+        self.sink.read(self)
+
+    # -- the history read --------------------------------------------------------------------
+
+    def read_done(
+        self, generation: int, epoch: bytes | None, last: int, entries: Sequence[Entry]
+    ) -> None:
+        """The history read for ``generation``: its epoch (None: no history), its last offset,
+        and its entries after this track's position (all of them for another epoch)."""
+        if generation != self.generation or self.live:
+            return  # an activation came after the read began: a newer read counts
+        sink, channel = self.sink, self.channel
+        if self.epoch is None:  # a fresh start: from the first held envelope, or the end
+            first = next((h for h in self.held if h[1] != _PLAIN), None)
+            if first is not None:
+                self.epoch, self.offset = first[0], first[1] - 1
+            elif epoch is not None:
+                self.epoch, self.offset = epoch, last
+        else:
+            reason = _gap(self.epoch, self.offset, epoch, last, entries)
+            if reason is not None:
+                sink.gap(channel, reason, self.position)
+            if epoch is None:  # the history is gone: its next one starts us afresh
+                self.epoch, self.offset = None, 0
+            elif epoch != self.epoch:
+                self.epoch, self.offset = epoch, 0
+            for offset, payload in entries:
+                if offset > self.offset:
+                    self.offset = offset
+                    sink.deliver_to(channel, payload)
+        held, self.held = self.held, []
+        # The held messages replayed by the live rules; their copies were skipped as they
+        # came, and whether the next message of the channel is a copy stays as it was (the
+        # read may land between an envelope and its copy).
+        expect_copy = self.expect_copy
+        self.live = True
+        for i, (h_epoch, h_offset, payload) in enumerate(held):
+            if h_offset == _PLAIN:
+                sink.deliver_to(channel, payload)
+                continue
+            self.envelope(h_epoch, h_offset, payload)
+            if not self.live:  # that one revealed a miss: the rest waits for the new read
+                self.held.extend(held[i + 1 :])
+                break
+        self.expect_copy = expect_copy
+        if self.live and self.outage:
+            self.outage = False
+            sink.caught_up(channel)
+
+
+def _gap(
+    epoch: bytes, offset: int, now: bytes | None, last: int, entries: Sequence[Entry]
+) -> GapReason | None:
+    """Why a history (epoch ``now``, last offset ``last``, ``entries`` after ``offset``) does
+    not cover what followed ``(epoch, offset)``; None when it does."""
+    if now is None:
+        return "lost" if offset > 0 else None
+    if now != epoch:
+        return "epoch"
+    if last <= offset:
+        return None
+    if not entries or entries[0][0] > offset + 1:
+        return "trimmed"
+    return None
