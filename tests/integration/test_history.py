@@ -184,7 +184,8 @@ async def test_recovery_across_repeated_client_kills_is_exactly_once_in_order(
         stop, sent = asyncio.Event(), []
         task = asyncio.create_task(_numbered_publisher(publisher, "numbers", stop, sent, 10_000))
         for _ in range(5):
-            await _until(lambda n=len(r.data): len(r.data) > n + 20, "messages before a kill")
+            before = len(r.data)
+            await _until(lambda: len(r.data) > before + 20, "messages before a kill")  # noqa: B023
             assert await admin.kill_pubsub() >= 1
         stop.set()
         await task
