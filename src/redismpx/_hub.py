@@ -207,6 +207,7 @@ class Hub:
             "dropped": self.dropped,
             "callback_errors": self.callback_errors,
             "last_error": None if error is None else str(error),
+            "history_reads": self.history.reads,
         }
         self.router.add_stats(stats)
         return stats

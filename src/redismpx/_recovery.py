@@ -40,6 +40,11 @@ from .history import GapReason, Position
 Entry = tuple[int, bytes]  # (offset, payload) of a history entry
 _PLAIN = -1  # the offset of a held message published without history
 
+#: Messages held while a channel recovers. Beyond, the held ones are let go: the envelopes
+#: are in the history (an offset skipped once live makes the track read again), the plain
+#: ones were at most once anyway. A read that keeps failing must not cost unbounded memory.
+HELD_MAX = 10_000
+
 
 class TrackSink(Protocol):
     """What a track asks of the subscription it belongs to."""
@@ -118,7 +123,7 @@ class Track:
             # else a duplicate: skipped
         else:
             self.expect_copy = self.sink.channel_active(self.channel)
-            self.held.append((epoch, offset, payload))
+            self._hold(epoch, offset, payload)
 
     def plain(self, payload: bytes) -> None:
         """A message of the channel itself arrived."""
@@ -127,9 +132,15 @@ class Track:
         elif self.live:
             self.sink.deliver_to(self.channel, payload)
         elif self.sink.envelope_active(self.channel):
-            self.held.append((b"", _PLAIN, payload))
+            self._hold(b"", _PLAIN, payload)
         # else it cannot be told from the copy of an envelope we did not hear: if it is one,
         # the history has it; if not, it was published during the outage (at most once)
+
+    def _hold(self, epoch: bytes, offset: int, payload: bytes) -> None:
+        held = self.held
+        if len(held) >= HELD_MAX:
+            held.clear()
+        held.append((epoch, offset, payload))
 
     def _missed(self, epoch: bytes, offset: int, payload: bytes) -> None:
         # Live, something was missed (a position skipped, a new epoch): read the history.

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 from ._names import Listener
+from ._recovery import Track
 from .errors import InvalidArgumentType, SubscriptionClosed
 from .typedefs import OnActivation, OnDisconnect
 
@@ -43,6 +44,7 @@ class Host(Protocol):
     def call_soon(self, fn: Callable[[], None]) -> asyncio.Handle: ...
     def count_dropped(self, n: int) -> None: ...
     def count_callback_error(self) -> None: ...
+    def read_history(self, track: Track) -> None: ...  # a recovering channel's history
 
 
 def check_callback(name: str, fn: Any, *, optional: bool) -> None:

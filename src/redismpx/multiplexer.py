@@ -577,7 +577,8 @@ class Multiplexer:
         ``callback_errors`` (exceptions raised by callbacks); ``last_error`` (the text of the
         most recent connection error, never a password, or None); ``publish_connects``
         (connections opened by :meth:`publish`) and ``published`` (publishes Redis answered;
-        ``ping`` probes included). With
+        ``ping`` probes included); ``history_reads`` (history read commands recovering
+        subscriptions sent). With
         Sentinel: ``primary`` (``"host:port"`` while connected, else None), ``sentinels``
         (those known) and ``failovers`` (announced failovers followed).
         """

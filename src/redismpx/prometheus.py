@@ -62,6 +62,7 @@ COUNTERS: Final[Mapping[str, str]] = {
     "callback_errors": "Exceptions raised by subscription callbacks",
     "publish_connects": "Connections opened for publishing",
     "published": "Publishes Redis answered",
+    "history_reads": "History reads sent by recovering subscriptions",
     "topology_refreshes": "Cluster topology reads",
     "slot_moves": "Names moved between cluster nodes",
     "redirects": "MOVED replies seen",

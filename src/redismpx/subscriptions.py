@@ -16,7 +16,7 @@ from ._buffer import MISSED
 from ._buffered import BufferedSubscriber, delivery_options
 from ._decoding import AnyOnActivation, AnyOnMessage, decode_name
 from ._protocol import CHANNEL, PATTERN, SHARD, to_bytes
-from ._recovering import RecoveryTap, TapHost
+from ._recovering import RecoveryTap
 from ._subscriber import Host, check_callback
 from .errors import InvalidArgument, InvalidArgumentType
 from .history import Gap, GapReason, Position
@@ -133,7 +133,7 @@ class ChannelSubscription(BufferedSubscriber):
         self._channels: Names = None
         opts = delivery_options(max_buffer, overflow, on_drop, decode_names)
         # A recovering subscription's names go through its tap (the link's listener).
-        self._tap = RecoveryTap(self, _tap_host(host), self._kind, on_gap) if recover else None
+        self._tap = RecoveryTap(self, host, self._kind, on_gap) if recover else None
         super().__init__(host, on_message, on_disconnect, on_activation, opts, queued)
         host.register(self)
 
@@ -302,12 +302,6 @@ class ChannelSubscription(BufferedSubscriber):
     def _label(self) -> str:
         n = len(self._held())
         return f"ChannelSubscription@{id(self):#x}[{n} channel{'s' if n != 1 else ''}]"
-
-
-def _tap_host(host: Host) -> TapHost:
-    if not hasattr(host, "read_history"):
-        raise InvalidArgument("recover=True needs a multiplexer that reads history")
-    return host  # type: ignore[return-value]  # checked above
 
 
 class PatternSubscription(BufferedSubscriber):
