@@ -26,6 +26,9 @@ The rules, and why:
   or the history's last offset when none was held: a channel is recoverable from its first
   activation on, before it has received anything. Where the channel had no history at
   all, the first envelope that comes live is the start.
+* *Rolled back*: a history of the same epoch whose last offset is behind ours lost its last
+  writes (a restart from a snapshot, a failover to a lagging replica): a gap, and the track
+  goes on from that offset, which new publications reuse.
 * *Caught up* is told once per activation (the subscription's ``on_activation``), not after
   a read caused by a miss while connected.
 """
@@ -114,8 +117,9 @@ class Track:
             if epoch == self.epoch and offset == self.offset + 1:
                 self.offset = offset
                 self.sink.deliver_to(self.channel, payload)
-            elif self.epoch is None:
-                # Started where the channel had no history: it began after our read.
+            elif self.epoch is None or (offset == 1 and epoch != self.epoch):
+                # A history that begins while we are live (the channel had none when we
+                # started, or its last one expired while we heard all of it): the start.
                 self.epoch, self.offset = epoch, offset
                 self.sink.deliver_to(self.channel, payload)
             elif epoch != self.epoch or offset > self.offset:
@@ -173,6 +177,8 @@ class Track:
                 self.epoch, self.offset = None, 0
             elif epoch != self.epoch:
                 self.epoch, self.offset = epoch, 0
+            elif last < self.offset:  # rolled back (a restart lost its last writes)
+                self.offset = last  # the offsets after it are given to new publications
             for offset, payload in entries:
                 if offset > self.offset:
                     self.offset = offset
@@ -206,7 +212,9 @@ def _gap(
         return "lost" if offset > 0 else None
     if now != epoch:
         return "epoch"
-    if last <= offset:
+    if last < offset:  # the same history, rolled back: it lost what followed ``last``
+        return "lost"
+    if last == offset:
         return None
     if not entries or entries[0][0] > offset + 1:
         return "trimmed"

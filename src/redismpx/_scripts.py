@@ -18,7 +18,9 @@ from .errors import ServerError
 # KEYS: meta, log. ARGV: channel, envelope channel, payload, size, ttl (ms), a new epoch
 # (used when the history starts), PUBLISH or SPUBLISH. A history whose counter was lost
 # starts a new epoch and drops a log that outlived it (eviction removes keys one by one).
-# Offsets are Lua numbers: exact up to 1e14 publications per epoch ("%.14g" in ``..``).
+# A log ahead of the counter (the hash was rolled back or rewritten without it) refuses
+# the entry: a new epoch too. Offsets are Lua numbers: exact up to 1e14 publications per
+# epoch ("%.14g" in ``..``).
 PUBLISH_SOURCE: Final = b"""\
 local o = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local e = redis.call('HGET', KEYS[1], 'e')
@@ -27,7 +29,12 @@ if o == 1 or not e then
   redis.call('HSET', KEYS[1], 'e', e)
   redis.call('DEL', KEYS[2])
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], o .. '-0', 'd', ARGV[3])
+if redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], o .. '-0', 'd', ARGV[3]).err then
+  e = ARGV[6]
+  redis.call('HSET', KEYS[1], 'e', e)
+  redis.call('DEL', KEYS[2])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], o .. '-0', 'd', ARGV[3])
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call(ARGV[7], ARGV[2], '1:' .. e .. ':' .. o .. ':' .. ARGV[3])

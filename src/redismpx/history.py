@@ -21,7 +21,8 @@ GapReason = Literal["trimmed", "lost", "epoch"]
 * ``"trimmed"``: the history was trimmed past the last position delivered (more was
   published during the outage than ``history_size`` keeps);
 * ``"lost"``: the history is gone (it expired after ``history_ttl`` without a publication,
-  was evicted, or the server restarted without persistence and nothing was published since);
+  was evicted, or the server restarted without persistence and nothing was published since),
+  or it lost its last writes (a restart from a snapshot, a failover to a lagging replica);
 * ``"epoch"``: a new history replaced the one the position belongs to (it was lost, then
   publishing started a new one)."""
 
