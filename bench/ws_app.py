@@ -126,7 +126,7 @@ def build_app(variant: str, url: str, room: Room, options: dict[str, Any]) -> An
             async def on_message(channel: bytes, data: bytes) -> None:
                 await websocket.send_text(data.decode())
 
-            sub = get_multiplexer(websocket).new_channel_subscription(on_message)
+            sub = get_multiplexer(websocket).new_channel_subscription(on_message, eager=True)
             try:
                 await sub.add(CHANNEL)  # Redis confirmed it
                 room.joined()

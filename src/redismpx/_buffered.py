@@ -14,8 +14,10 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import Context, copy_context
 from typing import Any, TypedDict
 
+from . import _eager as eager
 from ._activation import ActivationWaiters
 from ._buffer import (
     ACTIVATION,
@@ -47,13 +49,14 @@ class DeliveryKeywords(BufferKeywords, total=False):
     """The delivery keywords of the callback subscription factories."""
 
     on_drop: OnDrop | None
+    eager: bool
 
 
 class DeliveryOptions:
     """Buffer size, overflow policy, drop callback and name type: shared by subscriptions
     that agree."""
 
-    __slots__ = ("decode_names", "max_buffer", "on_drop", "overflow")
+    __slots__ = ("decode_names", "eager", "max_buffer", "on_drop", "overflow")
 
     def __init__(
         self,
@@ -61,40 +64,46 @@ class DeliveryOptions:
         overflow: OverflowPolicy,
         on_drop: OnDrop | None,
         decode_names: bool = False,
+        eager: bool = False,
     ) -> None:
         self.max_buffer = max_buffer
         self.overflow = overflow
         self.on_drop = on_drop
         self.decode_names = decode_names
+        self.eager = eager
 
 
-_shared_options: dict[tuple[int, str, bool], DeliveryOptions] = {}
+_shared_options: dict[tuple[int, str, bool, bool], DeliveryOptions] = {}
 
 
 def delivery_options(
-    max_buffer: int, overflow: OverflowPolicy, on_drop: OnDrop | None, decode_names: bool = False
+    max_buffer: int,
+    overflow: OverflowPolicy,
+    on_drop: OnDrop | None,
+    decode_names: bool = False,
+    eager: bool = False,
 ) -> DeliveryOptions:
     """Checked settings; one object shared by all the subscriptions that use the defaults."""
     check_callback("on_drop", on_drop, optional=True)
     check_buffer(max_buffer, overflow)
-    if decode_names is not True and decode_names is not False:
-        raise InvalidArgumentType(
-            f"decode_names must be True or False, not {type(decode_names).__name__}"
-        )
+    for name, flag in (("decode_names", decode_names), ("eager", eager)):
+        if flag is not True and flag is not False:
+            raise InvalidArgumentType(f"{name} must be True or False, not {type(flag).__name__}")
     if on_drop is not None:
-        return DeliveryOptions(max_buffer, overflow, on_drop, decode_names)
+        return DeliveryOptions(max_buffer, overflow, on_drop, decode_names, eager)
     # Thousands of subscriptions usually share the defaults: one object for all of them.
-    key = (max_buffer, overflow, decode_names)
+    key = (max_buffer, overflow, decode_names, eager)
     opts = _shared_options.get(key)
     if opts is None:
-        opts = _shared_options[key] = DeliveryOptions(max_buffer, overflow, None, decode_names)
+        opts = DeliveryOptions(max_buffer, overflow, None, decode_names, eager)
+        _shared_options[key] = opts
     return opts
 
 
 class Queue(Buffer):
     """A :class:`Buffer` with its consumer: the worker task or the waiting iterator."""
 
-    __slots__ = ("logged_at", "on_message", "scheduled", "wake", "worker")
+    __slots__ = ("context", "logged_at", "on_message", "scheduled", "wake", "worker")
 
     def __init__(
         self, max_buffer: int, policy: OverflowPolicy, on_message: OnMessage | None
@@ -106,6 +115,7 @@ class Queue(Buffer):
         self.wake: asyncio.Future[None] | None = None  # set while the consumer waits
         self.worker: asyncio.Task[None] | None = None
         self.scheduled = False  # a drop report is due this loop turn
+        self.context: Context | None = None  # the worker's, where eager steps run too
         self.logged_at = -1e9  # when drops were last logged
 
     def kick(self) -> None:
@@ -183,7 +193,10 @@ class BufferedSubscriber(Subscriber):
         opts = self._opts
         self._queue = Queue(opts.max_buffer, opts.overflow, on_message)
         latest = opts.overflow == "latest_per_channel"
-        self.deliver = self._enqueue_latest if latest else self._enqueue
+        if opts.eager and on_message is not None:
+            self.deliver = self._deliver_eager
+        else:
+            self.deliver = self._enqueue_latest if latest else self._enqueue
         self.hears_activations = True
 
     # -- the reader's side (R1: never awaits) ------------------------------------------------
@@ -198,6 +211,29 @@ class BufferedSubscriber(Subscriber):
                 q.kick()
             return
         self._dropped(q.overflow(channel, data))
+
+    def _deliver_eager(self, channel: bytes, data: bytes) -> None:
+        # eager=True (see _eager.py): started here when the worker idles with nothing
+        # pending, so that no later message can overtake what waits.
+        q = self._queue
+        assert q is not None
+        worker, context, on_message = q.worker, q.context, q.on_message
+        rest = eager.NOT_STARTED
+        idle = q.wake is not None and not q.buf
+        if idle and worker is not None and context is not None and on_message is not None:
+            try:
+                rest = eager.start(worker, context, on_message, channel, data)
+            except Exception as exc:
+                self._log_error("on_message", exc)
+                return
+        if rest is eager.NOT_STARTED:
+            if q.latest is not None:
+                self._enqueue_latest(channel, data)
+            else:
+                self._enqueue(channel, data)
+        elif rest is not None:
+            q.push(AWAITABLE, rest)
+            q.kick()
 
     def _enqueue_latest(self, channel: bytes, data: bytes) -> None:
         q = self._queue
@@ -358,7 +394,11 @@ class BufferedSubscriber(Subscriber):
     def start_consumer(self) -> None:
         q = self._queue
         if q is not None and q.worker is None and q.on_message is not None and not self.closed:
-            q.worker = self._host.spawn(self._work(q), f"redismpx worker {self._label()}")
+            if self._opts.eager:
+                q.context = copy_context()  # one context for the worker and the eager steps
+            q.worker = self._host.spawn(
+                self._work(q), f"redismpx worker {self._label()}", q.context
+            )
 
     async def _wait(self, q: Queue) -> None:
         """Wait until something is pushed (or the subscription closes)."""

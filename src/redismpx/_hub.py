@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from asyncio.events import _get_running_loop  # the C accessor: None outside a loop, no raise
 from collections.abc import Callable, Coroutine, Sequence
+from contextvars import Context
 from typing import Any, Protocol
 
 from ._history import HistoryReader
@@ -142,8 +143,10 @@ class Hub:
         if not self._members:
             self._members.clear()  # give the memory back: dicts never shrink on deletion
 
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        return self.tasks.spawn(coro, name)
+    def spawn(
+        self, coro: Coroutine[Any, Any, None], name: str, context: Context | None = None
+    ) -> asyncio.Task[None]:
+        return self.tasks.spawn(coro, name, context)
 
     def call_soon(self, fn: Callable[[], None]) -> asyncio.Handle:
         return self.tasks.call_soon(fn)

@@ -18,8 +18,10 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from contextvars import Context
 from typing import Any, Protocol
 
+from ._eager import Rest
 from ._names import Listener
 from ._recovery import Track
 from .errors import InvalidArgumentType, SubscriptionClosed
@@ -40,7 +42,9 @@ class Host(Protocol):
     # True: Redis confirmed the name; None: Redis refused it; False: neither yet.
     def phase(self, kind: int, name: bytes) -> bool | None: ...
     def forget(self, sub: Any) -> None: ...
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]: ...
+    def spawn(
+        self, coro: Coroutine[Any, Any, None], name: str, context: Context | None = None
+    ) -> asyncio.Task[None]: ...
     def call_soon(self, fn: Callable[[], None]) -> asyncio.Handle: ...
     def count_dropped(self, n: int) -> None: ...
     def count_callback_error(self) -> None: ...
@@ -65,7 +69,7 @@ def is_async(fn: Any) -> bool:
 def discard(awaitable: Any) -> None:
     """Forget a callback's awaitable that will never be awaited: a coroutine is closed, so none
     of its body runs and Python does not warn that it was never awaited."""
-    if inspect.iscoroutine(awaitable):
+    if inspect.iscoroutine(awaitable) or isinstance(awaitable, Rest):
         awaitable.close()
 
 

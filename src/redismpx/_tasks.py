@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
+from contextvars import Context
 from typing import Any
 
 
@@ -25,10 +26,13 @@ class TaskOwner:
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        """Start ``coro`` as a task owned here (in the bound loop, else the running one)."""
+    def spawn(
+        self, coro: Coroutine[Any, Any, Any], name: str, context: Context | None = None
+    ) -> asyncio.Task[Any]:
+        """Start ``coro`` as a task owned here (in the bound loop, else the running one),
+        in ``context`` if given (else a copy of the current one, as always)."""
         loop = self.loop or asyncio.get_running_loop()
-        task = loop.create_task(coro, name=name)
+        task = loop.create_task(coro, name=name, context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

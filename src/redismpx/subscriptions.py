@@ -114,6 +114,7 @@ class ChannelSubscription(BufferedSubscriber):
         max_buffer: int,
         overflow: OverflowPolicy,
         on_drop: OnDrop | None = None,
+        eager: bool = False,
         sharded: bool = False,
         queued: bool = False,
         decode_names: bool = False,
@@ -131,7 +132,7 @@ class ChannelSubscription(BufferedSubscriber):
             raise InvalidArgument("on_gap needs recover=True")
         self._kind = SHARD if sharded else CHANNEL
         self._channels: Names = None
-        opts = delivery_options(max_buffer, overflow, on_drop, decode_names)
+        opts = delivery_options(max_buffer, overflow, on_drop, decode_names, eager)
         # A recovering subscription's names go through its tap (the link's listener).
         self._tap = RecoveryTap(self, host, self._kind, on_gap) if recover else None
         super().__init__(host, on_message, on_disconnect, on_activation, opts, queued)
@@ -320,6 +321,7 @@ class PatternSubscription(BufferedSubscriber):
         on_activation: AnyOnActivation | None = None,
         *,
         on_drop: OnDrop | None = None,
+        eager: bool = False,
         max_buffer: int,
         overflow: OverflowPolicy,
         queued: bool = False,
@@ -329,7 +331,7 @@ class PatternSubscription(BufferedSubscriber):
             check_callback("on_message", on_message, optional=False)
         self.pattern: bytes = check_name(pattern, "pattern")
         """The glob-style pattern, as bytes."""
-        opts = delivery_options(max_buffer, overflow, on_drop, decode_names)
+        opts = delivery_options(max_buffer, overflow, on_drop, decode_names, eager)
         super().__init__(host, on_message, on_disconnect, on_activation, opts, queued)
         host.register(self)
         host.add(PATTERN, (self.pattern,), self)
