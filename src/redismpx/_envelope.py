@@ -12,12 +12,13 @@ tag ``T`` (:func:`slot_tag`):
 
 * ``__redismpx:{T}:env:C``: the envelope channel;
 * ``__redismpx:{T}:meta:C``: a hash, ``e`` the epoch and ``o`` the last offset given;
-* ``__redismpx:{T}:log:C``: a stream, one entry ``<offset>-0`` with field ``d`` (the payload)
-  per publication kept.
+* ``__redismpx:{T}:log:C``: a stream, one entry ``<offset>-<tag>`` with field ``d`` (the
+  payload) per publication kept; the tag is a random number the publisher chose.
 
 The hash tag puts all three in ``C``'s slot on a cluster (the script's keys and its shard
-channels must share one). An envelope is ``1:<epoch>:<offset>:<payload>``: a version, the
-history's epoch (hex), the offset (decimal) and the payload's bytes, unescaped.
+channels must share one). An envelope is ``1:<epoch>:<offset>-<tag>:<payload>``: a version,
+the history's epoch (hex), the entry's id (both parts decimal) and the payload's bytes,
+unescaped.
 """
 
 from __future__ import annotations
@@ -68,15 +69,18 @@ def history_keys(channel: bytes) -> tuple[bytes, bytes]:
     return prefix + b"meta:" + channel, prefix + b"log:" + channel
 
 
-def encode(epoch: bytes, offset: int, payload: bytes) -> bytes:
+def encode(epoch: bytes, offset: int, tag: bytes, payload: bytes) -> bytes:
     """An envelope (the script builds the same bytes; this is for tests and the docs)."""
-    return b"%s:%s:%d:%s" % (VERSION, epoch, offset, payload)
+    return b"%s:%s:%d-%s:%s" % (VERSION, epoch, offset, tag, payload)
 
 
-def parse(data: bytes) -> tuple[bytes, int, bytes] | None:
-    """``(epoch, offset, payload)`` of an envelope; None if it is not one we can read (a
+def parse(data: bytes) -> tuple[bytes, int, bytes, bytes] | None:
+    """``(epoch, offset, tag, payload)`` of an envelope; None if it is not one we can read (a
     later version, or garbage: published on a reserved name by something else)."""
     parts = data.split(b":", 3)
-    if len(parts) != 4 or parts[0] != VERSION or not parts[2].isdigit():
+    if len(parts) != 4 or parts[0] != VERSION:
         return None
-    return parts[1], int(parts[2]), parts[3]
+    offset, _, tag = parts[2].partition(b"-")
+    if not offset.isdigit() or not tag.isdigit():
+        return None
+    return parts[1], int(offset), tag, parts[3]

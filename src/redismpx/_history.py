@@ -50,6 +50,7 @@ async def publish(
     receivers Redis counted on ``channel`` and the publication's position."""
     meta, log = history_keys(channel)
     epoch = os.urandom(8).hex().encode()  # used only if this publication starts a history
+    tag = b"%d" % int.from_bytes(os.urandom(6), "big")  # the entry id's second part
 
     async def call(command: bytes, name: str) -> Any:
         return await call_for(channel, command, name, timeout)
@@ -62,6 +63,7 @@ async def publish(
         b"%d" % ttl_ms,
         epoch,
         b"SPUBLISH" if sharded else b"PUBLISH",
+        tag,
     )
     receivers, used, offset = await _scripts.PUBLISH.run(call, (meta, log), args)
     return int(receivers), Position(_text(used), int(offset))
@@ -76,8 +78,9 @@ async def read(
     timeout: float | None,
 ) -> tuple[bytes | None, int, list[Entry]]:
     """``(epoch, last offset, entries)`` of ``channel``'s history: up to ``limit`` entries
-    after ``since`` (all of them if ``since`` is of another epoch), oldest first; the last
-    ``limit`` without ``since``. Epoch None: the channel has no history."""
+    from ``since`` on, the one at ``since`` included (all of them if ``since`` is of another
+    epoch), oldest first; the last ``limit`` without ``since``. Epoch None: the channel has
+    no history."""
     keys = history_keys(channel)
 
     async def call(command: bytes, name: str) -> Any:
@@ -86,7 +89,7 @@ async def read(
     if since is None:
         args: tuple[bytes, ...] = (b"tail", b"", b"0", b"%d" % limit)
     else:
-        args = (b"after", since[0], b"%d" % since[1], b"%d" % limit)
+        args = (b"from", since[0], b"%d" % since[1], b"%d" % limit)
     epoch, last, raw = await _scripts.READ.run(call, keys, args)
     entries = [_entry(item) for item in raw]
     if since is None:
@@ -99,7 +102,9 @@ async def read_history(
 ) -> History:
     """What :meth:`Multiplexer.history` returns (see there)."""
     start = None if since is None else (since.epoch.encode(), since.offset)
-    epoch, last, entries = await read(call_for, channel, since=start, limit=limit, timeout=timeout)
+    # From ``since`` on, that one included: one more, to return ``limit`` after it.
+    count = limit if since is None else limit + 1
+    epoch, last, entries = await read(call_for, channel, since=start, limit=count, timeout=timeout)
     if epoch is None:
         return History([], None, None if since is None else "lost")
     text = _text(epoch)
@@ -107,18 +112,23 @@ async def read_history(
     if since is not None:
         if text != since.epoch:
             gap = "epoch"
-        elif last > since.offset and (not entries or entries[0][0] > since.offset + 1):
-            gap = "trimmed"
-    found = [HistoryEntry(Position(text, offset), data) for offset, data in entries]
+        else:
+            entries = [e for e in entries if e[0] > since.offset][:limit]
+            if last < since.offset:
+                gap = "lost"  # rolled back (see _recovery)
+            elif last > since.offset and (not entries or entries[0][0] > since.offset + 1):
+                gap = "trimmed"
+        entries = entries[:limit]
+    found = [HistoryEntry(Position(text, offset), data) for offset, _, data in entries]
     # Where to go on from: the last entry when ``limit`` cut the read short, else the end.
     at = found[-1].position if since is not None and len(found) == limit else Position(text, last)
     return History(found, at, gap)  # type: ignore[arg-type]  # gap is a GapReason
 
 
 def _entry(item: Any) -> Entry:
-    # A stream entry: [b"<offset>-0", [b"d", payload]].
-    ident, fields = item[0], item[1]
-    return int(_bytes(ident).split(b"-", 1)[0]), _bytes(fields[1])
+    # A stream entry: [b"<offset>-<tag>", [b"d", payload]].
+    offset, _, tag = _bytes(item[0]).partition(b"-")
+    return int(offset), tag, _bytes(item[1][1])
 
 
 def _bytes(value: Any) -> bytes:
@@ -185,18 +195,18 @@ class HistoryReader:
         for track, generation in waiting:
             mine = entries
             if found_epoch == track.epoch:
-                mine = [e for e in entries if e[0] > track.offset]
+                mine = [e for e in entries if e[0] >= track.offset]
             track.read_done(generation, found_epoch, last, mine)
 
     async def _read_all(
         self, channel: bytes, epoch: bytes | None, start: int | None
     ) -> tuple[bytes | None, int, list[Entry]]:
-        if epoch is None or start is None:  # a fresh start needs the last position only
-            found, last, _ = await read(
+        if epoch is None or start is None:  # a fresh start: the last entry only
+            found, last, tail = await read(
                 self._call_for, channel, since=None, limit=1, timeout=READ_TIMEOUT
             )
             self.reads += 1
-            return found, last, []
+            return found, last, tail
         since = (epoch, start)
         entries: list[Entry] = []
         while True:
@@ -204,11 +214,18 @@ class HistoryReader:
                 self._call_for, channel, since=since, limit=READ_CHUNK, timeout=READ_TIMEOUT
             )
             self.reads += 1
-            if entries and found != since[0]:
-                entries = []  # the history changed between two chunks: start over
-                since = (epoch, start)
-                continue
+            if entries:
+                if found != since[0]:
+                    entries = []  # the history changed between two chunks: start over
+                    since = (epoch, start)
+                    continue
+                if chunk and chunk[0][0] == entries[-1][0]:
+                    chunk = chunk[1:]  # each chunk starts with the last one read
+                if chunk and chunk[0][0] != entries[-1][0] + 1:
+                    # Trimmed past what was read meanwhile: that is gone too. What is left
+                    # starts after a hole, which the track reports as "trimmed".
+                    entries = []
             entries.extend(chunk)
-            if len(chunk) < READ_CHUNK or found is None:
+            if len(chunk) < READ_CHUNK - 1 or found is None or not entries:
                 return found, last, entries
-            since = (found, chunk[-1][0])
+            since = (found, entries[-1][0])

@@ -28,7 +28,9 @@ The rules, and why:
   all, the first envelope that comes live is the start.
 * *Rolled back*: a history of the same epoch whose last offset is behind ours lost its last
   writes (a restart from a snapshot, a failover to a lagging replica): a gap, and the track
-  goes on from that offset, which new publications reuse.
+  goes on from that offset, which new publications reuse. When new publications have already
+  reused it, the entry at our offset bears another tag (each entry's id is
+  ``<offset>-<random tag>``): a gap too, and delivery from that entry on.
 * *Caught up* is told once per activation (the subscription's ``on_activation``), not after
   a read caused by a miss while connected.
 """
@@ -40,7 +42,7 @@ from typing import Protocol
 
 from .history import GapReason, Position
 
-Entry = tuple[int, bytes]  # (offset, payload) of a history entry
+Entry = tuple[int, bytes, bytes]  # (offset, tag, payload) of a history entry
 _PLAIN = -1  # the offset of a held message published without history
 
 #: Messages held while a channel recovers. Beyond, the held ones are let go: the envelopes
@@ -75,6 +77,7 @@ class Track:
         "offset",
         "outage",
         "sink",
+        "tag",
     )
 
     def __init__(self, sink: TrackSink, channel: bytes, since: Position | None) -> None:
@@ -83,8 +86,10 @@ class Track:
         # The last position delivered; epoch None: none yet (a fresh start).
         self.epoch: bytes | None = None if since is None else since.epoch.encode()
         self.offset = 0 if since is None else since.offset
+        self.tag: bytes | None = None  # the tag of the entry at ``offset``, if known
         self.live = False
-        self.held: list[tuple[bytes, int, bytes]] = []  # (epoch, offset or _PLAIN, payload)
+        # (epoch, offset or _PLAIN, tag, payload)
+        self.held: list[tuple[bytes, int, bytes, bytes]] = []
         self.expect_copy = False
         self.generation = 0  # bumped by each activation: reads of an older one are void
         self.outage = False  # recovering from an activation (told as caught up), not a miss
@@ -110,24 +115,24 @@ class Track:
         if both_active:
             self.sink.read(self)
 
-    def envelope(self, epoch: bytes, offset: int, payload: bytes) -> None:
+    def envelope(self, epoch: bytes, offset: int, tag: bytes, payload: bytes) -> None:
         """An envelope arrived (its plain copy follows if the channel is active)."""
         if self.live:
             self.expect_copy = True  # live implies both names are active
             if epoch == self.epoch and offset == self.offset + 1:
-                self.offset = offset
+                self.offset, self.tag = offset, tag
                 self.sink.deliver_to(self.channel, payload)
             elif self.epoch is None or (offset == 1 and epoch != self.epoch):
                 # A history that begins while we are live (the channel had none when we
                 # started, or its last one expired while we heard all of it): the start.
-                self.epoch, self.offset = epoch, offset
+                self.epoch, self.offset, self.tag = epoch, offset, tag
                 self.sink.deliver_to(self.channel, payload)
             elif epoch != self.epoch or offset > self.offset:
-                self._missed(epoch, offset, payload)
+                self._missed(epoch, offset, tag, payload)
             # else a duplicate: skipped
         else:
             self.expect_copy = self.sink.channel_active(self.channel)
-            self._hold(epoch, offset, payload)
+            self._hold(epoch, offset, tag, payload)
 
     def plain(self, payload: bytes) -> None:
         """A message of the channel itself arrived."""
@@ -136,20 +141,20 @@ class Track:
         elif self.live:
             self.sink.deliver_to(self.channel, payload)
         elif self.sink.envelope_active(self.channel):
-            self._hold(b"", _PLAIN, payload)
+            self._hold(b"", _PLAIN, b"", payload)
         # else it cannot be told from the copy of an envelope we did not hear: if it is one,
         # the history has it; if not, it was published during the outage (at most once)
 
-    def _hold(self, epoch: bytes, offset: int, payload: bytes) -> None:
+    def _hold(self, epoch: bytes, offset: int, tag: bytes, payload: bytes) -> None:
         held = self.held
         if len(held) >= HELD_MAX:
             held.clear()
-        held.append((epoch, offset, payload))
+        held.append((epoch, offset, tag, payload))
 
-    def _missed(self, epoch: bytes, offset: int, payload: bytes) -> None:
+    def _missed(self, epoch: bytes, offset: int, tag: bytes, payload: bytes) -> None:
         # Live, something was missed (a position skipped, a new epoch): read the history.
         self.live = False
-        self.held = [(epoch, offset, payload)]
+        self.held = [(epoch, offset, tag, payload)]
         self.generation += 1
         self.sink.read(self)
 
@@ -159,29 +164,45 @@ class Track:
         self, generation: int, epoch: bytes | None, last: int, entries: Sequence[Entry]
     ) -> None:
         """The history read for ``generation``: its epoch (None: no history), its last offset,
-        and its entries after this track's position (all of them for another epoch)."""
+        and its entries from this track's position on, that one included (all of them for
+        another epoch; for a fresh start, the last one)."""
         if generation != self.generation or self.live:
             return  # an activation came after the read began: a newer read counts
         sink, channel = self.sink, self.channel
         if self.epoch is None:  # a fresh start: from the first held envelope, or the end
             first = next((h for h in self.held if h[1] != _PLAIN), None)
             if first is not None:
-                self.epoch, self.offset = first[0], first[1] - 1
+                self.epoch, self.offset, self.tag = first[0], first[1] - 1, None
             elif epoch is not None:
                 self.epoch, self.offset = epoch, last
+                self.tag = entries[-1][1] if entries and entries[-1][0] == last else None
         else:
-            reason = _gap(self.epoch, self.offset, epoch, last, entries)
-            if reason is not None:
-                sink.gap(channel, reason, self.position)
+            if epoch == self.epoch and entries and entries[0][0] == self.offset:
+                if self.tag is not None and entries[0][1] != self.tag:
+                    # The entry at our position is another publication: the history lost
+                    # what we delivered (a failover to a lagging replica) and gave its
+                    # offsets to new ones. They are delivered, from that one on.
+                    sink.gap(channel, "lost", self.position)
+                    self.offset -= 1
+                    self.tag = None
+                else:
+                    entries = entries[1:]
+                    reason = _gap(self.epoch, self.offset, epoch, last, entries)
+                    if reason is not None:
+                        sink.gap(channel, reason, self.position)
+            else:
+                reason = _gap(self.epoch, self.offset, epoch, last, entries)
+                if reason is not None:
+                    sink.gap(channel, reason, self.position)
             if epoch is None:  # the history is gone: its next one starts us afresh
-                self.epoch, self.offset = None, 0
+                self.epoch, self.offset, self.tag = None, 0, None
             elif epoch != self.epoch:
-                self.epoch, self.offset = epoch, 0
+                self.epoch, self.offset, self.tag = epoch, 0, None
             elif last < self.offset:  # rolled back (a restart lost its last writes)
-                self.offset = last  # the offsets after it are given to new publications
-            for offset, payload in entries:
+                self.offset, self.tag = last, None  # new publications reuse the offsets after it
+            for offset, tag, payload in entries:
                 if offset > self.offset:
-                    self.offset = offset
+                    self.offset, self.tag = offset, tag
                     sink.deliver_to(channel, payload)
         held, self.held = self.held, []
         # The held messages replayed by the live rules; their copies were skipped as they
@@ -189,11 +210,11 @@ class Track:
         # read may land between an envelope and its copy).
         expect_copy = self.expect_copy
         self.live = True
-        for i, (h_epoch, h_offset, payload) in enumerate(held):
+        for i, (h_epoch, h_offset, h_tag, payload) in enumerate(held):
             if h_offset == _PLAIN:
                 sink.deliver_to(channel, payload)
                 continue
-            self.envelope(h_epoch, h_offset, payload)
+            self.envelope(h_epoch, h_offset, h_tag, payload)
             if not self.live:  # that one revealed a miss: the rest waits for the new read
                 self.held.extend(held[i + 1 :])
                 break

@@ -16,11 +16,13 @@ from ._protocol import encode_command
 from .errors import ServerError
 
 # KEYS: meta, log. ARGV: channel, envelope channel, payload, size, ttl (ms), a new epoch
-# (used when the history starts), PUBLISH or SPUBLISH. A history whose counter was lost
-# starts a new epoch and drops a log that outlived it (eviction removes keys one by one).
-# A log ahead of the counter (the hash was rolled back or rewritten without it) refuses
-# the entry: a new epoch too. Offsets are Lua numbers: exact up to 1e14 publications per
-# epoch ("%.14g" in ``..``).
+# (used when the history starts), PUBLISH or SPUBLISH, a random tag. The entry's id is
+# ``<offset>-<tag>``: a history that lost its last writes (a failover to a lagging replica)
+# and gave their offsets to new publications is told apart by the tag. A history whose
+# counter was lost starts a new epoch and drops a log that outlived it (eviction removes keys
+# one by one); so does a log ahead of the counter (the hash was rolled back or rewritten
+# without it), which refuses the entry. Offsets are Lua numbers: exact up to 1e14
+# publications per epoch ("%.14g" in ``..``).
 PUBLISH_SOURCE: Final = b"""\
 local o = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local e = redis.call('HGET', KEYS[1], 'e')
@@ -29,21 +31,23 @@ if o == 1 or not e then
   redis.call('HSET', KEYS[1], 'e', e)
   redis.call('DEL', KEYS[2])
 end
-if redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], o .. '-0', 'd', ARGV[3]).err then
+local id = o .. '-' .. ARGV[8]
+if redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], id, 'd', ARGV[3]).err then
   e = ARGV[6]
   redis.call('HSET', KEYS[1], 'e', e)
   redis.call('DEL', KEYS[2])
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], o .. '-0', 'd', ARGV[3])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], id, 'd', ARGV[3])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
-redis.call(ARGV[7], ARGV[2], '1:' .. e .. ':' .. o .. ':' .. ARGV[3])
+redis.call(ARGV[7], ARGV[2], '1:' .. e .. ':' .. id .. ':' .. ARGV[3])
 return {redis.call(ARGV[7], ARGV[1], ARGV[3]), e, o}
 """
 
-# KEYS: meta, log. ARGV: "tail" (the last COUNT) or "after" (from an offset on), the epoch
-# of that offset, the offset, COUNT. Replies {epoch, last offset, entries}; an epoch that is
-# not the history's reads it from its start. No history: {false, 0, {}}.
+# KEYS: meta, log. ARGV: "tail" (the last COUNT) or "from" (from an offset on, that one
+# included: its tag is checked), the epoch of that offset, the offset, COUNT. Replies
+# {epoch, last offset, entries}; an epoch that is not the history's reads it from its start.
+# No history: {false, 0, {}}.
 READ_SOURCE: Final = b"""\
 local m = redis.call('HMGET', KEYS[1], 'e', 'o')
 local e = m[1]
@@ -54,7 +58,7 @@ if ARGV[1] == 'tail' then
 else
   local from = 0
   if e == ARGV[2] then from = tonumber(ARGV[3]) end
-  entries = redis.call('XRANGE', KEYS[2], (from + 1) .. '-0', '+', 'COUNT', ARGV[4])
+  entries = redis.call('XRANGE', KEYS[2], from .. '-0', '+', 'COUNT', ARGV[4])
 end
 return {e, tonumber(m[2]), entries}
 """

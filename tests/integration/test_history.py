@@ -361,3 +361,34 @@ async def test_a_log_ahead_of_its_counter_starts_a_new_epoch(
     assert before.position is not None and after.position is not None
     assert after.position.epoch != before.position.epoch
     assert [e.data for e in after.entries] == [b"4"]
+
+
+async def test_offsets_reused_after_a_rollback_are_told_apart_by_their_tag(
+    redis_server: Any, admin: Admin
+) -> None:
+    # A failover to a replica that lacked the last publications, and publishing resumed
+    # there before the subscriber came back: the same epoch, the same offsets, other
+    # publications. Regression: they were skipped as duplicates of what it had delivered.
+    mpx = Multiplexer(redis_server.url, backoff_base=0.5, backoff_cap=0.5)
+    try:
+        r = Received()
+        sub = mpx.new_channel_subscription(r.on_message, recover=True, on_gap=r.on_gap)
+        await sub.add("fo")
+        for i in range(1, 6):
+            await mpx.publish("fo", f"old{i}", history_size=100)
+        await _until(lambda: len(r.data) == 5, "5 messages")
+        meta, log = history_keys(b"fo")
+        kept = await admin.client.xrange(log, count=3)  # what the "replica" had
+        await admin.client.hset(meta, "o", 3)
+        await admin.client.delete(log)
+        for ident, fields in kept:
+            await admin.client.xadd(log, fields, id=ident)
+        assert await admin.kill_pubsub() == 1
+        for i in range(4, 8):  # offsets 4 to 7, while the subscriber is away
+            await mpx.publish("fo", f"new{i}", history_size=100)
+        await _until(lambda: r.data[-1:] == [b"new7"], "the new publications")
+        assert len(r.gaps) == 1 and r.gaps[0].reason == "lost"
+        assert r.data[:5] == [b"old1", b"old2", b"old3", b"old4", b"old5"]
+        assert r.data[5:] == [b"new5", b"new6", b"new7"]  # from the diverging offset on
+    finally:
+        await mpx.aclose()
