@@ -174,19 +174,21 @@ async def publisher(ctl: Ctl, name: str, p: dict[str, Any]) -> dict[str, Any]:
                 if step == "prime":  # the script loaded, the connection open
                     await other.publish(MEM_PREFIX + b"warm", b"x", history_size=1)
                 else:
-                    data = b"d" * MEM_PAYLOAD
-
-                    async def fill(channel: bytes) -> None:
-                        for _ in range(per_channel):
-                            await other.publish(channel, data, history_size=per_channel)
-
                     names = [MEM_PREFIX + b"%d" % i for i in range(count)]
-                    await asyncio.wait_for(asyncio.gather(*map(fill, names)), p["setup_timeout"])
+                    fills = (_fill(other, c, per_channel) for c in names)
+                    await asyncio.wait_for(asyncio.gather(*fills), p["setup_timeout"])
             ctl.send("filled", None)
         else:
             break
     await asyncio.wait_for(mpx.aclose(), 10)
     return {}
+
+
+async def _fill(mpx: Any, channel: bytes, count: int) -> None:
+    """``count`` 100-byte publications on ``channel``, all retained (``history_size=count``)."""
+    data = b"d" * MEM_PAYLOAD
+    for _ in range(count):
+        await mpx.publish(channel, data, history_size=count)
 
 
 def run_publish(env: Env, contender: str) -> dict[str, Any]:
