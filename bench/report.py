@@ -192,6 +192,7 @@ def _history_figures(key: str) -> list[Figure]:
         ]  # fmt: skip
     if key == "S14":
         return [
+            Figure("ms from restart to PING answered (AOF loaded)", "ready_ms", _f(1), False),
             Figure("ms from restart to all names active", "all_active_ms", _f(1), False),
             Figure("ms from restart to the first channel caught up", "first_caught_up_ms",
                    _f(1), False),
@@ -202,6 +203,10 @@ def _history_figures(key: str) -> list[Figure]:
             Figure("EVALSHA calls", "evalsha", _f(0), False),
             Figure("EVALSHA failed (NOSCRIPT)", "evalsha_failed", _f(0), False),
             Figure("EVAL calls (after NOSCRIPT)", "eval", _f(0), False),
+            Figure("history reads (library's count)", "history_reads", _f(0), False),
+            Figure("command connection writes (round trips)", "command_writes", _f(0), False),
+            Figure("subscriber CPU ms, kill to caught up", "client_cpu_ms", _f(0), False),
+            Figure("server CPU ms, restart to caught up", "server_cpu_ms", _f(0), False),
             Figure("messages lost (a gap fails the run)", "lost", _f(0), False, "0",
                    lambda v: v["mpx"] == 0),
         ]  # fmt: skip

@@ -344,7 +344,19 @@ async def _publish_numbered(
 async def recovering(ctl: Ctl, name: str, p: dict[str, Any]) -> dict[str, Any]:
     """Subscriber process of S14."""
     from redismpx import Multiplexer
+    from redismpx._connection import Connection
 
+    # Round trips: count the command connection's writes (every command of one loop turn
+    # goes out in one ``Connection.send``) and the commands in them, once armed.
+    writes = [0, 0]
+    send = Connection.send
+
+    def counting_send(self: Connection, data: bytes, replies: list[Any]) -> None:
+        writes[0] += 1
+        writes[1] += len(replies)
+        send(self, data, replies)
+
+    Connection.send = counting_send  # type: ignore[method-assign]
     n, before, size = p["channels"], p["before"], p["history_size"]
     mpx = Multiplexer(p["url"])
     await mpx.__aenter__()
@@ -363,16 +375,23 @@ async def recovering(ctl: Ctl, name: str, p: dict[str, Any]) -> dict[str, Any]:
     await _until(lambda: all(len(c.got) == before for c in chans), p["timeout"], "the messages")
     ctl.send("ready", None)
     reads0 = 0
+    cpu0 = 0.0
     while True:
         msg = await ctl.recv(p["timeout"] * 3)  # the loop keeps running: mpx reconnects
         if msg[0] == "arm":
             tally.armed = True
             tally.times.clear()
             reads0 = mpx._hub.history.reads
+            writes[:] = [0, 0]
+            cpu0 = time.process_time()
             ctl.send("armed", None)
         elif msg[0] == "caught":
             times = tally.times  # all of them only once complete
-            ctl.send("caught", len(times), sorted(times) if len(times) >= n else [])
+            if len(times) >= n:
+                ctl.send("caught", len(times), sorted(times), time.process_time() - cpu0,
+                         tuple(writes))  # fmt: skip
+            else:
+                ctl.send("caught", len(times), [], 0.0, (0, 0))
         elif msg[0] == "check":
             want = list(range(1, msg[1] + 1))
             missing = dups = disorder = 0
@@ -411,13 +430,15 @@ def _wait_active(port: int, total: int, timeout: float) -> int:
         admin.close()
 
 
-def _wait_caught_up(w: Worker, n: int, timeout: float) -> list[int]:
+def _wait_caught_up(w: Worker, n: int, timeout: float) -> tuple[list[int], float, Any]:
+    """The subscriber's activation times once all ``n`` caught up, its CPU time since it was
+    armed, and (writes, commands) of its command connection since."""
     deadline = time.monotonic() + timeout
     while True:
         w.send("caught")
-        _, count, times = w.expect("caught", timeout)
+        _, count, times, cpu, writes = w.expect("caught", timeout)
         if count >= n:
-            return [int(t) for t in times]
+            return [int(t) for t in times], cpu, writes
         if time.monotonic() > deadline:
             raise ScenarioError(f"{count} of {n} channels caught up after {timeout}s")
         time.sleep(0.02)
@@ -448,10 +469,14 @@ def run_recovery(env: Env, contender: str) -> dict[str, Any]:
             outage_publish_s = time.monotonic() - t0
             srv.kill()
             srv.port = port
-            srv.start()
+            t_restart = now_ns()
+            srv.start()  # returns once it answers PING: the AOF is loaded
             t_ready = now_ns()
+            assert srv.proc is not None
+            pid = srv.proc.pid
             t_active = _wait_active(port, 2 * n, timeout)
-            times = _wait_caught_up(w, n, timeout)
+            times, client_cpu, (writes, commands) = _wait_caught_up(w, n, timeout)
+            server_cpu = cpu_ticks(pid) / CLK_TCK  # since it started: the restart's own cost
             admin = Admin(port)
             try:
                 stats = _cmdstats(admin)
@@ -466,12 +491,13 @@ def run_recovery(env: Env, contender: str) -> dict[str, Any]:
     if final["dropped"]:
         raise ScenarioError(f"redismpx dropped {final['dropped']} messages")
     evalsha = stats.get("evalsha", {})
-    ms = [(t - t_ready) / 1e6 for t in times]
+    ms = [(t - t_restart) / 1e6 for t in times]
     return {
         "channels": n,
         "missed_per_channel": during,
         "outage_publish_s": outage_publish_s,
-        "all_active_ms": (t_active - t_ready) / 1e6,
+        "ready_ms": (t_ready - t_restart) / 1e6,
+        "all_active_ms": (t_active - t_restart) / 1e6,
         "first_caught_up_ms": ms[0],
         "median_caught_up_ms": median(ms),
         "caught_up_ms": ms[-1],
@@ -480,6 +506,10 @@ def run_recovery(env: Env, contender: str) -> dict[str, Any]:
         "evalsha_failed": evalsha.get("failed_calls", 0.0) + evalsha.get("rejected_calls", 0.0),
         "eval": stats.get("eval", {}).get("calls", 0.0),
         "history_reads": check["history_reads"],
+        "command_writes": writes,
+        "commands": commands,
+        "client_cpu_ms": client_cpu * 1e3,
+        "server_cpu_ms": server_cpu * 1e3,
         "lost": check["missing"],
         "gaps": check["gaps"],
     }
