@@ -196,7 +196,10 @@ def _history_figures(key: str) -> list[Figure]:
             Figure("ms from restart to all names active", "all_active_ms", _f(1), False),
             Figure("ms from restart to the first channel caught up", "first_caught_up_ms",
                    _f(1), False),
-            Figure("ms from restart to every channel caught up", "caught_up_ms", _f(1), False,
+            Figure("ms from restart to every channel caught up", "caught_up_ms", _f(1), False),
+            Figure("plain subscriptions: ms from restart to every on_activation",
+                   "plain_caught_up_ms", _f(1), False),
+            Figure("recovering/plain time to every channel back", "ratio_caught_up", _x, False,
                    "no bar", info=True),
             Figure("ms from all active to every channel caught up", "active_to_caught_up_ms",
                    _f(1), False),
@@ -207,8 +210,11 @@ def _history_figures(key: str) -> list[Figure]:
             Figure("command connection writes (round trips)", "command_writes", _f(0), False),
             Figure("subscriber CPU ms, kill to caught up", "client_cpu_ms", _f(0), False),
             Figure("server CPU ms, restart to caught up", "server_cpu_ms", _f(0), False),
+            Figure("plain subscriptions: subscriber CPU ms", "plain_client_cpu_ms", _f(0), False),
             Figure("messages lost (a gap fails the run)", "lost", _f(0), False, "0",
                    lambda v: v["mpx"] == 0),
+            Figure("plain subscriptions: messages lost (expected: all missed)", "plain_lost",
+                   _f(0), False),
         ]  # fmt: skip
     figures = [
         Figure(f"deliveries/s per CPU-s, {variant}", f"{variant}_rate_cpu", _si, True)
