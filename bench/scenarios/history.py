@@ -76,6 +76,11 @@ HISTORY_TTL_MS = 3_600_000
 CHUNK = 1000
 
 
+def _ratio(a: float, b: float) -> float:
+    """a / b; NaN when b is 0 (a server's CPU in 10 ms ticks over a --quick repetition)."""
+    return a / b if b else float("nan")
+
+
 def _info(admin: Admin, section: str) -> dict[bytes, bytes]:
     out: dict[bytes, bytes] = {}
     for line in admin.command("INFO", section).split(b"\r\n"):
@@ -250,7 +255,7 @@ def run_publish(env: Env, contender: str) -> dict[str, Any]:
         out[f"{mode}_cmd_us"] = median([r["stats"][command]["usec_per_call"] for r in rs])
         out[f"{mode}_spread"] = spread(rates)
     for figure in ("rate", "cpu_us", "server_cpu_us", "cmd_us"):
-        out[f"ratio_{figure}"] = out[f"history_{figure}"] / out[f"plain_{figure}"]
+        out[f"ratio_{figure}"] = _ratio(out[f"history_{figure}"], out[f"plain_{figure}"])
     out.update(memory)
     return out
 
@@ -459,7 +464,7 @@ def run_recovery(env: Env, contender: str) -> dict[str, Any]:
         raise ScenarioError(f"recovery was not exact: lost {out['lost']}, gaps {out['gaps']}")
     for key in ("ready_ms", "all_active_ms", "caught_up_ms", "client_cpu_ms", "lost"):
         out[f"plain_{key}"] = plain[key]
-    out["ratio_caught_up"] = out["caught_up_ms"] / plain["caught_up_ms"]
+    out["ratio_caught_up"] = _ratio(out["caught_up_ms"], plain["caught_up_ms"])
     return out
 
 
@@ -690,5 +695,5 @@ def run_hot(env: Env, contender: str, *, channels: int) -> dict[str, Any]:
         for key in ("rate_cpu", "cpu_per_m", "rate_wall", "spread", "frames_per_msg"):
             out[f"{variant}_{key}"] = figures[key]
     for variant in HOT_VARIANTS:
-        out[f"{variant}_ratio"] = out[f"{variant}_rate_cpu"] / out["plain_rate_cpu"]
+        out[f"{variant}_ratio"] = _ratio(out[f"{variant}_rate_cpu"], out["plain_rate_cpu"])
     return out
