@@ -18,9 +18,12 @@ so a SIGKILL loses nothing it acknowledged), every subscription is made with
 enough to cover an outage). A (subscription, channel) window then stays open across
 outages: it opens at the channel's first ``on_activation`` (after its catch-up) and closes
 when the channel is removed (or, if it is removed while recovering, at the outage's
-``on_disconnect``). Every message published inside a window must arrive exactly once and in
-order, outages included: "lost in outages", "lost outside outages", "duplicates", "out of
-order" and "gaps" (``on_gap`` notices) must all be 0.
+``on_disconnect``). Every other fault is a ``CLIENT KILL TYPE pubsub`` instead of a restart:
+the server stays up and the publisher goes on, so the outage misses messages that only the
+history can give back (counted as "published during outages"). Every message published
+inside a window must arrive exactly once and in order, outages included: "lost in outages",
+"lost outside outages", "duplicates", "out of order" and "gaps" (``on_gap`` notices) must
+all be 0.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ class Report:
     out_of_order: int = 0  # --recover only (plain Pub/Sub keeps order too, but is not checked)
     gaps: int = 0  # --recover: on_gap notices
     outages: int = 0
+    published_during_outages: int = 0
     unplanned_outages: int = 0
     peak_rss_mb: float = 0.0
     unexplained: list[str] = field(default_factory=list)
@@ -219,10 +223,24 @@ async def soak(
                         h.held.discard(channel)
                         h.removed(channel, now, recover)
 
+            async def client_kill() -> None:
+                # --recover, every other fault: the server stays up and the publisher goes on
+                # while the Pub/Sub connection is down, so the outage misses messages that
+                # only the history can give back. It ends once the witness caught up again.
+                await server.acommand("CLIENT", "KILL", "TYPE", "pubsub")
+                async with asyncio.timeout(30):
+                    while live.is_set():
+                        await asyncio.sleep(0.001)
+                    await live.wait()
+
             async def faults() -> None:
-                while True:
+                for n in itertools.count():
                     await asyncio.sleep(fault_every)
                     start = loop.time()
+                    if recover and n % 2 == 0:
+                        await client_kill()
+                        outages.append((start, loop.time()))
+                        continue
                     await server.akill()
                     await server.arestart()
                     await m.wait_connected(30)
@@ -297,6 +315,11 @@ async def soak(
 
     report.published = len(published)
     report.outages = len(outages)
+    # Published while the witness was disconnected or catching up: what a subscription
+    # without recovery would miss (with --recover, what the histories had to give back).
+    report.published_during_outages = sum(
+        1 for _, _, _, end in published if any(a <= end <= b for a, b in seen_outages)
+    )
     # Outages nobody injected (a heartbeat timeout on a starved machine, say) are reported,
     # and their losses count as outage losses: they were announced through on_disconnect.
     report.unplanned_outages = sum(
