@@ -41,7 +41,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--scenarios",
         default=",".join(ALL_SCENARIOS),
-        help="comma-separated subset of S1..S12 (default: all)",
+        help="comma-separated subset of S1..S15 (default: all)",
     )
     p.add_argument(
         "--contenders",

@@ -34,6 +34,17 @@ class Sizes:
     s12_messages: int  # S12: messages per repetition
     s12_rate: float  # S12: messages/s published (the paced runs)
     s12_reps: int  # S12: measured repetitions per run (after one short warm-up)
+    s13_publishers: int  # S13: concurrent publisher tasks (as S11)
+    s13_secs: float  # S13: seconds per repetition and mode
+    s13_history_size: int  # S13: history_size of the timed publishes
+    s13_warm: int  # S13: publishes with history per task before timing (fills the histories)
+    s13_mem_channels: int  # S13 memory: channels ...
+    s13_mem_msgs: int  # ... times messages each (history_size = this) retained
+    s14_channels: int  # S14: recovering channels (one subscription each)
+    s14_before: int  # S14: messages per channel delivered before the outage
+    s14_during: int  # S14: messages per channel published during the outage
+    s15_msgs: int  # S15: messages per repetition (both layouts)
+    s15_channels: int  # S15: channels of the S3-like layout
 
 
 FULL = Sizes(
@@ -64,6 +75,17 @@ FULL = Sizes(
     s12_messages=50,
     s12_rate=10.0,
     s12_reps=2,
+    s13_publishers=1_000,
+    s13_secs=1.0,
+    s13_history_size=100,
+    s13_warm=120,
+    s13_mem_channels=100,
+    s13_mem_msgs=1_000,
+    s14_channels=10_000,
+    s14_before=3,
+    s14_during=3,
+    s15_msgs=500_000,
+    s15_channels=10_000,
 )
 
 QUICK = Sizes(
@@ -94,4 +116,15 @@ QUICK = Sizes(
     s12_messages=10,
     s12_rate=100.0,
     s12_reps=1,
+    s13_publishers=1_000,
+    s13_secs=0.1,
+    s13_history_size=100,
+    s13_warm=1,
+    s13_mem_channels=10,
+    s13_mem_msgs=100,
+    s14_channels=200,
+    s14_before=2,
+    s14_during=2,
+    s15_msgs=2_000,
+    s15_channels=200,
 )

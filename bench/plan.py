@@ -12,6 +12,7 @@ from bench.config import QUICK, Sizes
 from bench.scenarios import (
     churn,
     cluster,
+    history,
     latency,
     memory,
     publish,
@@ -22,7 +23,8 @@ from bench.scenarios import (
 )
 from bench.scenarios.common import Env
 
-ALL_SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11", "S12")
+ALL_SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11", "S12",
+                 "S13", "S14", "S15")  # fmt: skip
 ALL_CONTENDERS = ("limit", "redispy", "mpx")
 UVLOOP_CONTENDERS = ("limit", "mpx")
 
@@ -107,6 +109,27 @@ def _s12(
     return runs
 
 
+def _history(sizes: Sizes, wanted: set[str]) -> list[Run]:
+    """S13-S15 (bench/scenarios/history.py): redismpx against itself, every variant in one
+    run (the ratios are taken within a round)."""
+    runs = []
+    if "S13" in wanted:
+        title = (f"S13 publish with history (history_size={sizes.s13_history_size}) vs plain, "
+                 f"{sizes.s13_publishers:,} publisher tasks")  # fmt: skip
+        runs.append(Run("S13", "S13", title, ("mpx",), history.run_publish, sizes.tp_rounds))
+    if "S14" in wanted:
+        title = (f"S14 recovery of {sizes.s14_channels:,} channels after a restart with "
+                 f"persistence ({sizes.s14_during} missed each)")  # fmt: skip
+        runs.append(Run("S14", "S14", title, ("mpx",), history.run_recovery, sizes.rounds))
+    if "S15" in wanted:
+        for key, n in (("S15-1", 1), ("S15-many", sizes.s15_channels)):
+            what = "1 channel" if n == 1 else f"{n:,} channels"
+            title = f"S15 hot path of recovering subscriptions: {what}, sync callback"
+            func = partial(history.run_hot, channels=n)
+            runs.append(Run(key, "S15", title, ("mpx",), func, sizes.tp_rounds))
+    return runs
+
+
 def build_plan(
     sizes: Sizes,
     scenarios: tuple[str, ...] = ALL_SCENARIOS,
@@ -160,6 +183,8 @@ def build_plan(
             func = partial(publish.run, use_uvloop=True)
             title = f"{s11_title} (uvloop)"
             runs.append(Run("S11-uvloop", "S11", title, contenders, func, sizes.tp_rounds))
+    if "mpx" in contenders:
+        runs += _history(sizes, wanted)
     if "S12" in wanted:
         # Last: the longest set-up (1,000 WebSocket connections per run), and its own loops.
         runs += _s12(sizes, contenders, uvloop, profile_dir, s12_experiments)

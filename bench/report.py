@@ -156,12 +156,79 @@ def figures_for(key: str) -> list[Figure]:
             Figure("server CPU us per publish", "server_cpu_us", _f(2), False),
             Figure("connections (server's count)", "connections", _f(0), False),
         ]  # fmt: skip
+    if key in ("S13", "S14") or key.startswith("S15-"):
+        return _history_figures(key)
     if key.startswith("S9-"):
         return [
             Figure("cost growth (max/first)", "growth", _f(2), False,
                    f"flat: <= {FLAT_GROWTH} or 1.2x limit's", _flat),
         ]  # fmt: skip
     return []
+
+
+HOT_PATH_BAR = 0.95  # S15: recovering subscriptions within 5% of plain ones (issue 14)
+
+
+def _history_figures(key: str) -> list[Figure]:
+    """S13-S15: redismpx against itself; each ratio is taken within one round."""
+    if key == "S13":
+        return [
+            Figure("publishes/s wall, plain", "plain_rate", _si, True),
+            Figure("publishes/s wall, with history", "history_rate", _si, True),
+            Figure("history/plain publishes/s", "ratio_rate", _x, True, "no bar", info=True),
+            Figure("client CPU us per publish, plain", "plain_cpu_us", _f(2), False),
+            Figure("client CPU us per publish, with history", "history_cpu_us", _f(2), False),
+            Figure("server CPU us per publish, plain", "plain_server_cpu_us", _f(2), False),
+            Figure("server CPU us per publish, with history", "history_server_cpu_us", _f(2),
+                   False),
+            Figure("server command us (usec_per_call), PUBLISH", "plain_cmd_us", _f(2), False),
+            Figure("server command us (usec_per_call), EVALSHA", "history_cmd_us", _f(2), False),
+            Figure("history/plain server command us", "ratio_cmd_us", _x, False, "no bar",
+                   info=True),
+            Figure("server used_memory per 1,000 retained 100-byte msgs", "mem_per_1000", _kib,
+                   False),
+            Figure("MEMORY USAGE of one history per 1,000 msgs", "mem_keys_per_1000", _kib,
+                   False),
+        ]  # fmt: skip
+    if key == "S14":
+        return [
+            Figure("ms from restart to PING answered (AOF loaded)", "ready_ms", _f(1), False),
+            Figure("ms from restart to all names active", "all_active_ms", _f(1), False),
+            Figure("ms from restart to the first channel caught up", "first_caught_up_ms",
+                   _f(1), False),
+            Figure("ms from restart to every channel caught up", "caught_up_ms", _f(1), False),
+            Figure("plain subscriptions: ms from restart to every on_activation",
+                   "plain_caught_up_ms", _f(1), False),
+            Figure("recovering/plain time to every channel back", "ratio_caught_up", _x, False,
+                   "no bar", info=True),
+            Figure("ms from all active to every channel caught up", "active_to_caught_up_ms",
+                   _f(1), False),
+            Figure("EVALSHA calls", "evalsha", _f(0), False),
+            Figure("EVALSHA failed (NOSCRIPT)", "evalsha_failed", _f(0), False),
+            Figure("EVAL calls (after NOSCRIPT)", "eval", _f(0), False),
+            Figure("history reads (library's count)", "history_reads", _f(0), False),
+            Figure("command connection writes (round trips)", "command_writes", _f(0), False),
+            Figure("subscriber CPU ms, kill to caught up", "client_cpu_ms", _f(0), False),
+            Figure("server CPU ms, restart to caught up", "server_cpu_ms", _f(0), False),
+            Figure("plain subscriptions: subscriber CPU ms", "plain_client_cpu_ms", _f(0), False),
+            Figure("messages lost (a gap fails the run)", "lost", _f(0), False, "0",
+                   lambda v: v["mpx"] == 0),
+            Figure("plain subscriptions: messages lost (expected: all missed)", "plain_lost",
+                   _f(0), False),
+        ]  # fmt: skip
+    figures = [
+        Figure(f"deliveries/s per CPU-s, {variant}", f"{variant}_rate_cpu", _si, True)
+        for variant in ("plain", "recover", "plain-sub+history", "recover+plain-pub")
+    ]
+    figures += [
+        Figure("recover/plain per CPU-s", "recover_ratio", _x, True, f">= {HOT_PATH_BAR}x plain",
+               lambda v: v["mpx"] >= HOT_PATH_BAR),
+        Figure("plain-sub+history/plain per CPU-s", "plain-sub+history_ratio", _x, True,
+               "no bar (ideal 1x)", info=True),
+        Figure("recover+plain-pub/plain per CPU-s", "recover+plain-pub_ratio", _x, True,
+               "no bar", info=True),
+    ]  # fmt: skip
+    return figures
 
 
 @dataclass

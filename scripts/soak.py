@@ -1,6 +1,7 @@
 """Soak test: churn, faults and a numbering publisher for N minutes; reports every loss.
 
     .venv/bin/python scripts/soak.py --minutes 10 [--subscriptions 200] [--channels 50]
+    .venv/bin/python scripts/soak.py --recover [--history-size 10000] ...
 
 A real server (``redismpx.server.RedisServer``) is killed and restarted every
 ``--fault-every`` seconds while subscriptions come and go and channels are added and removed.
@@ -10,12 +11,26 @@ disconnected), and every message whose PUBLISH started and returned inside such 
 arrive exactly once. Report: published, delivered, lost during outages (allowed: Pub/Sub is
 at-most-once), lost outside outages (must be 0), duplicates (must be 0), peak RSS.
 Exit status 1 if either must-be-0 figure is not 0.
+
+``--recover``: the server runs with persistence (``--appendonly yes --appendfsync always``,
+so a SIGKILL loses nothing it acknowledged), every subscription is made with
+``recover=True``, and the publisher publishes with ``history_size=--history-size`` (large
+enough to cover an outage). A (subscription, channel) window then stays open across
+outages: it opens at the channel's first ``on_activation`` (after its catch-up) and closes
+when the channel is removed (or, if it is removed while recovering, at the outage's
+``on_disconnect``). Every other fault is a ``CLIENT KILL TYPE pubsub`` instead of a restart:
+the server stays up and the publisher goes on, so the outage misses messages that only the
+history can give back (counted as "published during outages"). Every message published
+inside a window must arrive exactly once and in order, outages included: "lost in outages",
+"lost outside outages", "duplicates", "out of order" and "gaps" (``on_gap`` notices) must
+all be 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import random
 import resource
@@ -23,7 +38,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from redismpx import ConnectError, ConnectionLost, Multiplexer
+from redismpx import ConnectError, ConnectionLost, Gap, Multiplexer, PublishTimeout, ServerError
 from redismpx._connection import Connection, connect
 from redismpx._options import parse_options
 from redismpx.server import RedisServer
@@ -37,6 +52,17 @@ class Holder:
     open_since: dict[bytes, float] = field(default_factory=dict)
     received: dict[bytes, list[int]] = field(default_factory=dict)
     held: set[bytes] = field(default_factory=set)
+    # --recover: the channels recovering since the last on_disconnect (at ``down_at``).
+    recovering: set[bytes] = field(default_factory=set)
+    down_at: float = 0.0
+
+    def removed(self, channel: bytes, now: float, recover: bool) -> None:
+        """``channel`` is no longer held: its window ends now, or (a recovering subscription
+        removed while it catches up) when the outage began."""
+        if recover and channel in self.recovering:
+            self.recovering.discard(channel)
+            now = self.down_at
+        self.close_window(channel, now)
 
     def close_window(self, channel: bytes, now: float) -> None:
         start = self.open_since.pop(channel, None)
@@ -51,14 +77,22 @@ class Report:
     lost_in_outages: int = 0
     lost_outside_outages: int = 0
     duplicates: int = 0
+    out_of_order: int = 0  # --recover only (plain Pub/Sub keeps order too, but is not checked)
+    gaps: int = 0  # --recover: on_gap notices
     outages: int = 0
+    published_during_outages: int = 0
     unplanned_outages: int = 0
     peak_rss_mb: float = 0.0
     unexplained: list[str] = field(default_factory=list)
 
+    recover: bool = False
+
     @property
     def ok(self) -> bool:
-        return self.lost_outside_outages == 0 and self.duplicates == 0
+        ok = self.lost_outside_outages == 0 and self.duplicates == 0
+        if self.recover:
+            ok = ok and self.lost_in_outages == 0 and self.out_of_order == 0 and self.gaps == 0
+        return ok
 
 
 async def soak(
@@ -68,18 +102,21 @@ async def soak(
     fault_every: float = 5.0,
     rate: float = 2000.0,
     seed: int = 1,
+    recover: bool = False,
+    history_size: int = 10_000,
 ) -> Report:
     rnd = random.Random(seed)
     loop = asyncio.get_running_loop()
     names = [f"soak:{i}".encode() for i in range(channels)]
-    server = RedisServer()
+    persist = ["--appendonly", "yes", "--appendfsync", "always"] if recover else []
+    server = RedisServer(args=persist)
     await server.astart()
     outages: list[tuple[float, float]] = []
     published: list[tuple[bytes, int, float, float]] = []  # channel, seq, start, end
     holders: list[Holder] = []
     seen_at: dict[tuple[bytes, int], float] = {}
     seen_outages: list[tuple[float, float]] = []
-    report = Report()
+    report = Report(recover=recover)
     try:
         async with Multiplexer(server.url, health_check_interval=1, health_check_timeout=1) as m:
             subs: list[tuple[Any, Holder]] = []
@@ -91,15 +128,33 @@ async def soak(
                     h.received.setdefault(channel, []).append(int(data))
 
                 def on_activation(name: bytes) -> None:
-                    if name in h.held:
+                    if recover:
+                        h.recovering.discard(name)
+                        if name in h.held and name not in h.open_since:
+                            h.open_since[name] = loop.time()  # caught up: counting from here
+                    elif name in h.held:
                         h.open_since[name] = loop.time()
 
                 def on_disconnect(error: BaseException) -> None:
                     now = loop.time()
+                    if recover:  # the windows stay open: what the outage misses must come
+                        h.down_at = now
+                        h.recovering = set(h.open_since)
+                        return
                     for channel in list(h.open_since):
                         h.close_window(channel, now)
 
-                sub = m.new_channel_subscription(on_message, on_disconnect, on_activation)
+                def on_gap(gap: Gap[bytes]) -> None:
+                    report.gaps += 1
+                    _explain(report, f"gap on {gap.channel!r}: {gap.reason} since {gap.since}")
+
+                sub = m.new_channel_subscription(
+                    on_message,
+                    on_disconnect,
+                    on_activation,
+                    recover=recover,
+                    on_gap=on_gap if recover else None,
+                )
                 chosen = rnd.sample(names, k=rnd.randint(1, 3))
                 h.held.update(chosen)
                 sub.add(*chosen)
@@ -114,21 +169,34 @@ async def soak(
                 seen_at[(channel, int(data))] = loop.time()
 
             ready = asyncio.Event()  # every channel confirmed: publishing may start
+            live = asyncio.Event()  # every channel confirmed since the last outage
             down: list[float] = []
             back: set[bytes] = set()
 
             def witness_lost(error: BaseException) -> None:
                 down.append(loop.time())
                 back.clear()
+                live.clear()
 
             def witness_back(name: bytes) -> None:
                 back.add(name)
                 if len(back) == len(names):
                     ready.set()
+                    live.set()
                     if down:
                         seen_outages.append((down.pop(), loop.time()))
 
-            m.new_channel_subscription(witness, witness_lost, witness_back).add(*names)
+            def witness_gap(gap: Gap[bytes]) -> None:
+                report.gaps += 1
+                _explain(report, f"witness gap on {gap.channel!r}: {gap.reason}")
+
+            m.new_channel_subscription(
+                witness,
+                witness_lost,
+                witness_back,
+                recover=recover,
+                on_gap=witness_gap if recover else None,
+            ).add(*names)
             for _ in range(subscriptions):
                 make()
 
@@ -141,7 +209,7 @@ async def soak(
                     if action < 0.3:
                         sub.close()
                         for channel in list(h.open_since):
-                            h.close_window(channel, now)
+                            h.removed(channel, now, recover)
                         subs.remove((sub, h))
                         make()
                     elif action < 0.65:
@@ -153,12 +221,26 @@ async def soak(
                         channel = rnd.choice(sorted(h.held))
                         sub.remove(channel)
                         h.held.discard(channel)
-                        h.close_window(channel, now)
+                        h.removed(channel, now, recover)
+
+            async def client_kill() -> None:
+                # --recover, every other fault: the server stays up and the publisher goes on
+                # while the Pub/Sub connection is down, so the outage misses messages that
+                # only the history can give back. It ends once the witness caught up again.
+                await server.acommand("CLIENT", "KILL", "TYPE", "pubsub")
+                async with asyncio.timeout(30):
+                    while live.is_set():
+                        await asyncio.sleep(0.001)
+                    await live.wait()
 
             async def faults() -> None:
-                while True:
+                for n in itertools.count():
                     await asyncio.sleep(fault_every)
                     start = loop.time()
+                    if recover and n % 2 == 0:
+                        await client_kill()
+                        outages.append((start, loop.time()))
+                        continue
                     await server.akill()
                     await server.arestart()
                     await m.wait_connected(30)
@@ -171,6 +253,23 @@ async def soak(
             seqs = dict.fromkeys(names, 0)
             options = parse_options(server.url)
             publishing: list[Connection] = []
+
+            async def history_publisher() -> None:
+                # --recover: the multiplexer's own publish, with history. A publish that fails
+                # is not counted as published (ConnectionLost: it may have run; if it did, it
+                # is delivered and nothing checks it).
+                while True:
+                    channel = rnd.choice(names)
+                    seqs[channel] += 1
+                    seq = seqs[channel]
+                    start = loop.time()
+                    try:
+                        await m.publish(channel, str(seq), history_size=history_size, timeout=2.0)
+                    except (ConnectionLost, PublishTimeout, ServerError):
+                        await asyncio.sleep(0.01)  # down, or loading its AOF
+                        continue
+                    published.append((channel, seq, start, loop.time()))
+                    await asyncio.sleep(1 / rate)
 
             async def publisher() -> None:
                 # A plain request/response connection of our own, reopened after each fault.
@@ -193,24 +292,34 @@ async def soak(
                     await asyncio.sleep(1 / rate)
 
             await asyncio.wait_for(ready.wait(), 30)
-            tasks = [asyncio.ensure_future(t()) for t in (churn, faults, publisher)]
+            publish = history_publisher if recover else publisher
+            tasks = [asyncio.ensure_future(t()) for t in (churn, faults, publish)]
             await asyncio.sleep(seconds)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if not server.running:  # the faults task was stopped between a kill and a restart
+                await server.arestart()
             for conn in publishing:
                 conn.close()
             # Let the last published messages arrive: a private sentinel, same connection.
             await m.ping(timeout=10)
+            if recover:  # and the witness's recovery (if one is under way) ends
+                await asyncio.wait_for(live.wait(), 30)
             now = loop.time()
             for _, h in subs:
                 for channel in list(h.open_since):
-                    h.close_window(channel, now)
+                    h.removed(channel, now, recover)
     finally:
         await server.astop()
 
     report.published = len(published)
     report.outages = len(outages)
+    # Published while the witness was disconnected or catching up: what a subscription
+    # without recovery would miss (with --recover, what the histories had to give back).
+    report.published_during_outages = sum(
+        1 for _, _, _, end in published if any(a <= end <= b for a, b in seen_outages)
+    )
     # Outages nobody injected (a heartbeat timeout on a starved machine, say) are reported,
     # and their losses count as outage losses: they were announced through on_disconnect.
     report.unplanned_outages = sum(
@@ -238,6 +347,7 @@ async def soak(
         for got in h.received.values():
             report.delivered += len(got)
             report.duplicates += len(got) - len(set(got))
+            report.out_of_order += sum(1 for a, b in itertools.pairwise(got) if b < a)
         for channel, windows in h.windows.items():
             got_set = set(h.received.get(channel, ()))
             for seq, start, _end in by_channel.get(channel, ()):
@@ -245,7 +355,10 @@ async def soak(
                 if seen is None or seq in got_set:
                     continue  # not dispatched at all (counted above), or delivered
                 if any(w0 < start and seen < w1 for w0, w1 in windows):
-                    report.lost_outside_outages += 1
+                    if recover and in_outage(start, _end):
+                        report.lost_in_outages += 1  # the history should have covered it
+                    else:
+                        report.lost_outside_outages += 1
                     _explain(
                         report,
                         f"{channel!r} #{seq} published {start:.3f}, dispatched {seen:.3f}, "
@@ -281,12 +394,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault-every", type=float, default=5.0)
     parser.add_argument("--rate", type=float, default=2000.0, help="messages per second, at most")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--recover",
+        action="store_true",
+        help="recovering subscriptions, publishes with history, a server with persistence",
+    )
+    parser.add_argument(
+        "--history-size", type=int, default=10_000, help="history_size of each publish (--recover)"
+    )
     args = parser.parse_args(argv)
     seconds = args.minutes * 60
     report = asyncio.run(
         _with_watchdog(
             soak(
-                seconds, args.subscriptions, args.channels, args.fault_every, args.rate, args.seed
+                seconds,
+                args.subscriptions,
+                args.channels,
+                args.fault_every,
+                args.rate,
+                args.seed,
+                args.recover,
+                args.history_size,
             ),
             seconds + 60,
         )
