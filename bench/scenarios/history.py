@@ -607,12 +607,13 @@ def history_bulk(
         admin.close()
     payload = b"m" * payload_size
     epoch = os.urandom(8).hex().encode()
+    tag = b"%d" % int.from_bytes(os.urandom(6), "big")  # one per channel will do: ids grow
     cmds = []
     for channel in channels:
         meta, log = history_keys(channel)
         cmds.append(encode(b"EVALSHA", PUBLISH.sha, b"2", meta, log, channel,
                            envelope_channel(channel), payload, b"%d" % history_size,
-                           b"%d" % HISTORY_TTL_MS, epoch, b"PUBLISH"))  # fmt: skip
+                           b"%d" % HISTORY_TTL_MS, epoch, b"PUBLISH", tag))  # fmt: skip
     reader = hiredis.Reader()
     got = zero = 0
 

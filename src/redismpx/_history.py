@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -149,6 +150,9 @@ class HistoryReader:
         self._handle: asyncio.Handle | None = None
         self._retry: dict[bytes, float] = {}  # the next pause of a channel whose read failed
         self.reads = 0  # read commands answered (for stats)
+        self._failures = 0  # failed reads not logged yet
+        self._first = asyncio.Lock()  # taken by each batch's first read (see _read_batch)
+        self._logged_at = -1e9
 
     def request(self, track: Track, delay: float = 0.0) -> None:
         """Read the history after ``track``'s position, for its current generation."""
@@ -167,36 +171,67 @@ class HistoryReader:
     def _flush(self) -> None:
         self._handle = None
         batch, self._pending = self._pending, {}
-        for (channel, epoch), waiting in batch.items():
-            self._tasks.spawn(self._read(channel, epoch, waiting), "redismpx history read")
+        self._tasks.spawn(self._read_batch(batch), "redismpx history reads")
+
+    async def _read_batch(self, batch: dict[tuple[bytes, bytes | None], list[Any]]) -> None:
+        groups = list(batch.items())
+        # The first read alone, one batch at a time: a server that lost its scripts (a
+        # restart, a failover) learns the read script from it, instead of refusing every read
+        # of the batch (or of the next batch, sent meanwhile) with NOSCRIPT.
+        (channel, epoch), waiting = groups[0]
+        async with self._first:
+            ok = await self._read(channel, epoch, waiting)
+        rest = groups[1:]
+        if not ok:  # the server is not there yet, or loading: the rest follows the retry
+            for _, group in rest:
+                for track, generation in group:
+                    if track.generation == generation:
+                        self.request(track, self._retry.get(channel, RETRY_BASE))
+            return
+        if rest:
+            await asyncio.gather(*(self._read(c, e, w) for (c, e), w in rest))
 
     async def _read(
         self, channel: bytes, epoch: bytes | None, waiting: list[tuple[Track, int]]
-    ) -> None:
+    ) -> bool:
         # One read for every track of this channel and epoch, from the earliest position.
+        # False: it failed (each track reads again after a pause).
         waiting = [(t, g) for t, g in waiting if t.generation == g]
         if not waiting:
-            return
+            return True
         start = None if epoch is None else min(t.offset for t, _ in waiting)
         try:
             found_epoch, last, entries = await self._read_all(channel, epoch, start)
         except (ConnectionLost, PublishTimeout, ServerError, OSError) as exc:
-            delay = self._retry[channel] = min(
-                self._retry.get(channel, RETRY_BASE / 2) * 2, RETRY_CAP
-            )
-            logger.warning(
-                "history read of %r failed (%s); reading again in %.2f s", channel, exc, delay
-            )
+            delay = min(self._retry.get(channel, RETRY_BASE / 2) * 2, RETRY_CAP)
+            self._retry[channel] = delay
+            self._log_failure(channel, exc)
             for track, generation in waiting:
                 if track.generation == generation:
                     self.request(track, delay)
-            return
+            return False
         self._retry.pop(channel, None)
         for track, generation in waiting:
             mine = entries
             if found_epoch == track.epoch:
                 mine = [e for e in entries if e[0] >= track.offset]
             track.read_done(generation, found_epoch, last, mine)
+        return True
+
+    def _log_failure(self, channel: bytes, exc: BaseException) -> None:
+        # At most one line a second: 10,000 channels recovering from a server still loading
+        # its data fail together, and retry together.
+        self._failures += 1
+        now = time.monotonic()
+        if now - self._logged_at >= 1.0:
+            more = self._failures - 1
+            logger.warning(
+                "history read of %r failed (%s)%s; reading again with a backoff",
+                channel,
+                exc,
+                f", and {more} more since the last report" if more else "",
+            )
+            self._logged_at, self._failures = now, 0
 
     async def _read_all(
         self, channel: bytes, epoch: bytes | None, start: int | None

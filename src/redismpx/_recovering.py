@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from ._envelope import envelope_channel, parse
+from ._envelope import VERSION, envelope_channel, parse
 from ._recovery import Track
 from .errors import SubscribeRefused
 from .history import GapReason, Position
@@ -115,12 +115,35 @@ class RecoveryTap:
     # -- the link's calls (``Listener``) -------------------------------------------------------
 
     def _deliver(self, name: bytes, data: bytes) -> None:
+        # The hot path of a recovering subscription: two frames per publication (the envelope,
+        # then its plain copy). The live cases are inlined here (they are Track.envelope's
+        # and Track.plain's first branches); everything else goes to the track.
         track = self._envs.get(name)
         if track is None:
             track = self._tracks.get(name)
             if track is not None:
-                track.plain(data)
+                if track.expect_copy:
+                    track.expect_copy = False
+                else:
+                    track.plain(data)
             return
+        if track.live:
+            parts = data.split(b":", 3)
+            if len(parts) == 4 and parts[1] == track.epoch and parts[0] == VERSION:
+                offset, _, tag = parts[2].partition(b"-")
+                if offset.isdigit() and int(offset) == track.offset + 1:
+                    track.offset = track.offset + 1
+                    track.tag = tag
+                    track.expect_copy = True
+                    owner = self._owner
+                    try:
+                        result = owner.deliver(track.channel, parts[3])
+                    except Exception as exc:
+                        owner.report_callback_error(exc)
+                    else:
+                        if result is not None:
+                            owner.await_result(result)
+                    return
         envelope = parse(data)
         if envelope is None:
             logger.warning("not an envelope we can read on %r: skipped", name)
