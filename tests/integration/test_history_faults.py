@@ -21,7 +21,15 @@ from typing import Any
 
 import pytest
 
-from redismpx import Gap, Message, Multiplexer, Position
+from redismpx import (
+    Gap,
+    InvalidArgument,
+    InvalidArgumentType,
+    Message,
+    Multiplexer,
+    Position,
+    RedisMPXError,
+)
 from redismpx._envelope import envelope_channel, history_keys
 from redismpx.server import RedisServer
 from support.admin import Admin
@@ -931,3 +939,142 @@ async def test_sharded_recovering_subscription_on_a_standalone_server(rig: Rig) 
         await publish_numbers(publisher, "shard", 4, 3, sharded=True)
     await until(lambda: len(r.of(b"shard")) == 6, "6")
     assert r.of(b"shard") == numbers(6) and r.gaps == []
+
+
+# -- what users pass and what servers refuse ---------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: since= is not checked (a Position is any tuple): a negative or too large "
+    "offset makes the read fail and retry forever, a str offset fails in a background task, "
+    "an int epoch raises AttributeError after the name was taken; add() never completes",
+)
+@pytest.mark.parametrize("kind", ["negative", "huge", "str-offset", "int-epoch"])
+async def test_an_impossible_since_is_refused_by_add(rig: Rig, kind: str) -> None:
+    mpx = rig.subscriber
+    await mpx.publish("checked", b"1", history_size=10)
+    at = (await mpx.history("checked")).position
+    assert at is not None
+    since = {
+        "negative": Position(at.epoch, -1),
+        "huge": Position(at.epoch, 10**20),  # beyond what a stream id (and Lua) holds
+        "str-offset": Position(at.epoch, "1"),  # type: ignore[arg-type]
+        "int-epoch": Position(5, 1),  # type: ignore[arg-type]
+    }[kind]
+    sub = mpx.new_channel_subscription(lambda c, d: None, recover=True)
+    try:
+        with pytest.raises((InvalidArgument, InvalidArgumentType)):
+            sub.add("checked", since=since)
+        assert "checked" not in sub
+    finally:
+        sub.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a history read refused for good (NOPERM: an ACL user without scripting) is "
+    "retried forever: the channel never becomes active, add() never completes and the "
+    "messages held meanwhile grow without bound",
+)
+async def test_a_history_read_refused_by_an_acl_fails_the_channel(
+    redis_server: RedisServer, admin: Admin
+) -> None:
+    await admin.client.execute_command(
+        "ACL", "SETUSER", "noscript", "on", ">pw", "~*", "&*", "+@all", "-@scripting"
+    )
+    url = redis_server.url.replace("redis://", "redis://noscript:pw@")
+    mpx = Multiplexer(url)
+    try:
+        sub = mpx.new_channel_subscription(lambda c, d: None, recover=True)
+        sub.add("acl")
+
+        async def traffic() -> None:  # messages without history, held while it recovers
+            while True:
+                await admin.publish("acl", b"x")
+                await asyncio.sleep(0.01)
+
+        task = asyncio.create_task(traffic())
+        try:
+            async with asyncio.timeout(3):
+                await sub.add("acl")
+        except TimeoutError:
+            held = len(sub._tap._tracks[b"acl"].held) if sub._tap else 0
+            pytest.fail(f"add() hangs (the read is retried forever; {held} message(s) held)")
+        except RedisMPXError:
+            pass  # refused: what a refused SUBSCRIBE does too
+        else:
+            pytest.fail("caught up without reading the history")
+        finally:
+            task.cancel()
+    finally:
+        await mpx.aclose()
+
+
+async def test_the_command_connection_killed_during_the_read_reads_again(
+    rig: Rig, admin: Admin
+) -> None:
+    publisher, subscriber = rig.publisher, rig.subscriber
+    r = Received()
+    sub = subscriber.new_channel_subscription(*r.callbacks, recover=True, on_gap=r.on_gap)
+    await sub.add("reread")
+    await publish_numbers(publisher, "reread", 1, 3)
+    await until(lambda: len(r.of(b"reread")) == 3, "3 messages")
+    gate = ReadGate(subscriber)  # the read waits before it is sent
+    async with rig.outage():
+        await publish_numbers(publisher, "reread", 4, 3)
+    await asyncio.wait_for(gate.entered.wait(), 5)
+    # Every normal connection but ours: the subscriber's command connection among them.
+    killed = await admin.client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    assert killed >= 1
+    gate.remove()
+    await until(lambda: r.activations.get(b"reread") == 2, "caught up")
+    await publish_numbers(publisher, "reread", 7, 3)
+    await until(lambda: len(r.of(b"reread")) == 9, "9 messages")
+    assert r.of(b"reread") == numbers(9) and r.gaps == []
+
+
+async def test_both_connections_killed_over_and_over_while_publishing(
+    redis_server: RedisServer, admin: Admin
+) -> None:
+    publisher = Multiplexer(redis_server.url)
+    subscriber = Multiplexer(redis_server.url, client_name="victim")
+    try:
+        r = Received()
+        sub = subscriber.new_channel_subscription(*r.callbacks, recover=True, on_gap=r.on_gap)
+        channels = [f"both:{i}" for i in range(20)]
+        await sub.add(*channels)
+        stop = asyncio.Event()
+        sent: dict[str, list[bytes]] = {c: [] for c in channels}
+
+        async def publish() -> None:
+            for i in itertools.count(1):
+                if stop.is_set():
+                    return
+                for c in channels:
+                    await publisher.publish(c, str(i), history_size=100_000)
+                    sent[c].append(str(i).encode())
+
+        task = asyncio.create_task(publish())
+        for _ in range(10):
+            before = sum(len(v) for v in sent.values())
+            await until(
+                lambda: sum(len(v) for v in sent.values()) > before + 100,  # noqa: B023
+                "traffic",
+            )
+            victims = [c["id"] for c in await admin.client.client_list() if c["name"] == "victim"]
+            assert 1 <= len(victims) <= 2  # its Pub/Sub connection and its command one (reads)
+            for victim in victims:
+                await admin.client.execute_command("CLIENT", "KILL", "ID", victim)
+            await until(lambda: subscriber.state == "connected", "back")
+        stop.set()
+        await task
+        await until(
+            lambda: all(r.of(c.encode())[-1:] == sent[c][-1:] for c in channels), "the end", 20
+        )
+        for c in channels:
+            assert r.of(c.encode()) == sent[c], c
+        assert r.gaps == []
+    finally:
+        await subscriber.aclose()
+        await publisher.aclose()
