@@ -1078,3 +1078,25 @@ async def test_both_connections_killed_over_and_over_while_publishing(
     finally:
         await subscriber.aclose()
         await publisher.aclose()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a recovering channel that had no history when it was added starts at the "
+    "end of the history its first outage finds: what was published during that outage "
+    "(the very first publications) is skipped without a gap",
+)
+async def test_the_first_publications_made_during_the_first_outage_are_recovered(
+    rig: Rig,
+) -> None:
+    publisher, subscriber = rig.publisher, rig.subscriber
+    r = Received()
+    sub = subscriber.new_channel_subscription(*r.callbacks, recover=True, on_gap=r.on_gap)
+    await sub.add("newborn")  # no history yet: nothing was ever published with one
+    assert sub.position("newborn") is None
+    async with rig.outage():
+        await publish_numbers(publisher, "newborn", 1, 5)  # the history begins here
+    await until(lambda: r.activations.get(b"newborn") == 2, "caught up")
+    await publish_numbers(publisher, "newborn", 6, 2)
+    await until(lambda: len(r.of(b"newborn")) >= 2, "the live ones")
+    assert r.of(b"newborn") == numbers(7) or r.gaps, r.of(b"newborn")

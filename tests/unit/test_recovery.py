@@ -308,6 +308,18 @@ def test_read_done_reports_one_gap_before_what_follows(
     assert sink.caught == 1
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: only the first entry of a read is checked against the position, so a hole "
+    "inside the entries (a history trimmed between two read chunks) is no gap",
+)
+def test_a_hole_inside_the_read_entries_is_a_gap() -> None:
+    track, sink = live_track()
+    track.activated(True)
+    track.read_done(track.generation, E1, 12, entries(4, 5, 11, 12))
+    assert sink.gaps == [("trimmed", AT3)]
+
+
 def test_no_gap_when_nothing_was_published_or_all_is_there() -> None:
     track, sink = live_track()
     track.activated(True)
