@@ -1100,3 +1100,39 @@ async def test_the_first_publications_made_during_the_first_outage_are_recovered
     await publish_numbers(publisher, "newborn", 6, 2)
     await until(lambda: len(r.of(b"newborn")) >= 2, "the live ones")
     assert r.of(b"newborn") == numbers(7) or r.gaps, r.of(b"newborn")
+
+
+async def test_each_publish_refreshes_the_ttl_of_the_whole_history(rig: Rig, admin: Admin) -> None:
+    publisher = rig.publisher
+    meta, log = history_keys(b"kept-alive")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    i = 0
+    while loop.time() - started < 1.5:  # five TTLs long, a publication every 0.1 s
+        i += 1
+        await publisher.publish("kept-alive", str(i), history_size=1000, history_ttl=0.3)
+        assert 0 < await admin.client.pttl(meta) <= 300
+        assert 0 < await admin.client.pttl(log) <= 300
+        await asyncio.sleep(0.1)
+    h = await publisher.history("kept-alive", limit=1000)
+    assert [e.data for e in h.entries] == numbers(i)  # one epoch all along
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_recovery_over_either_protocol(rig: Rig, protocol: int) -> None:
+    subscriber = Multiplexer(rig.proxy.url, protocol=protocol, backoff_base=0.01)
+    rig.subscriber, spare = subscriber, rig.subscriber  # the outage is the new one's
+    try:
+        r = Received()
+        sub = subscriber.new_channel_subscription(*r.callbacks, recover=True, on_gap=r.on_gap)
+        await sub.add("proto", "proto:empty")
+        await publish_numbers(rig.publisher, "proto", 1, 3)
+        await until(lambda: len(r.of(b"proto")) == 3, "3")
+        async with rig.outage():
+            await publish_numbers(rig.publisher, "proto", 4, 3)
+        await until(lambda: r.activations.get(b"proto:empty") == 2, "the empty one caught up")
+        await until(lambda: len(r.of(b"proto")) == 6, "6")
+        assert r.of(b"proto") == numbers(6) and r.gaps == []
+        assert sub.position("proto:empty") is None
+    finally:
+        await spare.aclose()
