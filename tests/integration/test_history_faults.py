@@ -1136,3 +1136,28 @@ async def test_recovery_over_either_protocol(rig: Rig, protocol: int) -> None:
         assert sub.position("proto:empty") is None
     finally:
         await spare.aclose()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a history that expired while the subscriber stayed connected (it missed "
+    "nothing) is reported as an 'epoch' gap when publishing starts a new one",
+)
+async def test_an_idle_channel_whose_history_expired_while_connected_has_no_gap(
+    rig: Rig, admin: Admin
+) -> None:
+    publisher, subscriber = rig.publisher, rig.subscriber
+    r = Received()
+    sub = subscriber.new_channel_subscription(*r.callbacks, recover=True, on_gap=r.on_gap)
+    await sub.add("idle")
+    await publish_numbers(publisher, "idle", 1, 3, history_ttl=0.2)
+    await until(lambda: len(r.of(b"idle")) == 3, "3 messages")
+    meta, log = history_keys(b"idle")
+    async with asyncio.timeout(5):
+        while await admin.client.exists(meta, log):  # the room fell idle: history gone
+            await asyncio.sleep(0.02)
+    await publish_numbers(publisher, "idle", 4, 2, history_ttl=0.2)  # busy again
+    await until(lambda: len(r.of(b"idle")) == 5, "5 messages")
+    assert r.of(b"idle") == numbers(5)
+    assert r.gaps == []  # connected all along: nothing was missed
+    assert r.disconnects == 0

@@ -149,14 +149,27 @@ def test_a_skipped_offset_while_live_reads_the_history_then_goes_on_in_order() -
     assert sink.gaps == [] and track.live
 
 
-def test_a_new_epoch_while_live_reads_the_history_and_reports_the_epoch_gap() -> None:
+def test_a_new_epoch_while_live_reads_the_history_and_delivers_it_all() -> None:
+    track, sink = live_track()
+    publish(track, E2, 3)  # a new history whose first two we did not hear
+    assert not track.live and len(sink.reads) == 1
+    track.read_done(track.generation, E2, 3, entries(1, 2, 3))
+    assert sink.delivered == [b"1", b"2", b"3"] and track.position == Position("e2", 3)
+    assert sink.log[0] == "read" and sink.log[-3:] == ["deliver 1", "deliver 2", "deliver 3"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: connected all along, the first publication of a new history (the old one "
+    "expired while idle) is reported as an 'epoch' gap though nothing was missed",
+)
+def test_a_new_history_starting_while_live_is_no_gap() -> None:
     track, sink = live_track()
     publish(track, E2, 1)
-    assert not track.live and len(sink.reads) == 1
-    track.read_done(track.generation, E2, 1, entries(1))
-    assert sink.gaps == [("epoch", Position("e1", 3))]
+    if not track.live:
+        track.read_done(track.generation, E2, 1, entries(1))
     assert sink.delivered == [b"1"] and track.position == Position("e2", 1)
-    assert sink.log == ["read", "gap epoch", "deliver 1"]
+    assert sink.gaps == []
 
 
 # -- recovering -----------------------------------------------------------------------------------
