@@ -31,6 +31,8 @@ CallFor = Callable[[bytes, bytes, str, "float | None"], Awaitable[Any]]
 
 #: Entries per read command; a longer backlog is read in several, in order.
 READ_CHUNK = 1000
+#: Error replies that reading again will not change: the channel is refused instead.
+REFUSALS = frozenset({"NOPERM", "WRONGTYPE"})
 #: How long a recovery read may take before it is tried again.
 READ_TIMEOUT = 10.0
 #: The pause before reading again after a failed read (doubling up to RETRY_CAP).
@@ -203,6 +205,10 @@ class HistoryReader:
         try:
             found_epoch, last, entries = await self._read_all(channel, epoch, start)
         except (ConnectionLost, PublishTimeout, ServerError, OSError) as exc:
+            if isinstance(exc, ServerError) and exc.code in REFUSALS:
+                for track, generation in waiting:
+                    track.read_refused(generation, exc)
+                return True  # not the server's state: the other reads of the batch go on
             delay = min(self._retry.get(channel, RETRY_BASE / 2) * 2, RETRY_CAP)
             self._retry[channel] = delay
             self._log_failure(channel, exc)

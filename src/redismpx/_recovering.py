@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from ._envelope import VERSION, envelope_channel, parse
 from ._recovery import Track
-from .errors import SubscribeRefused
+from .errors import ServerError, SubscribeRefused
 from .history import GapReason, Position
 
 logger = logging.getLogger("redismpx.history")
@@ -107,6 +107,8 @@ class RecoveryTap:
             return False
         if track.live:
             return True
+        if track.refused:
+            return None
         host, kind = self._host, self._kind
         if host.phase(kind, channel) is None or host.phase(kind, envelope_channel(channel)) is None:
             return None
@@ -193,6 +195,11 @@ class RecoveryTap:
 
     def read(self, track: Track) -> None:
         self._host.read_history(track)
+
+    def refused(self, channel: bytes, error: BaseException) -> None:
+        reply = error.reply if isinstance(error, ServerError) else str(error)
+        message = f"reading its history was refused: {reply}"
+        self._owner.notify_refused(SubscribeRefused(message, "EVALSHA", channel))
 
     def channel_active(self, channel: bytes) -> bool:
         return self._host.phase(self._kind, channel) is True

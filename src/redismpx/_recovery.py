@@ -25,7 +25,10 @@ The rules, and why:
 * *The start*: a track with no position yet takes the position of the first envelope held,
   or the history's last offset when none was held: a channel is recoverable from its first
   activation on, before it has received anything. Where the channel had no history at
-  all, the first envelope that comes live is the start.
+  all, it stands before the first publication of the history to come (``NO_HISTORY``).
+* *Merged by position*: the read's entries are delivered up to the first envelope held; from
+  there the held messages are replayed in the order they came, so a message published
+  without history keeps its place among those published with it.
 * *Rolled back*: a history of the same epoch whose last offset is behind ours lost its last
   writes (a restart from a snapshot, a failover to a lagging replica): a gap, and the track
   goes on from that offset, which new publications reuse. When new publications have already
@@ -44,6 +47,7 @@ from .history import GapReason, Position
 
 Entry = tuple[int, bytes, bytes]  # (offset, tag, payload) of a history entry
 _PLAIN = -1  # the offset of a held message published without history
+NO_HISTORY = b""  # the epoch of a track that started where the channel had no history
 
 #: Messages held while a channel recovers. Beyond, the held ones are let go: the envelopes
 #: are in the history (an offset skipped once live makes the track read again), the plain
@@ -58,6 +62,7 @@ class TrackSink(Protocol):
     def gap(self, channel: bytes, reason: GapReason, since: Position | None) -> None: ...
     def caught_up(self, channel: bytes) -> None: ...
     def read(self, track: Track) -> None: ...  # read the history after ``track.position``
+    def refused(self, channel: bytes, error: BaseException) -> None: ...
     # Whether Redis holds the channel (the envelope channel) for us now: asked only while
     # the track recovers (live, both are).
     def channel_active(self, channel: bytes) -> bool: ...
@@ -76,6 +81,7 @@ class Track:
         "live",
         "offset",
         "outage",
+        "refused",
         "sink",
         "tag",
     )
@@ -93,11 +99,14 @@ class Track:
         self.expect_copy = False
         self.generation = 0  # bumped by each activation: reads of an older one are void
         self.outage = False  # recovering from an activation (told as caught up), not a miss
+        self.refused = False  # reading the history was refused for good (until reactivated)
 
     @property
     def position(self) -> Position | None:
         """The last position delivered (or started from)."""
-        return None if self.epoch is None else Position(self.epoch.decode(), self.offset)
+        if not self.epoch:  # None or NO_HISTORY
+            return None
+        return Position(self.epoch.decode(), self.offset)
 
     def __repr__(self) -> str:
         state = "live" if self.live else f"recovering ({len(self.held)} held)"
@@ -112,6 +121,7 @@ class Track:
         self.expect_copy = False
         self.generation += 1
         self.outage = True
+        self.refused = False
         if both_active:
             self.sink.read(self)
 
@@ -122,7 +132,7 @@ class Track:
             if epoch == self.epoch and offset == self.offset + 1:
                 self.offset, self.tag = offset, tag
                 self.sink.deliver_to(self.channel, payload)
-            elif self.epoch is None or (offset == 1 and epoch != self.epoch):
+            elif offset == 1 and epoch != self.epoch:
                 # A history that begins while we are live (the channel had none when we
                 # started, or its last one expired while we heard all of it): the start.
                 self.epoch, self.offset, self.tag = epoch, offset, tag
@@ -147,6 +157,8 @@ class Track:
 
     def _hold(self, epoch: bytes, offset: int, tag: bytes, payload: bytes) -> None:
         held = self.held
+        if self.refused:
+            return  # nothing is delivered until the channel is activated again
         if len(held) >= HELD_MAX:
             held.clear()
         held.append((epoch, offset, tag, payload))
@@ -160,6 +172,14 @@ class Track:
 
     # -- the history read --------------------------------------------------------------------
 
+    def read_refused(self, generation: int, error: BaseException) -> None:
+        """Redis refused the read for good (an ACL without scripting): the channel is refused
+        until its next activation, as a refused subscribe is."""
+        if generation == self.generation and not self.live:
+            self.refused = True
+            self.held.clear()
+            self.sink.refused(self.channel, error)
+
     def read_done(
         self, generation: int, epoch: bytes | None, last: int, entries: Sequence[Entry]
     ) -> None:
@@ -168,48 +188,17 @@ class Track:
         another epoch; for a fresh start, the last one)."""
         if generation != self.generation or self.live:
             return  # an activation came after the read began: a newer read counts
-        sink, channel = self.sink, self.channel
-        if self.epoch is None:  # a fresh start: from the first held envelope, or the end
-            first = next((h for h in self.held if h[1] != _PLAIN), None)
-            if first is not None:
-                self.epoch, self.offset, self.tag = first[0], first[1] - 1, None
-            elif epoch is not None:
-                self.epoch, self.offset = epoch, last
-                self.tag = entries[-1][1] if entries and entries[-1][0] == last else None
+        if self.epoch is None:
+            self._start(epoch, last, entries)
         else:
-            if epoch == self.epoch and entries and entries[0][0] == self.offset:
-                if self.tag is not None and entries[0][1] != self.tag:
-                    # The entry at our position is another publication: the history lost
-                    # what we delivered (a failover to a lagging replica) and gave its
-                    # offsets to new ones. They are delivered, from that one on.
-                    sink.gap(channel, "lost", self.position)
-                    self.offset -= 1
-                    self.tag = None
-                else:
-                    entries = entries[1:]
-                    reason = _gap(self.epoch, self.offset, epoch, last, entries)
-                    if reason is not None:
-                        sink.gap(channel, reason, self.position)
-            else:
-                reason = _gap(self.epoch, self.offset, epoch, last, entries)
-                if reason is not None:
-                    sink.gap(channel, reason, self.position)
-            if epoch is None:  # the history is gone: its next one starts us afresh
-                self.epoch, self.offset, self.tag = None, 0, None
-            elif epoch != self.epoch:
-                self.epoch, self.offset, self.tag = epoch, 0, None
-            elif last < self.offset:  # rolled back (a restart lost its last writes)
-                self.offset, self.tag = last, None  # new publications reuse the offsets after it
-            for offset, tag, payload in entries:
-                if offset > self.offset:
-                    self.offset, self.tag = offset, tag
-                    sink.deliver_to(channel, payload)
+            self._catch_up(epoch, last, entries)
         held, self.held = self.held, []
         # The held messages replayed by the live rules; their copies were skipped as they
         # came, and whether the next message of the channel is a copy stays as it was (the
         # read may land between an envelope and its copy).
         expect_copy = self.expect_copy
         self.live = True
+        sink, channel = self.sink, self.channel
         for i, (h_epoch, h_offset, h_tag, payload) in enumerate(held):
             if h_offset == _PLAIN:
                 sink.deliver_to(channel, payload)
@@ -222,6 +211,69 @@ class Track:
         if self.live and self.outage:
             self.outage = False
             sink.caught_up(channel)
+
+    def _start(self, epoch: bytes | None, last: int, entries: Sequence[Entry]) -> None:
+        # A fresh start: from the first held envelope, else the history's end, else (no
+        # history yet) from before the first publication of the one to come.
+        first = next((h for h in self.held if h[1] != _PLAIN), None)
+        if first is not None:
+            self.epoch, self.offset, self.tag = first[0], first[1] - 1, None
+        elif epoch is not None:
+            self.epoch, self.offset = epoch, last
+            self.tag = entries[-1][1] if entries and entries[-1][0] == last else None
+        else:
+            self.epoch, self.offset, self.tag = NO_HISTORY, 0, None
+
+    def _catch_up(self, epoch: bytes | None, last: int, entries: Sequence[Entry]) -> None:
+        # Deliver what the read holds after our position, up to the first envelope held (from
+        # there the held messages, plain ones included, are replayed in the order they came).
+        assert self.epoch is not None  # (read_done: a track with a position)
+        sink, channel = self.sink, self.channel
+        reason: GapReason | None
+        if self.epoch == NO_HISTORY:  # everything of a history begun since is after us
+            first = entries[0][0] if entries else last + 1
+            reason = None if epoch is None or first == 1 else "trimmed"
+        elif epoch == self.epoch and entries and entries[0][0] == self.offset:
+            if self.tag is not None and entries[0][1] != self.tag:
+                # The entry at our position is another publication: the history lost what
+                # we delivered (a failover to a lagging replica) and gave its offset to a new
+                # one. Delivered from that one on.
+                reason = "lost"
+                self.offset -= 1
+            else:
+                entries = entries[1:]
+                reason = _gap(self.epoch, self.offset, epoch, last, entries)
+        else:
+            reason = _gap(self.epoch, self.offset, epoch, last, entries)
+        if reason is not None:
+            sink.gap(channel, reason, self.position)
+        if epoch is None:  # the history is gone: its next one starts us afresh
+            self.epoch, self.offset, self.tag = NO_HISTORY, 0, None
+        elif epoch != self.epoch:
+            self.epoch, self.offset, self.tag = epoch, 0, None
+        elif last < self.offset:  # rolled back (a restart lost its last writes)
+            self.offset, self.tag = last, None  # new publications reuse the offsets after it
+        held = next((h for h in self.held if h[1] != _PLAIN), None)
+        # Held ones of a later history: the read's are all before them.
+        stop = held[1] if held is not None and held[0] == self.epoch else None
+        told = reason is not None
+        for offset, tag, payload in entries:
+            if stop is not None and offset >= stop:
+                break
+            if offset > self.offset:
+                if offset > self.offset + 1 and not told:  # a hole: trimmed while read
+                    sink.gap(channel, "trimmed", self.position)
+                    told = True
+                self.offset, self.tag = offset, tag
+                sink.deliver_to(channel, payload)
+        if stop is not None and stop > self.offset + 1 and last >= stop - 1:
+            # The history had what came between our position and the first envelope held
+            # but no longer holds it (trimmed during the outage): the held ones go on from
+            # there. (With ``last`` before it, the read is older than what was held: the
+            # replay finds the miss and reads again.)
+            if not told:
+                sink.gap(channel, "trimmed", self.position)
+            self.offset, self.tag = stop - 1, None
 
 
 def _gap(

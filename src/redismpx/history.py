@@ -50,6 +50,26 @@ class Position(NamedTuple):
         return cls(epoch, int(offset))
 
 
+#: The largest offset a position may have (offsets are exact Lua numbers up to it).
+MAX_OFFSET = 10**14
+
+
+def check_position(position: object, what: str = "since") -> Position:
+    """``position`` if it is a :class:`Position` a history can have; else a typed error."""
+    if not isinstance(position, Position):
+        raise InvalidArgumentType(f"{what} must be a Position, not {type(position).__name__}")
+    epoch, offset = position
+    if not isinstance(epoch, str):
+        raise InvalidArgumentType(f"{what}.epoch must be a str, not {type(epoch).__name__}")
+    if not epoch or not epoch.isascii() or ":" in epoch:
+        raise InvalidArgument(f"{what}.epoch is not an epoch a history has: {epoch!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise InvalidArgumentType(f"{what}.offset must be an int, not {type(offset).__name__}")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise InvalidArgument(f"{what}.offset must be from 0 to {MAX_OFFSET}, not {offset}")
+    return position
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
     """One publication kept in a history."""

@@ -20,7 +20,7 @@ from ._protocol import to_bytes
 from ._redispy import settings_of_redis_client
 from ._router import SingleRouter
 from .errors import InvalidArgument, InvalidArgumentType
-from .history import History, Position
+from .history import History, Position, check_position
 from .sentinel import SENTINEL_KEYS, SentinelRouter, is_sentinel_url, parse_sentinel
 from .state import State
 from .typedefs import (
@@ -219,8 +219,8 @@ class Multiplexer(SubscriptionFactories):
         """
         self._check_open()
         name = to_bytes(channel, "channel")
-        if since is not None and not isinstance(since, Position):
-            raise InvalidArgumentType(f"since must be a Position, not {type(since).__name__}")
+        if since is not None:
+            check_position(since)
         if isinstance(limit, bool) or not isinstance(limit, int):
             raise InvalidArgumentType(f"limit must be an int, not {type(limit).__name__}")
         if not 1 <= limit <= 1_000_000:

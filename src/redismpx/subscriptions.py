@@ -19,7 +19,7 @@ from ._protocol import CHANNEL, PATTERN, SHARD, to_bytes
 from ._recovering import RecoveryTap
 from ._subscriber import Host, check_callback
 from .errors import InvalidArgument, InvalidArgumentType
-from .history import Gap, GapReason, Position
+from .history import Gap, GapReason, Position, check_position
 from .typedefs import OnDisconnect, OnDrop, OnGap, OverflowPolicy
 
 MAX_NAME_BYTES = 1 << 20
@@ -190,18 +190,15 @@ class ChannelSubscription(BufferedSubscriber):
         if self._tap is None:
             raise InvalidArgument("since= needs a subscription made with recover=True")
         if isinstance(since, Position):
-            return dict.fromkeys(names, since)
+            return dict.fromkeys(names, check_position(since))
         if not isinstance(since, Mapping):
             raise InvalidArgumentType(
                 f"since must be a Position or a mapping of them, not {type(since).__name__}"
             )
-        found = {check_name(_escaped(k), "channel name"): v for k, v in since.items()}
-        for position in found.values():
-            if not isinstance(position, Position):
-                raise InvalidArgumentType(
-                    f"since maps channels to a Position, not {type(position).__name__}"
-                )
-        return found
+        return {
+            check_name(_escaped(k), "channel name"): check_position(v, f"since[{k!r}]")
+            for k, v in since.items()
+        }
 
     def position(self, channel: str | bytes) -> Position | None:
         """Where a recovering subscription stands on ``channel``: the position of the last

@@ -132,12 +132,6 @@ async def test_recovery_across_a_failover_from_the_replicas_history(
     assert role(old) == "slave"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: publications the old primary acknowledged after the promotion (and the "
-    "subscriber heard) are not in the new primary's history, whose offsets then repeat "
-    "under the same epoch: what is published next is skipped as duplicates, without a gap",
-)
 async def test_recovery_across_a_failover_under_continuous_publishing(
     shared: RedisSentinel, mpx_factory: MpxFactory
 ) -> None:
