@@ -29,6 +29,7 @@ from .errors import ConnectError, ConnectionLost, PublishTimeout, ServerError
 logger = logging.getLogger("redismpx.commands")
 
 _PING = b"*1\r\n$4\r\nPING\r\n"
+_ASKING = b"*1\r\n$6\r\nASKING\r\n"
 # A connection must stay up this long before the backoff starts over.
 STABLE_AFTER = 1.0
 
@@ -57,8 +58,13 @@ class CommandLink:
 
     # -- calls -------------------------------------------------------------------------------
 
-    async def call(self, command: bytes, name: str, timeout: float | None) -> Any:
+    async def call(
+        self, command: bytes, name: str, timeout: float | None, *, asking: bool = False
+    ) -> Any:
         """Send ``command`` (encoded) and return its reply; ``name`` names it in errors.
+
+        ``asking``: preceded by ``ASKING`` on the same connection, right before it (a cluster
+        slot being imported: what an ``ASK`` redirect asks for).
 
         Raises :class:`PublishTimeout` after ``timeout`` seconds (``sent`` says whether it was
         written), :class:`ConnectionLost` when the connection broke before the reply, and
@@ -68,6 +74,10 @@ class CommandLink:
             raise ConnectionLost("the multiplexer closed")
         loop = self._tasks.loop or asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
+        if asking:  # its reply (+OK) is not wanted; the two stay adjacent in the pipeline
+            aux: asyncio.Future[Any] = loop.create_future()
+            aux.add_done_callback(_retrieve)
+            self._unsent.append((_ASKING, aux))
         self._unsent.append((command, fut))
         if self._flush_handle is None:
             if self.conn is not None:

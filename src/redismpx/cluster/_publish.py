@@ -7,6 +7,7 @@ first publish to it and kept, pipelined per loop turn, re-dialled with the backo
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from .._commands import CommandLink
@@ -19,6 +20,11 @@ if TYPE_CHECKING:
     from ._router import ClusterRouter
 
 _PING = encode_command(b"PING")
+
+#: ``TRYAGAIN`` (a multi-key command while its slot migrates, its keys on both nodes): how
+#: often, and how long apart, it is sent again before the error is raised.
+TRYAGAIN_WAITS = 40
+TRYAGAIN_PAUSE = 0.025
 
 
 class Publisher:
@@ -70,22 +76,40 @@ class Publisher:
         return receivers
 
     async def call_for(self, key: bytes, command: bytes, name: str, timeout: float | None) -> Any:
-        """Send ``command`` to the primary owning ``key``'s slot, following ``MOVED``."""
+        """Send ``command`` to the primary owning ``key``'s slot, following ``MOVED`` and
+        ``ASK`` (a slot being migrated) and waiting out ``TRYAGAIN`` (its keys split between
+        the two nodes for a moment)."""
         router = self._router
         slot = key_slot(key)
-        for _ in range(MAX_REDIRECTS + 1):
+        redirects = waits = 0
+        asked: Address | None = None
+        while redirects <= MAX_REDIRECTS:
             smap = await router.topology.ensure_map()
-            owner = smap.owners[slot]
+            owner = asked or smap.owners[slot]
             if owner is None:
                 raise ServerError(f"CLUSTERDOWN no node serves slot {slot}", name)
             try:
-                return await self._link(owner).call(command, name, timeout)
+                return await self._link(owner).call(
+                    command, name, timeout, asking=asked is not None
+                )
             except ServerError as exc:
-                redirect = parse_redirect(exc.reply) if exc.code == "MOVED" else None
+                asked = None
+                if exc.code == "TRYAGAIN":
+                    waits += 1
+                    if waits > TRYAGAIN_WAITS:
+                        raise
+                    await asyncio.sleep(TRYAGAIN_PAUSE)
+                    continue
+                redirect = parse_redirect(exc.reply) if exc.code in ("MOVED", "ASK") else None
                 if redirect is None:
                     raise
+                redirects += 1
                 moved_slot, host, port = redirect
-                smap.assign(moved_slot, (host or owner[0], port))
+                target = (host or owner[0], port)
+                if exc.code == "ASK":
+                    asked = target  # this command only: the slot is still the owner's
+                    continue
+                smap.assign(moved_slot, target)
                 router.counters["redirects"] += 1
                 router.topology.request_refresh()
         raise ServerError(f"too many redirects for slot {slot}", name)
