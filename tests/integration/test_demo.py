@@ -21,7 +21,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.typing import Origin
 
-from redismpx.demo import create_app
+from redismpx.demo import create_app, recovery
 from redismpx.demo.limits import Limits
 from redismpx.server import free_port
 
@@ -684,6 +684,44 @@ async def test_numbers_across_a_restart_without_persistence_give_a_gap_notice(
         assert recovering["gaps"] == 1 and recovering["gap_reasons"][0] in ("epoch", "lost")
         assert recovering["duplicates"] == recovering["out_of_order"] == 0
         assert recovering["last"] >= before["published"] + 10  # live again
+
+
+async def test_numbers_stop_and_say_why_when_redis_refuses_the_history_script(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ACL without scripting: the run ends and says why, instead of showing "publishing"
+    while nothing is. (The recovering subscription's first history read is refused, and the
+    library retries it, so today the run ends on the wait for it; a publication refused
+    later ends it with the reply.)"""
+    monkeypatch.setattr(recovery, "SUBSCRIBE_WAIT", 1.0)
+    await redis_server.acommand("ACL", "SETUSER", "default", "-@scripting")
+    async with (
+        serve(create_app(redis_server.url)) as address,
+        httpx.AsyncClient(base_url=f"http://{address}") as http,
+    ):
+        await numbers_op(address, "start")
+        stopped = await numbers_until(http, "the run to stop", lambda n: n["state"] == "stopped")
+        reason = stopped["stop_reason"]
+        assert "NOPERM" in reason or "is reading it refused?" in reason, stopped
+        assert stopped["published"] == 0
+        assert stopped["plain"]["state"] == "active"
+
+
+async def test_numbers_stop_on_a_publication_refused_for_good(redis_server: Any) -> None:
+    """An error reply that trying again will not cure ends the run with the reply as its
+    reason (a server still loading its data is tried again instead)."""
+    async with (
+        serve(create_app(redis_server.url)) as address,
+        httpx.AsyncClient(base_url=f"http://{address}") as http,
+    ):
+        await numbers_op(address, "start")
+        before = await numbers_until(http, "5 published", lambda n: n["published"] >= 5)
+        await redis_server.acommand("ACL", "SETUSER", "default", "-@scripting")
+        stopped = await numbers_until(http, "the run to stop", lambda n: n["state"] == "stopped")
+        assert stopped["stop_reason"].startswith("Redis refused the publication: "), stopped
+        assert "NOPERM" in stopped["stop_reason"]
+        assert stopped["published"] >= before["published"]
+        assert stopped["uncertain"] == 0
 
 
 # -- the command line --------------------------------------------------------------------------

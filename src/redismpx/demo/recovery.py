@@ -34,6 +34,7 @@ from redismpx import (
     Multiplexer,
     PublishTimeout,
     RedisMPXError,
+    ServerError,
 )
 
 logger = logging.getLogger("redismpx.demo")
@@ -46,6 +47,7 @@ PUBLISH_WAIT = 30.0  # seconds one publication waits for Redis (a restart takes 
 PUBLISHER_BACKOFF_CAP = 0.05  # the publisher redials within 50 ms (the subscriber: 512 ms)
 SUBSCRIBE_WAIT = 10.0  # seconds a start waits for both subscriptions to be active
 MISSED_SHOWN = 10  # ranges of missed numbers listed
+TRANSIENT = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN")  # error replies worth a retry
 
 
 def ranges(numbers: Iterable[int], limit: int = MISSED_SHOWN) -> list[list[int]]:
@@ -232,14 +234,30 @@ class RecoveryDemo:
     # -- the publisher --------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        recovering, plain = self._subs
+        name = self.channel.encode()
         try:
             async with asyncio.timeout(SUBSCRIBE_WAIT):
-                for sub in self._subs:
-                    await sub.wait_active([self.channel.encode()])
+                await plain.wait_active([name])
         except TimeoutError:
-            self.stop_reason = "Redis did not confirm the subscriptions: is it up?"
-            self.state = "stopped"
-            self._changed()
+            self._end("Redis did not confirm the subscriptions: is it up?")
+            return
+        except RedisMPXError as exc:  # e.g. SubscribeRefused by an ACL
+            self._end(f"subscribing failed: {exc}")
+            return
+        try:
+            # Subscribed, then reading where the history stands: a refused read is retried
+            # (and logged) by the library, so it shows here as a wait that does not end.
+            async with asyncio.timeout(SUBSCRIBE_WAIT):
+                await recovering.wait_active([name])
+        except TimeoutError:
+            self._end(
+                "the recovering subscription did not catch up with the history within "
+                f"{SUBSCRIBE_WAIT:g} s: is reading it refused? (see the server's log)"
+            )
+            return
+        except RedisMPXError as exc:
+            self._end(f"subscribing failed: {exc}")
             return
         if self._publisher is None:
             self._publisher = Multiplexer(self._url, backoff_cap=PUBLISHER_BACKOFF_CAP)
@@ -248,14 +266,21 @@ class RecoveryDemo:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + MAX_RUN
         while loop.time() < deadline:
-            await self._publish_next()
+            refused = await self._publish_next()
+            if refused is not None:
+                self._end(f"Redis refused the publication: {refused}")
+                return
             await asyncio.sleep(1 / RATE)
-        self.state, self.stop_reason = "stopped", f"stopped by itself after {MAX_RUN:g} s"
+        self._end(f"stopped by itself after {MAX_RUN:g} s")
+
+    def _end(self, reason: str) -> None:
+        self.state, self.stop_reason = "stopped", reason
         self._changed()
 
-    async def _publish_next(self) -> None:
+    async def _publish_next(self) -> RedisMPXError | None:
         """Publish the next number once: acknowledged, or uncertain (the link broke after it
-        was written), or not sent (then the same number is tried again)."""
+        was written), or not sent (then the same number is tried again). Returns an error
+        reply that trying again will not cure (e.g. an ACL refusal)."""
         publisher = self._publisher
         assert publisher is not None
         number = self._next
@@ -276,13 +301,15 @@ class RecoveryDemo:
         except asyncio.CancelledError:  # stopped: it may have gone out; never reuse the number
             self._consume(number, self.uncertain)
             raise
-        except RedisMPXError as exc:  # an error reply (e.g. LOADING): the script did not run
-            logger.info("numbered publish refused, trying again: %s", exc)
-            await asyncio.sleep(0.1)
+        except RedisMPXError as exc:  # an error reply: the script did not run
+            if not (isinstance(exc, ServerError) and exc.code in TRANSIENT):
+                return exc
+            await asyncio.sleep(0.1)  # a server still loading its data, say
         else:
             self._consume(number, self.acked)
         finally:
             self._waiting_since = None
+        return None
 
     def _consume(self, number: int, into: list[int]) -> None:
         into.append(number)
