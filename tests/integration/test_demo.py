@@ -657,6 +657,33 @@ async def test_numbers_recover_across_restarts_of_the_embedded_server(
         assert (await http.get("/healthz")).json()["redis"]["restarts"] == restarts
 
 
+async def test_numbers_start_again_counts_afresh(demo: str) -> None:
+    """A second start ("Start again") ends the run and starts a new count, with new
+    subscriptions on the same channel: nothing of the first run is counted in the second."""
+    async with httpx.AsyncClient(base_url=f"http://{demo}") as http:
+        await numbers_op(demo, "start")
+        first = await numbers_until(http, "10 published", lambda n: n["published"] >= 10)
+        await numbers_op(demo, "start")
+        second = await numbers_until(
+            http,
+            "10 published in the second run",
+            lambda n: n["started_at"] != first["started_at"] and n["published"] >= 10,
+        )
+        assert second["channel"] == first["channel"]
+        await numbers_op(demo, "stop")
+        final = await numbers_until(
+            http,
+            "the last delivered to both",
+            lambda n: n["recovering"]["pending"] == n["plain"]["pending"] == 0,
+        )
+        assert final["started_at"] == second["started_at"]
+        for tally in (final["recovering"], final["plain"]):
+            assert tally["received"] == tally["deliveries"] == final["published"], final
+            assert tally["missed"] == tally["duplicates"] == tally["outages"] == 0, final
+        stats = (await http.get("/api/stats")).json()["stats"]
+        assert stats["subscriptions"] == 4  # the board's two and this run's two
+
+
 async def test_numbers_across_a_restart_without_persistence_give_a_gap_notice(
     redis_server: Any,
 ) -> None:
