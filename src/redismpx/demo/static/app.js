@@ -242,14 +242,27 @@ const TALLY_ROWS = [
 const numberRanges = (ranges) =>
   ranges.map(([a, b]) => (a === b ? `#${a}` : `#${a}–#${b}`)).join(", ");
 
+const GAP_REASONS = {
+  epoch: "a new history replaced the one it was reading (Redis lost it: a restart without " +
+    "persistence?)",
+  lost: "the history is gone (expired, evicted, or Redis restarted without persistence)",
+  trimmed: "more was published during the outage than the history keeps",
+};
+
 function tallyVerdict(kind, t, published) {
   if (t.duplicates || t.out_of_order) {
     return ["wrong", `${plural(t.duplicates, "duplicate", "duplicates")}, ` +
       `${t.out_of_order} out of order`];
   }
+  if (t.state === "disconnected") {
+    return ["waiting", kind === "recovering"
+      ? "Link down: once back, it first reads what it missed from the history."
+      : "Link down: what is published before it has resubscribed is lost to it."];
+  }
   if (t.gaps) {
-    return ["gap", `Gap notice (${t.gap_reasons.join(", ")}): the history did not cover an ` +
-      "outage; an app re-syncs from its database here."];
+    const why = t.gap_reasons.map((r) => GAP_REASONS[r] || r).join("; ");
+    const still = t.missed ? "" : " No published message is missing here.";
+    return ["gap", `Gap notice: ${why}. An app re-syncs from its database here.${still}`];
   }
   if (t.missed) {
     const more = t.missed_ranges.length >= 10 ? ", …" : "";
@@ -309,7 +322,10 @@ function renderNumbers(n, redis) {
   $("#numbers-rate").textContent = String(n.rate);
   $("#numbers-history").textContent = String(n.history_size);
   let text = NUMBERS_STATES[state] || state;
-  if (state === "publishing") text += ` ${n.rate} a second`;
+  if (state === "publishing") {
+    text += ` ${n.rate} a second`;
+    if (redis.embedded && !n.recovering.outages) text += ": now press Restart embedded Redis";
+  }
   if (state === "stopped" && n.stop_reason && n.stop_reason !== "stopped") {
     text += `: ${n.stop_reason}`;
   }
