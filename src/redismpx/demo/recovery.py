@@ -142,10 +142,6 @@ class RecoveryDemo:
 
     # -- control ------------------------------------------------------------------------------
 
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
     async def start(self) -> None:
         """Start a new run (a run going on is stopped first, and its subscriptions closed)."""
         async with self._control:
@@ -274,6 +270,7 @@ class RecoveryDemo:
         self._end(f"stopped by itself after {MAX_RUN:g} s")
 
     def _end(self, reason: str) -> None:
+        logger.info("numbered run on %s ended: %s", self.channel, reason)
         self.state, self.stop_reason = "stopped", reason
         self._changed()
 
