@@ -450,3 +450,56 @@ def test_page_loads_without_a_404(browser: Any, demo_url: str) -> None:
         assert failed == []
     finally:
         context.close()
+
+
+def _published(page: Any) -> int:
+    return int(page.locator("#numbers-panel").get_attribute("data-published") or 0)
+
+
+def test_nothing_missed_across_a_restart(pages: Pages, screenshot: Shot) -> None:
+    """The "Nothing missed" panel: numbered publications with history, a restart of the
+    embedded Redis (with persistence) from the header, and the recovering subscription says
+    it has every message exactly once; the plain one beside it says what it missed, if it
+    missed anything (a race: whether its link resubscribed before the publisher was back)."""
+    expect = _expect()
+    page = pages("numbers")
+    panel = page.locator("#numbers-panel")
+    recovering, plain = page.locator("#tally-recovering"), page.locator("#tally-plain")
+    expect(page.locator("#numbers-persistence")).to_contain_text("appendfsync always")
+    page.click("#numbers-start")
+    expect(panel).to_have_attribute("data-state", "publishing", timeout=10_000)
+    expect(page.locator("#numbers-channel")).to_contain_text("mpx-demo:numbers:")
+    page.wait_for_function(
+        "() => Number(document.querySelector('#numbers-panel').dataset.published) >= 20"
+    )
+    restart_redis(page)
+    target = _published(page) + 20
+    page.wait_for_function(
+        f"() => Number(document.querySelector('#numbers-panel').dataset.published) >= {target}",
+        timeout=30_000,
+    )
+    expect(recovering.locator(".verdict")).to_contain_text(
+        "Every message exactly once, in order, across 1 outage"
+    )
+    expect(recovering).to_have_attribute("data-verdict", "exact")
+    expect(recovering).to_have_attribute("data-missed", "0")
+    expect(recovering.locator('tr[data-key="gaps"] td')).to_have_text("0")
+    expect(plain.locator(".verdict")).to_have_text(
+        re.compile(r"Missed \d+: #\d+|Nothing missed across 1 outage")
+    )
+    screenshot(page, "after-the-restart")
+
+    page.click("#numbers-stop")
+    expect(panel).to_have_attribute("data-state", "stopped")
+    # Once the last one is delivered, the recovering subscription has received them all.
+    page.wait_for_function(
+        """() => {
+          const panel = document.querySelector('#numbers-panel');
+          const box = document.querySelector('#tally-recovering');
+          return box.dataset.received === panel.dataset.published;
+        }"""
+    )
+    expect(recovering).to_have_attribute("data-verdict", "exact")
+    missed = int(plain.get_attribute("data-missed") or 0)
+    recovered = recovering.locator('tr[data-key="recovered"] td')
+    expect(recovered).to_have_text(str(missed))

@@ -21,7 +21,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.typing import Origin
 
-from redismpx.demo import create_app
+from redismpx.demo import create_app, recovery
 from redismpx.demo.limits import Limits
 from redismpx.server import free_port
 
@@ -185,6 +185,7 @@ async def test_json_protocol(demo: str) -> None:
             ('{"op": "fly"}', "unknown op 'fly'"),
             ('{"op": "join", "channel": "a b"}', "may only contain"),
             ('{"op": "ask", "suffix": "s", "timeout": 0}', "timeout must be"),
+            ('{"op": "numbers", "action": "fly"}', "action must be 'start' or 'stop'"),
         ]:
             await asker.send(frame)
             assert error in (await recv_json(asker, "error"))["error"]
@@ -553,6 +554,201 @@ async def test_embedded_server_and_restart(
             await ws.send("back")  # mpx.publish re-dialled its command connection
             assert await recv_until(ws, "ch:") == "ch: [room] msg: [back]"
     assert not server.running  # stopped with the app
+
+
+# -- "Nothing missed": the numbered run across a restart --------------------------------------
+
+
+async def numbers_of(http: httpx.AsyncClient) -> Any:
+    return (await http.get("/api/stats")).json()["numbers"]
+
+
+async def numbers_until(
+    http: httpx.AsyncClient, what: str, predicate: Any, timeout: float = 30
+) -> Any:
+    """The ``numbers`` report once ``predicate(report)`` holds."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate(report := await numbers_of(http)):
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}: {report}") from None
+    return report
+
+
+async def numbers_op(address: str, action: str) -> Any:
+    """Send ``{"op": "numbers", "action": action}`` from a tab opened for it; returns the
+    ``numbers`` report pushed back at once. (A tab left open and unread for seconds would fill
+    the client's queue with stats, and its close would then wait for its timeout.)"""
+    want = ("starting", "publishing") if action == "start" else ("stopped",)
+    async with websockets.connect(f"ws://{address}/ws/json") as page:
+        await recv_json(page, "welcome")
+        await page.send(json.dumps({"op": "numbers", "action": action}))
+        stats = await recv_json(page, "stats")
+        while stats["numbers"]["state"] not in want:
+            stats = await recv_json(page, "stats")
+        return stats["numbers"]
+
+
+def both_active(n: Any) -> bool:
+    return bool(n["recovering"]["state"] == n["plain"]["state"] == "active")
+
+
+async def test_numbers_recover_across_restarts_of_the_embedded_server(
+    monkeypatch: pytest.MonkeyPatch, server_binary: str
+) -> None:
+    """The page's "Nothing missed" panel through the page's protocol: numbered publications
+    with history, a restart of the embedded server (with persistence) from the header's
+    endpoint, and the recovering subscription has every published number exactly once, in
+    order, with no gap notice. The plain one beside it misses those published while its link
+    was resubscribing (restarted until it has missed some: how many is a race), and those
+    are exactly what the recovering one took from the history."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("REDIS_SERVER", server_binary)
+    app = create_app()
+    async with (
+        serve(app) as address,
+        httpx.AsyncClient(base_url=f"http://{address}", timeout=30) as http,
+    ):
+        redis = (await http.get("/healthz")).json()["redis"]
+        assert redis["persistence"] == "appendonly yes, appendfsync always"
+        assert (await numbers_of(http))["state"] == "off"
+        started = await numbers_op(address, "start")  # the run goes on when the tab closes
+        assert started["channel"].startswith("mpx-demo:numbers:")
+        assert started["history_size"] == 1000
+        await numbers_until(http, "20 published", lambda n: n["published"] >= 20)
+
+        restarts = 0
+        while restarts < 6:
+            before = await numbers_of(http)
+            restart = await http.post(
+                "/admin/restart-redis?downtime=1", headers={"x-demo-admin": "1"}
+            )
+            assert restart.status_code == 200, restart.text
+            restarts += 1
+            after = await numbers_until(
+                http,
+                "20 more published, both subscriptions active again",
+                lambda n, b=before, r=restarts: (
+                    n["published"] >= b["published"] + 20
+                    and n["recovering"]["outages"] == n["plain"]["outages"] == r
+                    and both_active(n)
+                ),
+            )
+            assert after["recovering"]["missed"] == 0, after
+            if after["plain"]["missed"]:
+                break
+        assert after["plain"]["missed"] > 0, f"the plain subscription never missed: {after}"
+
+        await numbers_op(address, "stop")
+        final = await numbers_until(
+            http,
+            "the last ones delivered",
+            lambda n: n["state"] == "stopped" and n["recovering"]["pending"] == 0,
+        )
+        published = final["published"]
+        recovering, plain = final["recovering"], final["plain"]
+        assert recovering["received"] == recovering["deliveries"] == published
+        for key in ("missed", "duplicates", "out_of_order", "gaps"):
+            assert recovering[key] == 0, (key, final)
+        assert recovering["recovered"] == plain["missed"] > 0
+        assert plain["received"] + plain["missed"] + plain["pending"] == published
+        assert plain["duplicates"] == plain["out_of_order"] == 0
+        assert (await http.get("/healthz")).json()["redis"]["restarts"] == restarts
+
+
+async def test_numbers_start_again_counts_afresh(demo: str) -> None:
+    """A second start ("Start again") ends the run and starts a new count, with new
+    subscriptions on the same channel: nothing of the first run is counted in the second."""
+    async with httpx.AsyncClient(base_url=f"http://{demo}") as http:
+        await numbers_op(demo, "start")
+        first = await numbers_until(http, "10 published", lambda n: n["published"] >= 10)
+        await numbers_op(demo, "start")
+        second = await numbers_until(
+            http,
+            "10 published in the second run",
+            lambda n: n["started_at"] != first["started_at"] and n["published"] >= 10,
+        )
+        assert second["channel"] == first["channel"]
+        await numbers_op(demo, "stop")
+        final = await numbers_until(
+            http,
+            "the last delivered to both",
+            lambda n: n["recovering"]["pending"] == n["plain"]["pending"] == 0,
+        )
+        assert final["started_at"] == second["started_at"]
+        for tally in (final["recovering"], final["plain"]):
+            assert tally["received"] == tally["deliveries"] == final["published"], final
+            assert tally["missed"] == tally["duplicates"] == tally["outages"] == 0, final
+        stats = (await http.get("/api/stats")).json()["stats"]
+        assert stats["subscriptions"] == 4  # the board's two and this run's two
+
+
+async def test_numbers_across_a_restart_without_persistence_give_a_gap_notice(
+    redis_server: Any,
+) -> None:
+    """Without persistence the history is lost with the server: the recovering subscription
+    says so once (reason ``epoch`` or ``lost``), never silently, and goes on live."""
+    async with (
+        serve(create_app(redis_server.url)) as address,
+        httpx.AsyncClient(base_url=f"http://{address}") as http,
+    ):
+        assert "persistence" not in (await http.get("/healthz")).json()["redis"]
+        await numbers_op(address, "start")
+        before = await numbers_until(http, "10 published", lambda n: n["published"] >= 10)
+        await redis_server.akill()
+        await redis_server.astart()
+        after = await numbers_until(
+            http,
+            "a gap notice, then live again",
+            lambda n: (
+                n["recovering"]["gaps"] >= 1
+                and n["published"] >= before["published"] + 10
+                and both_active(n)
+            ),
+        )
+        recovering = after["recovering"]
+        assert recovering["gaps"] == 1 and recovering["gap_reasons"][0] in ("epoch", "lost")
+        assert recovering["duplicates"] == recovering["out_of_order"] == 0
+        assert recovering["last"] >= before["published"] + 10  # live again
+
+
+async def test_numbers_stop_and_say_why_when_redis_refuses_the_history_script(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ACL without scripting: the run ends and says why, instead of showing "publishing"
+    while nothing is. (The recovering subscription's first history read is refused, and the
+    library retries it, so today the run ends on the wait for it; a publication refused
+    later ends it with the reply.)"""
+    monkeypatch.setattr(recovery, "SUBSCRIBE_WAIT", 1.0)
+    await redis_server.acommand("ACL", "SETUSER", "default", "-@scripting")
+    async with (
+        serve(create_app(redis_server.url)) as address,
+        httpx.AsyncClient(base_url=f"http://{address}") as http,
+    ):
+        await numbers_op(address, "start")
+        stopped = await numbers_until(http, "the run to stop", lambda n: n["state"] == "stopped")
+        reason = stopped["stop_reason"]
+        assert "NOPERM" in reason or "is reading it refused?" in reason, stopped
+        assert stopped["published"] == 0
+        assert stopped["plain"]["state"] == "active"
+
+
+async def test_numbers_stop_on_a_publication_refused_for_good(redis_server: Any) -> None:
+    """An error reply that trying again will not cure ends the run with the reply as its
+    reason (a server still loading its data is tried again instead)."""
+    async with (
+        serve(create_app(redis_server.url)) as address,
+        httpx.AsyncClient(base_url=f"http://{address}") as http,
+    ):
+        await numbers_op(address, "start")
+        before = await numbers_until(http, "5 published", lambda n: n["published"] >= 5)
+        await redis_server.acommand("ACL", "SETUSER", "default", "-@scripting")
+        stopped = await numbers_until(http, "the run to stop", lambda n: n["state"] == "stopped")
+        assert stopped["stop_reason"].startswith("Redis refused the publication: "), stopped
+        assert "NOPERM" in stopped["stop_reason"]
+        assert stopped["published"] >= before["published"]
+        assert stopped["uncertain"] == 0
 
 
 # -- the command line --------------------------------------------------------------------------

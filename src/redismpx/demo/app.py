@@ -178,6 +178,7 @@ def create_app(
                 watch.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watch
+                await ctx.numbers.aclose()
                 await board.aclose()
                 del app.state.demo
 

