@@ -202,19 +202,26 @@ async def test_recovery_across_repeated_client_kills_is_exactly_once_in_order(
 
 
 async def test_a_history_smaller_than_the_outage_gives_one_gap_then_order_resumes(
-    redis_server: Any, admin: Admin
+    redis_server: Any, admin: Admin, fault_proxy: Any
 ) -> None:
-    mpx = Multiplexer(redis_server.url, backoff_base=0.5, backoff_cap=0.5)
+    # The subscriber behind a proxy that refuses it while the outage lasts (a backoff alone,
+    # full jitter, may reconnect at once).
+    proxy = await fault_proxy(redis_server.port)
+    mpx = Multiplexer(redis_server.url)
+    subscriber = Multiplexer(proxy.url, backoff_base=0.01, backoff_cap=0.05)
     try:
         r = Received()
-        sub = mpx.new_channel_subscription(r.on_message, recover=True, on_gap=r.on_gap)
+        sub = subscriber.new_channel_subscription(r.on_message, recover=True, on_gap=r.on_gap)
         await sub.add("small")
         await mpx.publish("small", b"1", history_size=5)
         await _until(lambda: r.data == [b"1"], "the first message")
+        proxy.refuse(True)
         assert await admin.kill_pubsub() == 1
-        # 0.5 s before it reconnects: far more than the history keeps is published meanwhile.
+        await _until(lambda: subscriber.state != "connected", "the outage")
+        # Far more than the history keeps is published meanwhile.
         for i in range(2, 1002):
             await mpx.publish("small", str(i), history_size=5)
+        proxy.refuse(False)
         await _until(lambda: len(r.gaps) == 1 and r.data[-1] == b"1001", "the gap and the end")
         gap = r.gaps[0]
         assert gap.channel == b"small" and gap.reason == "trimmed"
@@ -227,6 +234,7 @@ async def test_a_history_smaller_than_the_outage_gives_one_gap_then_order_resume
         assert len(r.gaps) == 1
     finally:
         await mpx.aclose()
+        await subscriber.aclose()
 
 
 @pytest.mark.parametrize("persistent", [True, False], ids=["aof", "no-persistence"])
@@ -364,31 +372,37 @@ async def test_a_log_ahead_of_its_counter_starts_a_new_epoch(
 
 
 async def test_offsets_reused_after_a_rollback_are_told_apart_by_their_tag(
-    redis_server: Any, admin: Admin
+    redis_server: Any, admin: Admin, fault_proxy: Any
 ) -> None:
     # A failover to a replica that lacked the last publications, and publishing resumed
     # there before the subscriber came back: the same epoch, the same offsets, other
     # publications. Regression: they were skipped as duplicates of what it had delivered.
-    mpx = Multiplexer(redis_server.url, backoff_base=0.5, backoff_cap=0.5)
+    proxy = await fault_proxy(redis_server.port)
+    mpx = Multiplexer(redis_server.url)
+    subscriber = Multiplexer(proxy.url, backoff_base=0.01, backoff_cap=0.05)
     try:
         r = Received()
-        sub = mpx.new_channel_subscription(r.on_message, recover=True, on_gap=r.on_gap)
+        sub = subscriber.new_channel_subscription(r.on_message, recover=True, on_gap=r.on_gap)
         await sub.add("fo")
         for i in range(1, 6):
             await mpx.publish("fo", f"old{i}", history_size=100)
         await _until(lambda: len(r.data) == 5, "5 messages")
         meta, log = history_keys(b"fo")
         kept = await admin.client.xrange(log, count=3)  # what the "replica" had
+        proxy.refuse(True)
+        assert await admin.kill_pubsub() == 1
+        await _until(lambda: subscriber.state != "connected", "the outage")
         await admin.client.hset(meta, "o", 3)
         await admin.client.delete(log)
         for ident, fields in kept:
             await admin.client.xadd(log, fields, id=ident)
-        assert await admin.kill_pubsub() == 1
         for i in range(4, 8):  # offsets 4 to 7, while the subscriber is away
             await mpx.publish("fo", f"new{i}", history_size=100)
+        proxy.refuse(False)
         await _until(lambda: r.data[-1:] == [b"new7"], "the new publications")
         assert len(r.gaps) == 1 and r.gaps[0].reason == "lost"
         assert r.data[:5] == [b"old1", b"old2", b"old3", b"old4", b"old5"]
         assert r.data[5:] == [b"new5", b"new6", b"new7"]  # from the diverging offset on
     finally:
         await mpx.aclose()
+        await subscriber.aclose()

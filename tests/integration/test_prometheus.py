@@ -171,7 +171,7 @@ async def test_the_series_do_not_grow_with_names(
         await rec.activated(*(f"p{i}:*" for i in range(20)))
         many = scrape(registry)
         assert set(many) == few
-        assert len(many) == 18  # as docs/observability.md says
+        assert len(many) == 19  # as docs/observability.md says
         assert many["redismpx_channels", (("multiplexer", "default"),)] == 501
         assert label_names(many) == {"multiplexer", "state"}
 
@@ -365,7 +365,7 @@ async def test_a_cluster(cluster: RedisCluster, registry: CollectorRegistry) -> 
             assert nodes == {f"{n.host}:{n.port}" for n in primaries}
         else:
             assert nodes == set()
-        assert len(samples) == 22 + 7 * len(nodes)  # as docs/observability.md says
+        assert len(samples) == 23 + 7 * len(nodes)  # as docs/observability.md says
 
 
 async def test_sentinel(sentinel: RedisSentinel, registry: CollectorRegistry) -> None:
@@ -385,4 +385,4 @@ async def test_sentinel(sentinel: RedisSentinel, registry: CollectorRegistry) ->
         assert samples["redismpx_sentinels", (me,)] == 3
         assert samples["redismpx_failovers_total", (me,)] == 0
         assert label_names(samples) == {"multiplexer", "state", "primary"}
-        assert len(samples) == 21  # as docs/observability.md says
+        assert len(samples) == 22  # as docs/observability.md says
