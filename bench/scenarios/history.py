@@ -34,17 +34,23 @@ fallbacks: its script cache starts empty) and the history reads the library made
 every channel got exactly its messages ``1..before+during``, in order, with no gap notice.
 
 S15 *the hot path with recovery*: the pre-buffered drain of S1/S3
-(:mod:`bench.scenarios.throughput`), sync counting callback, four variants, each with a fresh
+(:mod:`bench.scenarios.throughput`), sync counting callback, six variants, each with a fresh
 server and subscriber process: *plain* (plain subscription, ``PUBLISH``), *recover*
 (``recover=True``, publications with history: two frames per message, the envelope and the
 plain copy, which the subscription skips), *plain-sub+history* (a plain subscription fed with
 history: it only holds the channel, so one frame), *recover+plain-pub* (``recover=True`` fed
-with ``PUBLISH``: one frame, delivered as it is). Publications with history are written by
-the orchestrator as pre-encoded pipelined ``EVALSHA`` of the library's own script and key
-names (a publish per call through the library could not pre-buffer 500,000 messages in
-reasonable time); the ``recover`` variant delivering every message proves the envelopes are
-the library's. Figures: deliveries per CPU-second per variant and its ratio to *plain*
-measured in the same round; the bar (the issue's): recover >= 0.95x plain.
+with ``PUBLISH``: one frame, delivered as it is), and the limit of the first two:
+*limit-plain* (S1/S3's :class:`~bench.contenders.limit.Limit`) and *limit-recover*
+(:class:`~bench.contenders.limit.RecoveringLimit` on each channel and its envelope channel:
+per envelope the least a correct recovering reader does, and the plain copy skipped).
+Publications with history are written by the orchestrator as pre-encoded pipelined
+``EVALSHA`` of the library's own script and key names (a publish per call through the
+library could not pre-buffer 500,000 messages in reasonable time); the ``recover`` variant
+delivering every message, and the limit's every offset following the last, prove the
+envelopes are the library's. Figures: deliveries per CPU-second per variant; redismpx/limit
+for plain and for recovering subscriptions and the ratio of the two, the issue's hot-path
+ratio with recovery (the bar: >= 0.95); the limit's own recover/plain cost; each redismpx
+variant's ratio to *plain* measured in the same round (information).
 """
 
 from __future__ import annotations
