@@ -34,17 +34,23 @@ fallbacks: its script cache starts empty) and the history reads the library made
 every channel got exactly its messages ``1..before+during``, in order, with no gap notice.
 
 S15 *the hot path with recovery*: the pre-buffered drain of S1/S3
-(:mod:`bench.scenarios.throughput`), sync counting callback, four variants, each with a fresh
+(:mod:`bench.scenarios.throughput`), sync counting callback, six variants, each with a fresh
 server and subscriber process: *plain* (plain subscription, ``PUBLISH``), *recover*
 (``recover=True``, publications with history: two frames per message, the envelope and the
 plain copy, which the subscription skips), *plain-sub+history* (a plain subscription fed with
 history: it only holds the channel, so one frame), *recover+plain-pub* (``recover=True`` fed
-with ``PUBLISH``: one frame, delivered as it is). Publications with history are written by
-the orchestrator as pre-encoded pipelined ``EVALSHA`` of the library's own script and key
-names (a publish per call through the library could not pre-buffer 500,000 messages in
-reasonable time); the ``recover`` variant delivering every message proves the envelopes are
-the library's. Figures: deliveries per CPU-second per variant and its ratio to *plain*
-measured in the same round; the bar (the issue's): recover >= 0.95x plain.
+with ``PUBLISH``: one frame, delivered as it is), and the limit of the first two:
+*limit-plain* (S1/S3's :class:`~bench.contenders.limit.Limit`) and *limit-recover*
+(:class:`~bench.contenders.limit.RecoveringLimit` on each channel and its envelope channel:
+per envelope the least a correct recovering reader does, and the plain copy skipped).
+Publications with history are written by the orchestrator as pre-encoded pipelined
+``EVALSHA`` of the library's own script and key names (a publish per call through the
+library could not pre-buffer 500,000 messages in reasonable time); the ``recover`` variant
+delivering every message, and the limit's every offset following the last, prove the
+envelopes are the library's. Figures: deliveries per CPU-second per variant; redismpx/limit
+for plain and for recovering subscriptions and the ratio of the two, the issue's hot-path
+ratio with recovery (the bar: >= 0.95); the limit's own recover/plain cost; each redismpx
+variant's ratio to *plain* measured in the same round (information).
 """
 
 from __future__ import annotations
@@ -542,11 +548,15 @@ def _recovery_variant(env: Env, contender: str, *, recover: bool) -> dict[str, A
 # --------------------------------------------------------------------------------------------
 # S15: the hot path of recovering subscriptions
 
-HOT_VARIANTS = {  # name: (recovering subscription, published with history)
-    "plain": (False, False),
-    "recover": (True, True),
-    "plain-sub+history": (False, True),
-    "recover+plain-pub": (True, False),
+# name: (subscriber, recovering subscriptions, published with history). Each limit variant
+# runs next to its redismpx one (their ratio is the figure); the last two are information.
+HOT_VARIANTS = {
+    "limit-plain": ("limit", False, False),
+    "plain": ("mpx", False, False),
+    "recover": ("mpx", True, True),
+    "limit-recover": ("limit", True, True),
+    "plain-sub+history": ("mpx", False, True),
+    "recover+plain-pub": ("mpx", True, False),
 }
 
 
@@ -588,6 +598,51 @@ async def hot_subscriber(ctl: Ctl, name: str, p: dict[str, Any]) -> dict[str, An
     await asyncio.wait_for(mpx.aclose(), 10)
     return {"frames": stats["messages_received"] - received0, "dropped": stats["dropped"],
             "errors": stats["callback_errors"]}  # fmt: skip
+
+
+async def hot_limit_subscriber(ctl: Ctl, name: str, p: dict[str, Any]) -> dict[str, Any]:
+    """Subscriber process of S15's limit variants: S1/S3's limit reader for plain
+    subscriptions (the same calls as S1/S3 make), :class:`RecoveringLimit` for recovering
+    ones (each channel and its envelope channel); then the drains of :func:`hot_subscriber`."""
+    from bench.contenders.limit import Limit, RecoveringLimit
+    from redismpx._envelope import envelope_channel
+
+    counter = Counter()
+    names = [HOT_PREFIX + b"%d" % i for i in range(p["channels"])]
+    limit: Limit
+    if p["recover"]:
+        limit = recovering = RecoveringLimit(p["url"])
+        await limit.start()
+        for channel in names:
+            sub = limit.subscription(counter.on_message)
+            await recovering.add_recovering(sub, channel, envelope_channel(channel))
+    else:
+        limit = Limit(p["url"])
+        await limit.start()
+        for channel in names:
+            sub = limit.subscription(counter.on_message)
+            await limit.add(sub, [channel])
+    await limit.wait_ready(p["setup_timeout"])
+    ctl.send("ready", None)
+    while True:
+        msg = ctl.block(p["block_timeout"])  # event loop blocked: the publisher fills the socket
+        if msg[0] != "go":
+            break
+        done = counter.arm(msg[1])
+        c0 = time.process_time()
+        w0 = time.perf_counter()
+        await asyncio.wait_for(done, p["drain_timeout"])
+        wall = time.perf_counter() - w0
+        cpu = time.process_time() - c0
+        ctl.send("rep", {"cpu": cpu, "wall": wall})
+    out: dict[str, Any] = {"dropped": 0, "errors": 0}
+    if p["recover"]:
+        tracks = recovering.tracks()
+        # Every envelope delivered in order (offsets 1.. on a fresh server), none missed.
+        out["delivered"] = sum(t.offset for t in tracks)
+        out["missed"] = sum(t.missed for t in tracks)
+    await asyncio.wait_for(limit.aclose(), 10)
+    return out
 
 
 def history_bulk(
@@ -647,11 +702,12 @@ def history_bulk(
     return {"zero": zero}
 
 
-def _hot_variant(env: Env, contender: str, variant: str, channels: int) -> dict[str, Any]:
+def _hot_variant(env: Env, variant: str, channels: int) -> dict[str, Any]:
     sizes = env.sizes
-    recover, with_history = HOT_VARIANTS[variant]
+    subscriber, recover, with_history = HOT_VARIANTS[variant]
+    body = "hot_subscriber" if subscriber == "mpx" else "hot_limit_subscriber"
     msgs = sizes.s15_msgs
-    params = {
+    params: dict[str, Any] = {
         "channels": channels,
         "recover": recover,
         "setup_timeout": env.timeout(120.0),
@@ -662,7 +718,7 @@ def _hot_variant(env: Env, contender: str, variant: str, channels: int) -> dict[
     results = []
     with env.server() as srv:
         params["url"] = srv.url
-        with Worker("bench.scenarios.history:hot_subscriber", contender, params) as w:
+        with Worker(f"bench.scenarios.history:{body}", subscriber, params) as w:
             w.expect("ready", env.timeout(180.0))
             admin = Admin(srv.port)
             try:
@@ -684,17 +740,32 @@ def _hot_variant(env: Env, contender: str, variant: str, channels: int) -> dict[
     if final["dropped"] or final["errors"]:
         raise ScenarioError(f"{variant}: dropped {final['dropped']}, errors {final['errors']}")
     out = summary(results, msgs)
-    out["frames_per_msg"] = final["frames"] / (msgs * sizes.reps)
+    if "frames" in final:
+        out["frames_per_msg"] = final["frames"] / (msgs * sizes.reps)
+    if "missed" in final and (final["missed"] or final["delivered"] != msgs * sizes.reps):
+        raise ScenarioError(f"{variant}: {final['delivered']} envelopes delivered of "
+                            f"{msgs * sizes.reps}, {final['missed']} missed")  # fmt: skip
     return out
 
 
 def run_hot(env: Env, contender: str, *, channels: int) -> dict[str, Any]:
-    """Orchestrator side of one S15 round: every variant, then the ratios to *plain*."""
+    """Orchestrator side of one S15 round: every variant (redismpx's and the limit's), then
+    the ratios: redismpx/limit for plain and for recovering subscriptions and the ratio of
+    those two (the issue's hot-path ratio with recovery), and each redismpx variant to
+    *plain*."""
     out: dict[str, Any] = {"channels": channels, "messages": env.sizes.s15_msgs}
     for variant in HOT_VARIANTS:
-        figures = _hot_variant(env, contender, variant, channels)
+        figures = _hot_variant(env, variant, channels)
         for key in ("rate_cpu", "cpu_per_m", "rate_wall", "spread", "frames_per_msg"):
-            out[f"{variant}_{key}"] = figures[key]
-    for variant in HOT_VARIANTS:
-        out[f"{variant}_ratio"] = _ratio(out[f"{variant}_rate_cpu"], out["plain_rate_cpu"])
+            if key in figures:
+                out[f"{variant}_{key}"] = figures[key]
+    for variant, (subscriber, _, _) in HOT_VARIANTS.items():
+        if subscriber == "mpx":
+            out[f"{variant}_ratio"] = _ratio(out[f"{variant}_rate_cpu"], out["plain_rate_cpu"])
+    out["plain_vs_limit"] = _ratio(out["plain_rate_cpu"], out["limit-plain_rate_cpu"])
+    out["recover_vs_limit"] = _ratio(out["recover_rate_cpu"], out["limit-recover_rate_cpu"])
+    out["hot_path_ratio"] = _ratio(out["recover_vs_limit"], out["plain_vs_limit"])
+    # The limit's own price of recovery: its CPU per delivery, recovering / plain (the wire
+    # carries two frames per message instead of one).
+    out["limit_recover_cost"] = _ratio(out["limit-plain_rate_cpu"], out["limit-recover_rate_cpu"])
     return out
