@@ -166,7 +166,7 @@ def figures_for(key: str) -> list[Figure]:
     return []
 
 
-HOT_PATH_BAR = 0.95  # S15: recovering subscriptions within 5% of plain ones (issue 14)
+HOT_PATH_BAR = 0.95  # S15: redismpx/limit with recovery within 5% of it without (issue 14)
 
 
 def _history_figures(key: str) -> list[Figure]:
@@ -218,11 +218,20 @@ def _history_figures(key: str) -> list[Figure]:
         ]  # fmt: skip
     figures = [
         Figure(f"deliveries/s per CPU-s, {variant}", f"{variant}_rate_cpu", _si, True)
-        for variant in ("plain", "recover", "plain-sub+history", "recover+plain-pub")
-    ]
+        for variant in ("limit-plain", "plain", "limit-recover", "recover", "plain-sub+history",
+                        "recover+plain-pub")
+    ]  # fmt: skip
     figures += [
-        Figure("recover/plain per CPU-s", "recover_ratio", _x, True, f">= {HOT_PATH_BAR}x plain",
+        Figure("plain: redismpx/limit per CPU-s", "plain_vs_limit", _x, True, "no bar (S1/S3)",
+               info=True),
+        Figure("recover: redismpx/limit per CPU-s", "recover_vs_limit", _x, True, "no bar",
+               info=True),
+        Figure("hot-path ratio with recovery: recover mpx/limit / plain mpx/limit",
+               "hot_path_ratio", _x, True, f">= {HOT_PATH_BAR}x",
                lambda v: v["mpx"] >= HOT_PATH_BAR),
+        Figure("limit's CPU per delivery, recover/plain", "limit_recover_cost", _x, False,
+               "no bar (2 frames per msg)", info=True),
+        Figure("recover/plain per CPU-s", "recover_ratio", _x, True, "no bar", info=True),
         Figure("plain-sub+history/plain per CPU-s", "plain-sub+history_ratio", _x, True,
                "no bar (ideal 1x)", info=True),
         Figure("recover+plain-pub/plain per CPU-s", "recover+plain-pub_ratio", _x, True,
