@@ -1,7 +1,7 @@
 """The recovering side of a channel subscription made with ``recover=True``.
 
-A :class:`RecoveryTap` stands between the link and the subscription: it is the listener of
-each channel and of its envelope channel (:mod:`redismpx._envelope`), keeps one
+A :class:`RecoveryTap` stands between the link and the subscription: through two listeners
+it hears each channel and its envelope channel (:mod:`redismpx._envelope`), keeps one
 :class:`~redismpx._recovery.Track` per channel, and hands the subscription what the tracks
 decide (payloads in order, gaps, "caught up"), through the subscription's usual delivery.
 The subscription stays a hub member (it hears outages as any other); the tap is not.
@@ -43,17 +43,47 @@ class TapOwner(Protocol):
     def notify_gap(self, channel: bytes, reason: GapReason, since: Position | None) -> None: ...
 
 
+class _Side:
+    """The link's listener of one kind of a tap's names: the envelope channels, or the
+    channels themselves. Two listeners, so that each frame finds its track in one lookup."""
+
+    __slots__ = ("_tap", "deliver", "hears_activations", "tells_outages")
+
+    def __init__(self, tap: RecoveryTap, deliver: Any, tells_outages: bool) -> None:
+        self._tap = tap
+        self.deliver = deliver
+        self.hears_activations = True
+        # A cluster node's outage reaches every listener of its names: told once, by one side.
+        self.tells_outages = tells_outages
+
+    def notify_activated(self, name: bytes) -> None:
+        self._tap.notify_activated(name)
+
+    def notify_disconnected(self, error: BaseException) -> None:
+        if self.tells_outages:
+            self._tap.notify_disconnected(error)
+
+    def notify_refused(self, error: BaseException) -> None:
+        self._tap.notify_refused(error)
+
+    def report_callback_error(self, exc: Exception) -> None:
+        self._tap.report_callback_error(exc)
+
+    def await_result(self, result: Any) -> None:
+        self._tap.await_result(result)
+
+
 class RecoveryTap:
-    """The listener of a recovering subscription's names (see the module docstring)."""
+    """The listeners of a recovering subscription's names (see the module docstring)."""
 
     __slots__ = (
+        "_env_side",
         "_envs",
         "_host",
         "_kind",
         "_owner",
+        "_plain_side",
         "_tracks",
-        "deliver",
-        "hears_activations",
         "on_gap",
     )
 
@@ -64,8 +94,8 @@ class RecoveryTap:
         self._kind = kind
         self._tracks: dict[bytes, Track] = {}  # by channel
         self._envs: dict[bytes, Track] = {}  # by envelope channel
-        self.hears_activations = True
-        self.deliver = self._deliver
+        self._env_side = _Side(self, self._deliver_envelope, True)
+        self._plain_side = _Side(self, self._deliver_plain, False)
 
     def __repr__(self) -> str:
         return f"<RecoveryTap of {self._owner!r}: {len(self._tracks)} channel(s)>"
@@ -73,17 +103,20 @@ class RecoveryTap:
     # -- names -------------------------------------------------------------------------------
 
     def add(self, channels: Sequence[bytes], since: Mapping[bytes, Position | None]) -> None:
-        names: list[bytes] = []
+        envs: list[bytes] = []
         for channel in channels:
             track = Track(self, channel, since.get(channel))
             env = envelope_channel(channel)
             self._tracks[channel] = track
             self._envs[env] = track
-            names += (env, channel)  # the envelope channel first: it is the one that counts
-        self._host.add(self._kind, names, self)
+            envs.append(env)
+        # The envelope channels first (the ones that count): their commands go out first.
+        self._host.add(self._kind, envs, self._env_side)
+        self._host.add(self._kind, channels, self._plain_side)
 
     def remove(self, channels: Sequence[bytes]) -> None:
-        names: list[bytes] = []
+        envs: list[bytes] = []
+        gone: list[bytes] = []
         for channel in channels:
             track = self._tracks.pop(channel, None)
             if track is None:
@@ -92,9 +125,11 @@ class RecoveryTap:
             del self._envs[env]
             track.generation += 1  # a read in flight for it is void
             track.live = False
-            names += (env, channel)
-        if names:
-            self._host.remove(self._kind, names, self)
+            envs.append(env)
+            gone.append(channel)
+        if gone:
+            self._host.remove(self._kind, envs, self._env_side)
+            self._host.remove(self._kind, gone, self._plain_side)
 
     def position(self, channel: bytes) -> Position | None:
         track = self._tracks.get(channel)
@@ -116,25 +151,33 @@ class RecoveryTap:
 
     # -- the link's calls (``Listener``) -------------------------------------------------------
 
-    def _deliver(self, name: bytes, data: bytes) -> None:
-        # The hot path of a recovering subscription: two frames per publication (the envelope,
-        # then its plain copy). The live cases are inlined here (they are Track.envelope's
-        # and Track.plain's first branches); everything else goes to the track.
+    # The hot path of a recovering subscription: two frames per publication (the envelope,
+    # then its plain copy). The live cases are inlined here (they are Track.envelope's and
+    # Track.plain's first branches); everything else goes to the track.
+
+    def _deliver_plain(self, name: bytes, data: bytes) -> None:
+        track = self._tracks.get(name)
+        if track is not None:
+            if track.expect_copy:
+                track.expect_copy = False
+            else:
+                track.plain(data)
+
+    def _deliver_envelope(self, name: bytes, data: bytes) -> None:
         track = self._envs.get(name)
         if track is None:
-            track = self._tracks.get(name)
-            if track is not None:
-                if track.expect_copy:
-                    track.expect_copy = False
-                else:
-                    track.plain(data)
             return
         if track.live:
             parts = data.split(b":", 3)
             if len(parts) == 4 and parts[1] == track.epoch and parts[0] == VERSION:
                 offset, _, tag = parts[2].partition(b"-")
-                if offset.isdigit() and int(offset) == track.offset + 1:
-                    track.offset = track.offset + 1
+                following = track.offset + 1
+                try:
+                    live = int(offset) == following
+                except ValueError:
+                    live = False
+                if live:
+                    track.offset = following
                     track.tag = tag
                     track.expect_copy = True
                     owner = self._owner
