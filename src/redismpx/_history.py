@@ -22,7 +22,7 @@ from ._envelope import envelope_channel, history_keys
 from ._recovery import Entry, Track
 from ._tasks import TaskOwner
 from .errors import ConnectionLost, PublishTimeout, ServerError
-from .history import History, HistoryEntry, Position
+from .history import GapReason, History, HistoryEntry, Position
 
 logger = logging.getLogger("redismpx.history")
 
@@ -111,7 +111,7 @@ async def read_history(
     if epoch is None:
         return History([], None, None if since is None else "lost")
     text = _text(epoch)
-    gap = None
+    gap: GapReason | None = None
     if since is not None:
         if text != since.epoch:
             gap = "epoch"
@@ -125,7 +125,7 @@ async def read_history(
     found = [HistoryEntry(Position(text, offset), data) for offset, _, data in entries]
     # Where to go on from: the last entry when ``limit`` cut the read short, else the end.
     at = found[-1].position if since is not None and len(found) == limit else Position(text, last)
-    return History(found, at, gap)  # type: ignore[arg-type]  # gap is a GapReason
+    return History(found, at, gap)
 
 
 def _entry(item: Any) -> Entry:
