@@ -1,10 +1,11 @@
 """The recovering side of a channel subscription made with ``recover=True``.
 
-A :class:`RecoveryTap` stands between the link and the subscription: through two listeners
-it hears each channel and its envelope channel (:mod:`redismpx._envelope`), keeps one
-:class:`~redismpx._recovery.Track` per channel, and hands the subscription what the tracks
-decide (payloads in order, gaps, "caught up"), through the subscription's usual delivery.
-The subscription stays a hub member (it hears outages as any other); the tap is not.
+A :class:`RecoveryTap` keeps one :class:`~redismpx._recovery.Track` per channel of a
+recovering subscription; each track is the link's listener of its channel and envelope
+channel (:mod:`redismpx._envelope`), and hands the subscription's delivery what it decides.
+The tap answers what the tracks ask (reads, gaps, "caught up", whether a name is active) and
+what the link tells them beyond frames. The subscription stays a hub member (it hears
+outages as any other); the tap is not.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from ._envelope import VERSION, envelope_channel, parse
+from ._envelope import envelope_channel
 from ._recovery import Track
 from .errors import ServerError, SubscribeRefused
 from .history import GapReason, Position
@@ -43,49 +44,10 @@ class TapOwner(Protocol):
     def notify_gap(self, channel: bytes, reason: GapReason, since: Position | None) -> None: ...
 
 
-class _Side:
-    """The link's listener of one kind of a tap's names: the envelope channels, or the
-    channels themselves. Two listeners, so that each frame finds its track in one lookup."""
-
-    __slots__ = ("_tap", "deliver", "hears_activations", "tells_outages")
-
-    def __init__(self, tap: RecoveryTap, deliver: Any, tells_outages: bool) -> None:
-        self._tap = tap
-        self.deliver = deliver
-        self.hears_activations = True
-        # A cluster node's outage reaches every listener of its names: told once, by one side.
-        self.tells_outages = tells_outages
-
-    def notify_activated(self, name: bytes) -> None:
-        self._tap.notify_activated(name)
-
-    def notify_disconnected(self, error: BaseException) -> None:
-        if self.tells_outages:
-            self._tap.notify_disconnected(error)
-
-    def notify_refused(self, error: BaseException) -> None:
-        self._tap.notify_refused(error)
-
-    def report_callback_error(self, exc: Exception) -> None:
-        self._tap.report_callback_error(exc)
-
-    def await_result(self, result: Any) -> None:
-        self._tap.await_result(result)
-
-
 class RecoveryTap:
-    """The listeners of a recovering subscription's names (see the module docstring)."""
+    """The tracks of a recovering subscription (see the module docstring)."""
 
-    __slots__ = (
-        "_env_side",
-        "_envs",
-        "_host",
-        "_kind",
-        "_owner",
-        "_plain_side",
-        "_tracks",
-        "on_gap",
-    )
+    __slots__ = ("_envs", "_host", "_kind", "_last_outage", "_owner", "_tracks", "on_gap")
 
     def __init__(self, owner: TapOwner, host: TapHost, kind: int, on_gap: Any) -> None:
         self._owner = owner
@@ -94,8 +56,7 @@ class RecoveryTap:
         self._kind = kind
         self._tracks: dict[bytes, Track] = {}  # by channel
         self._envs: dict[bytes, Track] = {}  # by envelope channel
-        self._env_side = _Side(self, self._deliver_envelope, True)
-        self._plain_side = _Side(self, self._deliver_plain, False)
+        self._last_outage: BaseException | None = None
 
     def __repr__(self) -> str:
         return f"<RecoveryTap of {self._owner!r}: {len(self._tracks)} channel(s)>"
@@ -103,20 +64,18 @@ class RecoveryTap:
     # -- names -------------------------------------------------------------------------------
 
     def add(self, channels: Sequence[bytes], since: Mapping[bytes, Position | None]) -> None:
-        envs: list[bytes] = []
+        host, kind, owner = self._host, self._kind, self._owner
         for channel in channels:
             track = Track(self, channel, since.get(channel))
+            track.out = owner
             env = envelope_channel(channel)
             self._tracks[channel] = track
             self._envs[env] = track
-            envs.append(env)
-        # The envelope channels first (the ones that count): their commands go out first.
-        self._host.add(self._kind, envs, self._env_side)
-        self._host.add(self._kind, channels, self._plain_side)
+            # Each track is the link's listener of its two names (its frames reach it with
+            # no lookup); the envelope channel first: it is the one that counts.
+            host.add(kind, (env, channel), track)
 
     def remove(self, channels: Sequence[bytes]) -> None:
-        envs: list[bytes] = []
-        gone: list[bytes] = []
         for channel in channels:
             track = self._tracks.pop(channel, None)
             if track is None:
@@ -125,11 +84,7 @@ class RecoveryTap:
             del self._envs[env]
             track.generation += 1  # a read in flight for it is void
             track.live = False
-            envs.append(env)
-            gone.append(channel)
-        if gone:
-            self._host.remove(self._kind, envs, self._env_side)
-            self._host.remove(self._kind, gone, self._plain_side)
+            self._host.remove(self._kind, (env, channel), track)
 
     def position(self, channel: bytes) -> Position | None:
         track = self._tracks.get(channel)
@@ -149,74 +104,27 @@ class RecoveryTap:
             return None
         return False
 
-    # -- the link's calls (``Listener``) -------------------------------------------------------
+    # -- what the link tells the tracks (through ``TrackSink``) --------------------------------
 
-    # The hot path of a recovering subscription: two frames per publication (the envelope,
-    # then its plain copy). The live cases are inlined here (they are Track.envelope's and
-    # Track.plain's first branches); everything else goes to the track.
+    def name_activated(self, track: Track) -> None:
+        channel, host, kind = track.channel, self._host, self._kind
+        both = host.phase(kind, channel) and host.phase(kind, envelope_channel(channel))
+        track.activated(bool(both))
 
-    def _deliver_plain(self, name: bytes, data: bytes) -> None:
-        track = self._tracks.get(name)
-        if track is not None:
-            if track.expect_copy:
-                track.expect_copy = False
-            else:
-                track.plain(data)
+    def outage(self, error: BaseException) -> None:
+        # Every track on a lost node hears it (a cluster): the subscription, once.
+        if error is not self._last_outage:
+            self._last_outage = error
+            self._owner.notify_disconnected(error)
 
-    def _deliver_envelope(self, name: bytes, data: bytes) -> None:
-        track = self._envs.get(name)
-        if track is None:
-            return
-        if track.live:
-            parts = data.split(b":", 3)
-            if len(parts) == 4 and parts[1] == track.epoch and parts[0] == VERSION:
-                offset, _, tag = parts[2].partition(b"-")
-                following = track.offset + 1
-                try:
-                    live = int(offset) == following
-                except ValueError:
-                    live = False
-                if live:
-                    track.offset = following
-                    track.tag = tag
-                    track.expect_copy = True
-                    owner = self._owner
-                    try:
-                        result = owner.deliver(track.channel, parts[3])
-                    except Exception as exc:
-                        owner.report_callback_error(exc)
-                    else:
-                        if result is not None:
-                            owner.await_result(result)
-                    return
-        envelope = parse(data)
-        if envelope is None:
-            logger.warning("not an envelope we can read on %r: skipped", name)
-            return
-        track.envelope(*envelope)
-
-    def notify_activated(self, name: bytes) -> None:
-        track = self._envs.get(name) or self._tracks.get(name)
-        if track is not None:
-            channel, host, kind = track.channel, self._host, self._kind
-            both = host.phase(kind, channel) and host.phase(kind, envelope_channel(channel))
-            track.activated(bool(both))
-
-    def notify_disconnected(self, error: BaseException) -> None:
-        self._owner.notify_disconnected(error)
-
-    def notify_refused(self, error: BaseException) -> None:
-        track = self._envs.get(getattr(error, "name", b""))
-        if track is not None and isinstance(error, SubscribeRefused):
+    def name_refused(self, track: Track, error: BaseException) -> None:
+        if isinstance(error, SubscribeRefused) and getattr(error, "name", None) != track.channel:
             # The subscription knows the channel, not its envelope channel.
             error = SubscribeRefused(error.reply, error.command or "SUBSCRIBE", track.channel)
         self._owner.notify_refused(error)
 
-    def report_callback_error(self, exc: Exception) -> None:
-        self._owner.report_callback_error(exc)
-
-    def await_result(self, result: Any) -> None:
-        self._owner.await_result(result)
+    def unreadable(self, name: bytes) -> None:
+        logger.warning("not an envelope we can read on %r: skipped", name)
 
     # -- what the tracks decide (``TrackSink``) -----------------------------------------------
 

@@ -40,9 +40,10 @@ The rules, and why:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
+from ._envelope import VERSION, parse
 from .history import GapReason, Position
 
 Entry = tuple[int, bytes, bytes]  # (offset, tag, payload) of a history entry
@@ -67,10 +68,29 @@ class TrackSink(Protocol):
     # the track recovers (live, both are).
     def channel_active(self, channel: bytes) -> bool: ...
     def envelope_active(self, channel: bytes) -> bool: ...
+    # What the link tells a track beyond its frames.
+    def name_activated(self, track: Track) -> None: ...
+    def name_refused(self, track: Track, error: BaseException) -> None: ...
+    def outage(self, error: BaseException) -> None: ...
+    def unreadable(self, name: bytes) -> None: ...
+
+
+class Delivery(Protocol):
+    """Where a track hands its payloads: the subscription's delivery (inline or queued)."""
+
+    deliver: Callable[[bytes, bytes], Any]
+
+    def report_callback_error(self, exc: Exception) -> None: ...
+    def await_result(self, result: Any) -> None: ...
 
 
 class Track:
-    """One recovering channel of one subscription (see the module docstring)."""
+    """One recovering channel of one subscription (see the module docstring).
+
+    It is also the link's listener of its two names (the channel and its envelope channel):
+    each frame reaches its track with no lookup, which is what the hot path of thousands of
+    recovering channels needs. What the link tells it beyond the frames goes to its sink.
+    """
 
     __slots__ = (
         "channel",
@@ -80,11 +100,14 @@ class Track:
         "held",
         "live",
         "offset",
+        "out",
         "outage",
         "refused",
         "sink",
         "tag",
     )
+
+    hears_activations = True  # the link's Listener protocol
 
     def __init__(self, sink: TrackSink, channel: bytes, since: Position | None) -> None:
         self.sink = sink
@@ -100,6 +123,7 @@ class Track:
         self.generation = 0  # bumped by each activation: reads of an older one are void
         self.outage = False  # recovering from an activation (told as caught up), not a miss
         self.refused = False  # reading the history was refused for good (until reactivated)
+        self.out: Delivery | None = None  # set by whoever registers it with the link
 
     @property
     def position(self) -> Position | None:
@@ -111,6 +135,63 @@ class Track:
     def __repr__(self) -> str:
         state = "live" if self.live else f"recovering ({len(self.held)} held)"
         return f"<Track {self.channel!r} at {self.position} {state}>"
+
+    # -- the link's calls (``Listener``) -----------------------------------------------------
+
+    def deliver(self, name: bytes, data: bytes) -> None:
+        """A frame of one of the two names: the hot path (the live cases inlined; they are
+        the first branches of :meth:`envelope` and :meth:`plain`)."""
+        if name == self.channel:
+            if self.expect_copy:
+                self.expect_copy = False
+            else:
+                self.plain(data)
+            return
+        if self.live:
+            parts = data.split(b":", 3)
+            if len(parts) == 4 and parts[1] == self.epoch and parts[0] == VERSION:
+                offset, _, tag = parts[2].partition(b"-")
+                following = self.offset + 1
+                try:
+                    live = int(offset) == following
+                except ValueError:
+                    live = False
+                if live:
+                    self.offset = following
+                    self.tag = tag
+                    self.expect_copy = True
+                    out = self.out
+                    assert out is not None
+                    try:
+                        result = out.deliver(self.channel, parts[3])
+                    except Exception as exc:
+                        out.report_callback_error(exc)
+                    else:
+                        if result is not None:
+                            out.await_result(result)
+                    return
+        envelope = parse(data)
+        if envelope is None:
+            self.sink.unreadable(name)
+        else:
+            self.envelope(*envelope)
+
+    def notify_activated(self, name: bytes) -> None:
+        self.sink.name_activated(self)
+
+    def notify_disconnected(self, error: BaseException) -> None:
+        self.sink.outage(error)
+
+    def notify_refused(self, error: BaseException) -> None:
+        self.sink.name_refused(self, error)
+
+    def report_callback_error(self, exc: Exception) -> None:
+        if self.out is not None:
+            self.out.report_callback_error(exc)
+
+    def await_result(self, result: Any) -> None:
+        if self.out is not None:
+            self.out.await_result(result)
 
     # -- events of the two names -------------------------------------------------------------
 
