@@ -977,7 +977,7 @@ async def test_a_history_read_refused_by_an_acl_fails_the_channel(
             async with asyncio.timeout(3):
                 await sub.add("acl")
         except TimeoutError:
-            held = len(sub._tap._tracks[b"acl"].held) if sub._tap else 0  # noqa: SLF001
+            held = len(sub._tap._tracks[b"acl"].held) if sub._tap else 0
             pytest.fail(f"add() hangs (the read is retried forever; {held} message(s) held)")
         except RedisMPXError:
             pass  # refused: what a refused SUBSCRIBE does too
