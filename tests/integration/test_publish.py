@@ -409,6 +409,9 @@ async def test_publishes_through_a_restart_run_exactly_once(redis_server, made) 
     m.new_channel_subscription(*rec.callbacks).add("c")
     await rec.activated("c")
     assert await m.publish("c", "open") == 1
+    # Received before the kill: the server writes the subscriber's copy a moment after the
+    # publisher's reply, and a SIGKILL in between loses it (seen once on a busy CI).
+    await until_received(rec, "c", "open")
     await redis_server.akill(signal.SIGKILL)
     await rec.disconnected(1)
     await publisher_noticed_the_outage(m)
