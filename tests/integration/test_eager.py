@@ -8,20 +8,11 @@ import contextvars
 import gc
 import logging
 import warnings
-from collections.abc import Callable
 
 import pytest
 
 from redismpx import InvalidArgumentType, Multiplexer
-
-
-async def _until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.002)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
+from support.waiting import poll_until as _until
 
 
 @pytest.mark.parametrize("eager", [True, False])

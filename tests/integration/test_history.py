@@ -4,7 +4,6 @@ reading it, and recovering subscriptions across CLIENT KILL and restarts."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,15 +18,7 @@ from redismpx import (
 )
 from redismpx._envelope import envelope_channel, history_keys
 from support.admin import Admin
-
-
-async def _until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
+from support.waiting import poll_until as _until
 
 
 class Received:

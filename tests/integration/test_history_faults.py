@@ -33,20 +33,12 @@ from redismpx import (
 from redismpx._envelope import envelope_channel, history_keys
 from redismpx.server import RedisServer
 from support.admin import Admin
+from support.waiting import poll_until as until
 
 pytestmark = pytest.mark.timeout(90)
 
 #: The subscriber's reconnect pause: long enough to publish into the outage first.
 OUTAGE = {"backoff_base": 0.3, "backoff_cap": 0.3}
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 class Received:

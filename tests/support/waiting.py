@@ -21,3 +21,14 @@ async def wait_for(
                 await changed.wait()
     except TimeoutError:
         raise AssertionError(explain()) from None
+
+
+async def poll_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Wait until ``predicate()`` holds, looking every 5 ms (for state no recorder signals);
+    on timeout an AssertionError naming ``what``."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
