@@ -27,6 +27,8 @@ from support.sentinels import (
     check_primary,
     failover_via,
     role,
+    sentinel_events,
+    sentinel_log_sizes,
     wait_watching,
 )
 
@@ -139,6 +141,7 @@ async def test_the_old_primary_comes_back_as_a_replica(
     new = await asyncio.to_thread(deployment.wait_primary_changed, ("127.0.0.1", old.port))
     await check_failover(mpx, deployment, new, subs)
     connects = mpx.stats()["connects"]
+    logs = sentinel_log_sizes(deployment)
     with watch_log() as log:
         # Back with its first role, primary, until the sentinels make it a replica of the
         # new one (killing its clients then): nothing of ours may go to it meanwhile.
@@ -147,10 +150,21 @@ async def test_the_old_primary_comes_back_as_a_replica(
         await deployment.await_ready(timeout=30)
         assert role(old) == "slave"
         await check_delivery(mpx, new, subs)
+    events = sentinel_events(deployment, logs)
+    if any("+try-failover" in line for line in events):
+        # The sentinels started a failover of their own meanwhile (on a loaded machine the
+        # new primary can miss their pings for down-after-milliseconds): following it is
+        # right, so only the end state can be checked. Seen once in CI in about 60 runs.
+        await subs.active(len(subs.channels.disconnects), timeout=30)
+        await check_delivery(mpx, deployment.primary, subs)
+        return
     await check_primary(mpx, deployment, new, subs)
-    subs.check_rounds(1)  # no extra disconnect, nothing moved back
-    assert mpx.stats()["connects"] == connects
-    assert "moved" not in log.text and "lost" not in log.text, log.text
+    try:
+        subs.check_rounds(1)  # no extra disconnect, nothing moved back
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the sentinels logged {events}") from None
+    assert mpx.stats()["connects"] == connects, events
+    assert "moved" not in log.text and "lost" not in log.text, (log.text, events)
 
 
 N_MANY = 10_000

@@ -142,6 +142,29 @@ def role(node: RedisServer) -> str:
     return str(node.command("ROLE")[0].decode())
 
 
+def sentinel_events(deployment: RedisSentinel, since: list[int] | None = None) -> list[str]:
+    """The ``+event`` lines (``+try-failover``, ``+sdown``, ``+switch-master`` ...) the
+    sentinels logged, each prefixed with its sentinel's port; only those after ``since``
+    (a former :func:`sentinel_log_sizes`) if given."""
+    found = []
+    for i, node in enumerate(deployment.sentinels):
+        with open(node.log_path, "rb") as f:
+            if since is not None:
+                f.seek(since[i])
+            text = f.read().decode(errors="replace")
+        found += [f"{node.port}: {line}" for line in text.splitlines() if " +" in line]
+    return found
+
+
+def sentinel_log_sizes(deployment: RedisSentinel) -> list[int]:
+    """Where each sentinel's log ends now (see :func:`sentinel_events`)."""
+    sizes = []
+    for node in deployment.sentinels:
+        with open(node.log_path, "rb") as f:
+            sizes.append(f.seek(0, 2))
+    return sizes
+
+
 async def until(
     predicate: Callable[[], Awaitable[bool]], timeout: float, what: str, poll: float = 0.02
 ) -> None:
