@@ -126,8 +126,9 @@ class NameState:
         # The listeners as stored: None, one listener, a list or a dict. Read ``held`` and
         # ``listeners``; the registry's loops over 100,000 names read it directly.
         self.ls: Any = None
-        # The dispatch list, built lazily by ``build`` and dropped when listeners change.
-        self.snapshot: list[Deliver] | None = None
+        # What the reader calls, built lazily by ``build`` and dropped when listeners change:
+        # the one listener's ``deliver`` (the usual case: no list to walk), or a list of them.
+        self.snapshot: Deliver | list[Deliver] | None = None
         self.phase = OFF
         self.inflight = 0
 
@@ -243,18 +244,25 @@ class NameState:
         self._unhook(listener.deliver)
         return True
 
-    # -- the dispatch list -------------------------------------------------------------------
+    # -- the dispatch entry ------------------------------------------------------------------
 
-    def build(self) -> list[Deliver]:
-        snap = [listener.deliver for listener in self.listeners]
+    def build(self) -> Deliver | list[Deliver]:
+        ls = self.ls
+        snap: Deliver | list[Deliver]
+        if ls is not None and ls.__class__ not in CONTAINERS:
+            snap = ls.deliver
+        else:
+            snap = [listener.deliver for listener in self.listeners]
+            if len(snap) == 1:  # a container left with one listener
+                snap = snap[0]
         self.snapshot = snap
         return snap
 
     def _unhook(self, deliver: Deliver) -> None:
         snap = self.snapshot
-        if snap is None:
-            return
         self.snapshot = None
+        if not isinstance(snap, list):
+            return  # none, or the one listener's: no dispatch can reach another after this
         # The reader may be iterating this very list (a callback removed a listener of the
         # message being dispatched): neutralise the entry in place so that nothing reaches
         # the listener after ``remove`` returned (B17).
@@ -266,6 +274,6 @@ class NameState:
     def silence(self) -> None:
         """Nothing more reaches any listener, not even from a dispatch in progress."""
         snap = self.snapshot
-        if snap is not None:
+        if isinstance(snap, list):
             snap[:] = [_noop] * len(snap)
-            self.snapshot = None
+        self.snapshot = None

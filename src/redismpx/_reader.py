@@ -116,7 +116,18 @@ class PubSubReader:
                             continue  # a history's envelope channel: for recovering subs only
                     else:
                         channel, payload = name, frame[2]
-                    snap = st.snapshot or st.build()
+                    # One listener (the usual case): its deliver itself; else a list of them.
+                    snap: Any = st.snapshot or st.build()
+                    if snap.__class__ is not list:
+                        dispatched += 1
+                        try:
+                            r = snap(channel, payload)
+                        except Exception as exc:
+                            sink.callback_failed(t, name, snap, exc)
+                        else:
+                            if r is not None:
+                                sink.callback_returned(t, name, snap, r)
+                        continue
                     dispatched += len(snap)
                     for deliver in snap:
                         try:

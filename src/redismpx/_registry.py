@@ -4,8 +4,9 @@ No sockets, tasks or clocks in here. The registry takes calls (``add``, ``remove
 server events (``on_ack``, ``on_error``, ``on_connected``, ``on_disconnected``) and answers
 with commands to send and with the listeners to activate or notify. It alone decides what
 Redis should hold (R2 in docs/spec.md); each name's state and its transitions are
-:class:`~redismpx._names.NameState`'s. The reader reads the per-name ``snapshot`` lists
-directly: that is the dispatch table of the hot path.
+:class:`~redismpx._names.NameState`'s. The reader reads the per-name ``snapshot`` (one
+listener's ``deliver``, or a list of them) directly: that is the dispatch table of the hot
+path.
 
 The registry keeps the FIFO of commands whose replies are due. Redis answers in order, so
 an acknowledgement that does not match the head of the FIFO was pushed unasked (a shard
@@ -135,7 +136,7 @@ class Registry:
             self._settle(table, name, st)
 
     def refresh(self, kind: int, name: bytes) -> None:
-        """A listener changed its ``deliver`` callable: rebuild the dispatch list."""
+        """A listener changed its ``deliver`` callable: rebuild the dispatch entry."""
         st = self.tables[kind].get(name)
         if st is not None:
             st.snapshot = None

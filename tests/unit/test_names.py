@@ -123,18 +123,39 @@ def test_listener_storage_grows_and_shrinks() -> None:
 def test_a_listener_removed_mid_dispatch_hears_nothing_more() -> None:
     # B17: the reader may be iterating the very list a callback changes.
     st = NameState()
-    a, b = L(0), L(1)
-    st.attach(a)
-    st.attach(b)
+    a, b, c = L(0), L(1), L(2)
+    for listener in (a, b, c):
+        st.attach(listener)
     snap = st.build()
+    assert isinstance(snap, list)
     st.detach(b)
     for deliver in snap:
         deliver(b"ch", b"x")
-    assert a.got == [b"x"] and b.got == []
+    assert a.got == c.got == [b"x"] and b.got == []
     assert st.snapshot is None
     snap = st.build()
-    assert snap == [a.deliver]
+    assert snap == [a.deliver, c.deliver]
     st.silence()  # the multiplexer closed mid-dispatch
     for deliver in snap:
         deliver(b"ch", b"y")
-    assert a.got == [b"x"]
+    assert a.got == c.got == [b"x"]
+    assert st.snapshot is None
+
+
+def test_one_listener_is_dispatched_to_directly() -> None:
+    # The usual case: the reader calls the one listener's deliver, no list in between; a
+    # change of listeners drops it (the reader builds the entry again).
+    st = NameState()
+    a, b = L(0), L(1)
+    st.attach(a)
+    assert st.build() is a.deliver and st.snapshot is a.deliver
+    st.attach(b)
+    assert st.snapshot is None
+    assert st.build() == [a.deliver, b.deliver]
+    st.detach(a)
+    assert st.snapshot is None
+    assert st.build() is b.deliver
+    st.silence()
+    assert st.snapshot is None
+    st.detach(b)
+    assert st.build() == []
