@@ -382,11 +382,15 @@ class BufferedSubscriber(Subscriber):
         # Awaited by the worker, in order with the messages: the subscription becomes queued.
         if self._queue is None:
             self._become_queued(self.deliver)  # still on_message: inline until now
-            for name in self._held():  # our deliver changed: rebuild the dispatch lists
-                self._host.refresh(self._kind, name)
+            self._delivery_changed()
         q = self._consumer()
         q.push(AWAITABLE, awaitable)
         q.kick()
+
+    def _delivery_changed(self) -> None:
+        """Our ``deliver`` changed: whoever calls it directly must take the new one."""
+        for name in self._held():  # the link's dispatch entries
+            self._host.refresh(self._kind, name)
 
     # -- the consumer's side -----------------------------------------------------------------
 

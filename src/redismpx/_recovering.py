@@ -67,7 +67,7 @@ class RecoveryTap:
         host, kind, owner = self._host, self._kind, self._owner
         for channel in channels:
             track = Track(self, channel, since.get(channel))
-            track.out = owner
+            track.out, track.emit = owner, owner.deliver
             env = envelope_channel(channel)
             self._tracks[channel] = track
             self._envs[env] = track
@@ -85,6 +85,13 @@ class RecoveryTap:
             track.generation += 1  # a read in flight for it is void
             track.live = False
             self._host.remove(self._kind, (env, channel), track)
+
+    def delivery_changed(self) -> None:
+        """The subscription's ``deliver`` changed (it became queued): the tracks call the
+        new one from now on."""
+        deliver = self._owner.deliver
+        for track in self._tracks.values():
+            track.emit = deliver
 
     def position(self, channel: bytes) -> Position | None:
         track = self._tracks.get(channel)

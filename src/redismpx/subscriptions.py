@@ -261,6 +261,12 @@ class ChannelSubscription(BufferedSubscriber):
         else:
             self._host.remove(self._kind, names, self)
 
+    def _delivery_changed(self) -> None:
+        if self._tap is not None:
+            self._tap.delivery_changed()  # its tracks are the link's listeners, not us
+        else:
+            super()._delivery_changed()
+
     def _phase(self, name: bytes) -> bool | None:
         if self._tap is not None:
             return self._tap.phase(name)  # a recovering channel is active once caught up

@@ -137,6 +137,41 @@ async def test_recovering_subscription_gets_each_message_once_live(
     await _until_unsubscribed(admin, [b"live", envelope_channel(b"live")])
 
 
+async def test_a_recovering_sync_callback_returning_an_awaitable_keeps_the_order(
+    mpx: Multiplexer,
+) -> None:
+    # The subscription turns queued at the first awaitable its callback returns: what
+    # follows waits behind it, recovering or not (the tracks must call the queue then).
+    gate = asyncio.Event()
+    order: list[tuple[str, bytes]] = []
+
+    def on_message(channel: bytes, data: bytes) -> Any:
+        order.append(("called", data))
+        if data != b"1":
+            return None
+
+        async def later() -> None:
+            await gate.wait()
+            order.append(("done", data))
+
+        return later()
+
+    witness: list[bytes] = []
+    sub = mpx.new_channel_subscription(on_message, recover=True)
+    plain = mpx.new_channel_subscription(lambda channel, data: witness.append(data))
+    await sub.add("aw")
+    await plain.add("aw")
+    for i in (1, 2, 3):
+        await mpx.publish("aw", str(i), history_size=10)
+    # The plain copies come after their envelopes: once the witness has all three, the
+    # recovering subscription has heard them too.
+    await _until(lambda: len(witness) == 3, "the witness's three messages")
+    assert order == [("called", b"1")]
+    gate.set()
+    await _until(lambda: len(order) == 4, "the rest, in order")
+    assert order == [("called", b"1"), ("done", b"1"), ("called", b"2"), ("called", b"3")]
+
+
 async def _until_unsubscribed(admin: Admin, names: list[bytes]) -> None:
     for _ in range(200):
         if not (await admin.channels()) & set(names):
