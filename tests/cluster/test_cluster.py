@@ -347,8 +347,9 @@ async def test_slot_move_while_publishing(cluster: RedisCluster, mpx) -> None:
             f"lost over 2 moves (move -> re-activation {1000 * (resumed_at - moved_at):.1f} ms)"
         )
         assert gap < 1.0
-    stats = mpx.stats()
-    assert stats["redirects"] >= 2 and stats["slot_moves"] >= 4
+    # Each name moved twice. Whether a move was learnt from MOVED or from a topology read
+    # that got there first is timing (the MOVED path alone: the stale-slot-map test below).
+    assert mpx.stats()["slot_moves"] >= 4
     for node in (a, b, c):
         assert pubsub_clients(node, "rmpx-test") == 1
 
