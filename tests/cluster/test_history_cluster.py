@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -20,17 +20,9 @@ from redismpx.cluster import ClusterMultiplexer
 from redismpx.errors import ServerError
 from redismpx.server import ClusterNode, RedisCluster, key_slot
 from support.clusters import names_on, slot_owners
+from support.waiting import poll_until as until
 
 pytestmark = pytest.mark.timeout(90)
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 class Received:

@@ -10,6 +10,7 @@ import pytest
 
 from redismpx import Multiplexer
 from support.admin import Admin
+from support.waiting import poll_until
 
 N = 1000
 
@@ -35,15 +36,6 @@ class Counting:
 
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-async def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 @pytest.mark.slow
@@ -72,21 +64,20 @@ async def test_every_subscription_hears_each_outage_once(redis_server) -> None:
             m.new_channel_subscription(c.on_message, c.on_disconnect, c.on_activation).add(
                 f"ch{c.index}"
             )
-        await _wait(lambda: all(c.activations == 1 for c in subs), 10, "first activation")
+        await poll_until(lambda: all(c.activations == 1 for c in subs), "first activation")
         pub = asyncio.ensure_future(publisher())
         for outage, sig in enumerate([signal.SIGKILL, signal.SIGTERM, signal.SIGKILL], start=1):
             await redis_server.akill(sig)
-            await _wait(lambda: all(c.disconnects == outage for c in subs), 10, "disconnects")  # noqa: B023
+            await poll_until(lambda: all(c.disconnects == outage for c in subs), "disconnects")  # noqa: B023
             await redis_server.arestart()
-            await _wait(
+            await poll_until(
                 lambda: all(c.activations == outage + 1 for c in subs),  # noqa: B023
-                10,
                 f"re-activation {outage}",
             )
         # After the last restart every channel delivers again.
         for c in subs:
             c.messages = 0
-        await _wait(lambda: all(c.messages > 0 for c in subs), 20, "delivery on every channel")
+        await poll_until(lambda: all(c.messages > 0 for c in subs), "delivery on every channel", 20)
         stop.set()
         await pub
         assert all(c.disconnects == 3 and c.activations == 4 for c in subs)

@@ -16,6 +16,7 @@ from redismpx._envelope import history_keys
 from redismpx.errors import ConnectionLost, PublishTimeout, ServerError
 from redismpx.server import RedisSentinel
 from support.sentinels import role
+from support.waiting import poll_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -23,13 +24,8 @@ MpxFactory = Callable[..., Multiplexer]
 SentinelFactory = Callable[..., RedisSentinel]
 
 
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    await poll_until(predicate, what, timeout=15.0)  # failovers take seconds
 
 
 class Numbered:
