@@ -66,8 +66,7 @@ class RecoveryTap:
     def add(self, channels: Sequence[bytes], since: Mapping[bytes, Position | None]) -> None:
         host, kind, owner = self._host, self._kind, self._owner
         for channel in channels:
-            track = Track(self, channel, since.get(channel))
-            track.out, track.emit = owner, owner.deliver
+            track = Track(self, channel, since.get(channel), owner)
             env = envelope_channel(channel)
             self._tracks[channel] = track
             self._envs[env] = track

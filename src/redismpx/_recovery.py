@@ -115,7 +115,13 @@ class Track:
 
     hears_activations = True  # the link's Listener protocol
 
-    def __init__(self, sink: TrackSink, channel: bytes, since: Position | None) -> None:
+    def __init__(
+        self,
+        sink: TrackSink,
+        channel: bytes,
+        since: Position | None,
+        out: Delivery | None = None,
+    ) -> None:
         self.sink = sink
         self.channel = channel
         # The last position delivered; epoch None: none yet (a fresh start).
@@ -129,11 +135,11 @@ class Track:
         self.generation = 0  # bumped by each activation: reads of an older one are void
         self.outage = False  # recovering from an activation (told as caught up), not a miss
         self.refused = False  # reading the history was refused for good (until reactivated)
-        self.out: Delivery | None = None  # set by whoever registers it with the link
+        self.out = out  # where payloads go (None: the unit tests drive the sink alone)
         # ``out.deliver`` as the live path calls it (not looked up through ``out`` per
-        # message: across thousands of channels that is two objects fewer to fetch). Set
-        # with ``out`` and again whenever ``out.deliver`` changes (see ``RecoveryTap``).
-        self.emit: Callable[[bytes, bytes], Any] = _unset
+        # message: across thousands of channels that is two objects fewer to fetch); set
+        # again whenever ``out.deliver`` changes (see ``RecoveryTap.delivery_changed``).
+        self.emit: Callable[[bytes, bytes], Any] = _unset if out is None else out.deliver
         # The link's ``Listener.deliver``, bound once: both names' dispatch then share one
         # callable (one object less to fetch per frame across thousands of channels).
         self.deliver: Callable[[bytes, bytes], None] = self.frame
