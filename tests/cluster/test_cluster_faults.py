@@ -26,6 +26,7 @@ from support.clusters import names_on, slot_owners
 from support.internals import router_of
 from support.logwatch import watch_log
 from support.recorder import Recorder
+from support.stalls import wait_asleep
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -70,22 +71,6 @@ def rejected_calls(node: ClusterNode, command: str) -> int:
     return int(fields.get("rejected_calls", 0))
 
 
-async def wait_asleep(node: ClusterNode) -> None:
-    """Return once ``node`` stops answering: a PING left unanswered for 0.1 s."""
-    reader, writer = await asyncio.open_connection(node.host, node.port)
-    try:
-        async with asyncio.timeout(5):
-            while True:
-                writer.write(encode_command(b"PING"))
-                try:
-                    async with asyncio.timeout(0.1):
-                        await reader.readuntil(b"\r\n")
-                except TimeoutError:
-                    return
-    finally:
-        writer.close()
-
-
 async def stall_then(
     node: ClusterNode, seconds: float, *commands: tuple[Any, ...]
 ) -> asyncio.Task[list[Any]]:
@@ -114,7 +99,7 @@ async def stall_then(
         return out
 
     task = asyncio.create_task(replies())
-    await wait_asleep(node)
+    await wait_asleep(node.host, node.port)
     return task
 
 
@@ -245,7 +230,7 @@ async def remove_during_move(
 
     refused = rejected_calls(a, "sunsubscribe")
     slot_moves = mpx.stats()["slot_moves"]
-    moving = await stall_then(a, 1, ("CLUSTER", "SETSLOT", slot, "NODE", b.node_id))
+    moving = await stall_then(a, 1.5, ("CLUSTER", "SETSLOT", slot, "NODE", b.node_id))
     m.remove(x)
     if queued:
         mpx.new_channel_subscription(*z_rec.callbacks).add(z)
