@@ -346,7 +346,7 @@ async def test_slot_move_while_publishing(cluster: RedisCluster, mpx) -> None:
             f"\nslot move: {name} longest gap {gap * 1000:.1f} ms, {lost} of {seq} messages "
             f"lost over 2 moves (move -> re-activation {1000 * (resumed_at - moved_at):.1f} ms)"
         )
-        assert gap < 1.0
+        assert gap < 3.0  # slack for a loaded machine; a lost re-activation never ends
     # Each name moved twice. Whether a move was learnt from MOVED or from a topology read
     # that got there first is timing (the MOVED path alone: the stale-slot-map test below).
     assert mpx.stats()["slot_moves"] >= 4

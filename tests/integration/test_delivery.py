@@ -156,8 +156,10 @@ async def test_stuck_and_raising_callbacks_do_not_delay_others(mpx: Multiplexer,
         arrived.clear()
         sent = loop.time()
         await admin.publish("x", "m")
-        await asyncio.wait_for(arrived.wait(), 1)
-        assert arrivals[-1] - sent < 0.1  # a generous bound
+        await asyncio.wait_for(arrived.wait(), 10)
+        # The stuck callback never returns: any finite bound proves it held nothing up; this
+        # one leaves room for a loaded machine.
+        assert arrivals[-1] - sent < 2.0
     # and closing is not held up by the stuck callback
     async with asyncio.timeout(5):
         await mpx.aclose()

@@ -46,8 +46,9 @@ async def test_stalled_link_is_detected_by_heartbeat(redis_server, fault_proxy) 
         stalled = loop.time()
         await rec.disconnected(1, timeout=5)
         assert isinstance(rec.disconnects[0], HeartbeatTimeout)
-        # detection within 2 * interval + timeout (plus scheduling slack)
-        assert loop.time() - stalled < 2 * 0.2 + 0.3 + 0.5
+        # detection within 2 * interval + timeout, plus slack for a loaded machine (a missed
+        # heartbeat would take forever: the stalled link never closes by itself)
+        assert loop.time() - stalled < 2 * 0.2 + 0.3 + 2.0
         proxy.resume()
         await rec.activated("x", count=2)
 

@@ -369,6 +369,7 @@ async def test_a_cluster(cluster: RedisCluster, registry: CollectorRegistry) -> 
 
 
 async def test_sentinel(sentinel: RedisSentinel, registry: CollectorRegistry) -> None:
+    await sentinel.await_ready(timeout=30)  # settled: an earlier test may have failed it over
     collector = RedisMPXCollector(registry)
     async with Multiplexer(sentinel.url) as mpx:
         collector.add(mpx, "ha")

@@ -46,14 +46,13 @@ async def test_timeout_counts_from_creation(mpx: Multiplexer) -> None:
     # B42
     prom = mpx.new_promise_subscription("t:")
     await asyncio.wait_for(prom.wait_for_activation(), 5)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
     p = prom.new_promise("x", 0.2)
-    await asyncio.sleep(0.3)  # the promise expires while nobody awaits it
+    # The promise expires while nobody awaits it: its 0.2 s timer runs before the sleep's.
+    await asyncio.sleep(0.3)
+    assert p.done()
     with pytest.raises(asyncio.TimeoutError) as info:
         await p
     assert isinstance(info.value, PromiseTimeout)
-    assert loop.time() - start < 1.0
     assert prom._pending == {}
 
 
@@ -151,7 +150,9 @@ async def test_promises_send_no_commands(mpx: Multiplexer, admin) -> None:
     assert await fulfilled == b"v"
     await asyncio.gather(*ps, return_exceptions=True)
     stats = await admin.client.info("commandstats")
-    assert set(stats) <= {"cmdstat_publish", "cmdstat_info", "cmdstat_config|resetstat"}
+    # PING: the heartbeat, after a second of silence on a loaded machine; nothing else.
+    allowed = {"cmdstat_publish", "cmdstat_info", "cmdstat_config|resetstat", "cmdstat_ping"}
+    assert set(stats) <= allowed
 
 
 async def test_bad_promise_arguments(mpx: Multiplexer) -> None:

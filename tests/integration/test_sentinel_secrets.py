@@ -246,13 +246,15 @@ async def test_a_publish_that_never_left_says_so(sentinel_factory: SentinelFacto
             *(m.publish("x", "y", timeout=0.02 + i * 0.0025) for i in range(200)),
             return_exceptions=True,
         )
+        # Once a dial has failed, a timeout gives its reason (a generous timeout: the first
+        # dial of a loaded machine can take longer than the staggered ones above).
+        with pytest.raises(PublishTimeout, match="WRONGPASS"):
+            await m.publish("x", "y", timeout=3)
     assert all(isinstance(r, PublishTimeout) for r in results), results
     claimed = [r for r in results if isinstance(r, PublishTimeout) and r.sent]
     assert not claimed, f"{len(claimed)} of 200 claim to be sent: {claimed[0]}"
     for r in results:
         assert "not sent" in str(r), r
-    for r in results[80:]:  # 0.22 s and more: the first dial has failed by then
-        assert "WRONGPASS" in str(r), r
 
 
 async def test_a_refused_watch_is_logged_once_per_sentinel(

@@ -35,7 +35,7 @@ GROUP = "room"
 HOOKS = {"on_disconnect": "redis.disconnect", "on_reconnect": "redis.reconnect"}
 PROBE_EVERY = 0.01  # seconds between recovery probes
 LIMITS = {"redismpx": 10.0, "stock": 20.0}  # how long each kind is given to come back
-REDISMPX_BOUND = 2.0  # seconds: redismpx's backoff cap is 0.512 s, plus jitter and load
+REDISMPX_BOUND = 5.0  # seconds: backoff cap 0.512 s, plus jitter and a loaded machine
 
 
 def make_layer(kind: str, hosts: list[Any], **config: Any) -> Any:
@@ -246,8 +246,10 @@ async def test_publish_right_after_group_add(
             for n in range(100):
                 await layer.group_add(f"new-{n}", channel)
                 await sender.group_send(f"new-{n}", {"type": "first", "n": n})
+                # The message, or it was lost: 0.5 s is plenty to tell the stock layer's
+                # losses; redismpx's bar (no loss) gets room for a loaded machine.
                 try:
-                    async with asyncio.timeout(0.5):  # the message, or it was lost
+                    async with asyncio.timeout(5.0 if kind == "redismpx" else 0.5):
                         assert (await layer.receive(channel))["n"] == n
                 except TimeoutError:
                     lost[kind] += 1

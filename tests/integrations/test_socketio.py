@@ -444,7 +444,7 @@ async def test_publish_right_after_start(
 # -- faults: a redismpx fleet and a stock fleet through the same fault ------------------------
 
 LIMITS = {"redismpx": 10.0, "stock": STOCK_LIMIT}
-REDISMPX_BOUND = 2.0  # seconds: what redismpx is held to (backoff cap 0.512 s, plus jitter)
+REDISMPX_BOUND = 5.0  # seconds: what redismpx is held to (backoff cap 0.512 s, jitter, load)
 
 
 async def expect_delivery(fleets: list[Fleet], server: Callable[[], RedisServer]) -> None:
