@@ -11,6 +11,7 @@ exactly once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 
@@ -25,10 +26,12 @@ from support.sentinels import (
     check_delivery,
     check_failover,
     check_primary,
+    everything_delivered,
     failover_via,
     role,
     sentinel_events,
     sentinel_log_sizes,
+    unless_the_sentinels_fail_over,
     wait_watching,
 )
 
@@ -60,23 +63,25 @@ async def test_planned_failover_moves_at_once(
     mpx = mpx_factory(shared.url, **SLOW_HEALTH)
     subs = Subscribers(mpx, NAMES)
     await subs.active()
-    old = shared.primary
-    await check_primary(mpx, shared, old, subs)
-    await mpx.publish("warm-up", "x")  # the command connection is open on the old primary
-    loop = asyncio.get_running_loop()
-    issued = loop.time()
-    new = await shared.afailover()
-    await check_failover(mpx, shared, new, subs)
-    moved = max(story.complete_at[1] for story in subs.stories) - issued
-    assert moved < PLANNED_BOUND, f"reactivated {moved:.2f} s after SENTINEL FAILOVER"
-    # The +switch-master path, not the old primary dropping its clients when demoted.
-    assert set(subs.disconnect_errors()) == {_moved(address(old), address(new))}
-    assert mpx.stats()["failovers"] == 1
-    assert mpx.stats()["publish_connects"] == 2  # publish followed it too
-    await shared.await_ready(timeout=30)  # the old primary is a replica now
-    assert role(old) == "slave"
-    await check_delivery(mpx, new, subs)  # and nothing moved again meanwhile
-    subs.check_rounds(1)
+    end_state = functools.partial(everything_delivered, mpx, shared, subs)
+    async with unless_the_sentinels_fail_over(shared, end_state):
+        old = shared.primary
+        await check_primary(mpx, shared, old, subs)
+        await mpx.publish("warm-up", "x")  # the command connection is open on the old primary
+        loop = asyncio.get_running_loop()
+        issued = loop.time()
+        new = await shared.afailover()
+        await check_failover(mpx, shared, new, subs)
+        moved = max(story.complete_at[1] for story in subs.stories) - issued
+        assert moved < PLANNED_BOUND, f"reactivated {moved:.2f} s after SENTINEL FAILOVER"
+        # The +switch-master path, not the old primary dropping its clients when demoted.
+        assert set(subs.disconnect_errors()) == {_moved(address(old), address(new))}
+        assert mpx.stats()["failovers"] == 1
+        assert mpx.stats()["publish_connects"] == 2  # publish followed it too
+        await shared.await_ready(timeout=30)  # the old primary is a replica now
+        assert role(old) == "slave"
+        await check_delivery(mpx, new, subs)  # and nothing moved again meanwhile
+        subs.check_rounds(1)
 
 
 async def test_failover_announced_by_a_sentinel_asked_later(
@@ -102,14 +107,16 @@ async def test_failover_announced_by_a_sentinel_asked_later(
     watching = await wait_watching(deployment)
     assert watching != 0
     await deployment.await_ready(timeout=30)
-    old = deployment.primary
-    new = await failover_via(deployment, deployment.sentinels[watching])
-    await check_failover(mpx, deployment, new, subs)
-    await deployment.await_ready(timeout=30)  # the old primary demoted (its clients killed)
-    await check_delivery(mpx, new, subs)
-    await check_primary(mpx, deployment, new, subs)
-    subs.check_rounds(1)
-    assert set(subs.disconnect_errors()) == {_moved(address(old), address(new))}
+    end_state = functools.partial(everything_delivered, mpx, deployment, subs)
+    async with unless_the_sentinels_fail_over(deployment, end_state):
+        old = deployment.primary
+        new = await failover_via(deployment, deployment.sentinels[watching])
+        await check_failover(mpx, deployment, new, subs)
+        await deployment.await_ready(timeout=30)  # the old primary demoted (its clients killed)
+        await check_delivery(mpx, new, subs)
+        await check_primary(mpx, deployment, new, subs)
+        subs.check_rounds(1)
+        assert set(subs.disconnect_errors()) == {_moved(address(old), address(new))}
 
 
 async def test_sigkill_of_the_primary(

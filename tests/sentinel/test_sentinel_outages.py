@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -21,8 +22,10 @@ from support.sentinels import (
     check_delivery,
     check_failover,
     check_primary,
+    everything_delivered,
     extra_sentinel,
     subscribers_on,
+    unless_the_sentinels_fail_over,
     wait_watching,
     watchers,
 )
@@ -66,35 +69,37 @@ async def test_sentinel_restarts_leave_subscriptions_alone(
     mpx = mpx_factory(shared.url, **SLOW_HEALTH, backoff_cap=0.2)
     subs = Subscribers(mpx, NAMES)
     await subs.active()
-    primary = shared.primary
-    await check_delivery(mpx, primary, subs)  # opens the command connection too
-    # One sentinel: the one the watcher is on.
-    watched = shared.sentinels[await wait_watching(shared)]
-    await watched.akill()
-    await watched.arestart()
-    await wait_watching(shared)  # the watcher reconnected (elsewhere or there)
-    await check_delivery(mpx, primary, subs)
-    # All of them: the data path does not need them while the primary is up.
-    for node in shared.sentinels:
-        await node.akill()
-    assert await watchers(shared) == []
-    await check_delivery(mpx, primary, subs)
-    assert mpx.state.value == "connected"
-    for node in shared.sentinels:
-        await node.arestart()
-    await wait_watching(shared)
-    await shared.await_ready(timeout=30)
-    subs.check_rounds(0)
-    assert mpx.stats()["connects"] == 1
-    assert mpx.stats()["publish_connects"] == 1
-    # A later failover is still followed at once, through the re-established watcher.
-    loop = asyncio.get_running_loop()
-    issued = loop.time()
-    new = await shared.afailover()
-    await check_failover(mpx, shared, new, subs)
-    moved = max(story.complete_at[1] for story in subs.stories) - issued
-    assert moved < 5.0, f"reactivated {moved:.2f} s after SENTINEL FAILOVER"
-    assert all(e.startswith("failover: the primary") for e in subs.disconnect_errors())
+    end_state = functools.partial(everything_delivered, mpx, shared, subs)
+    async with unless_the_sentinels_fail_over(shared, end_state):
+        primary = shared.primary
+        await check_delivery(mpx, primary, subs)  # opens the command connection too
+        # One sentinel: the one the watcher is on.
+        watched = shared.sentinels[await wait_watching(shared)]
+        await watched.akill()
+        await watched.arestart()
+        await wait_watching(shared)  # the watcher reconnected (elsewhere or there)
+        await check_delivery(mpx, primary, subs)
+        # All of them: the data path does not need them while the primary is up.
+        for node in shared.sentinels:
+            await node.akill()
+        assert await watchers(shared) == []
+        await check_delivery(mpx, primary, subs)
+        assert mpx.state.value == "connected"
+        for node in shared.sentinels:
+            await node.arestart()
+        await wait_watching(shared)
+        await shared.await_ready(timeout=30)
+        subs.check_rounds(0)
+        assert mpx.stats()["connects"] == 1
+        assert mpx.stats()["publish_connects"] == 1
+        # A later failover is still followed at once, through the re-established watcher.
+        loop = asyncio.get_running_loop()
+        issued = loop.time()
+        new = await shared.afailover()
+        await check_failover(mpx, shared, new, subs)
+        moved = max(story.complete_at[1] for story in subs.stories) - issued
+        assert moved < 5.0, f"reactivated {moved:.2f} s after SENTINEL FAILOVER"
+        assert all(e.startswith("failover: the primary") for e in subs.disconnect_errors())
 
 
 # -- a stale sentinel ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -163,6 +163,39 @@ def sentinel_log_sizes(deployment: RedisSentinel) -> list[int]:
         with open(node.log_path, "rb") as f:
             sizes.append(f.seek(0, 2))
     return sizes
+
+
+@contextlib.asynccontextmanager
+async def unless_the_sentinels_fail_over(
+    deployment: RedisSentinel, end_state: Callable[[], Awaitable[None]]
+) -> AsyncIterator[None]:
+    """The strict checks of a test that fails over by plan, or not at all, unless the
+    sentinels started a failover of their own meanwhile; then only ``end_state()`` is
+    checked.
+
+    On a loaded machine a primary can miss the sentinels' pings for down-after-milliseconds
+    (1 s here), and following the failover they then start is right. Their decision shows in
+    their logs as ``+odown`` (a planned ``SENTINEL FAILOVER`` logs none).
+    """
+    logs = sentinel_log_sizes(deployment)
+    try:
+        yield
+    except (AssertionError, TimeoutError):
+        events = sentinel_events(deployment, logs)
+        if not any("+odown" in line for line in events):
+            raise
+        print("\nthe sentinels failed over by themselves; the end state is checked:")
+        print("\n".join(events))
+        await deployment.await_ready(timeout=30)
+        await end_state()
+
+
+async def everything_delivered(
+    mpx: Multiplexer, deployment: RedisSentinel, subs: Subscribers
+) -> None:
+    """The usual end state: every name active again, delivery working on the primary."""
+    await subs.active(len(subs.channels.disconnects), timeout=30)
+    await check_delivery(mpx, deployment.primary, subs)
 
 
 async def until(
