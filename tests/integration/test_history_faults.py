@@ -1072,7 +1072,7 @@ async def test_the_first_publications_made_during_the_first_outage_are_recovered
 async def test_each_publish_refreshes_the_ttl_of_the_whole_history(rig: Rig, admin: Admin) -> None:
     publisher = rig.publisher
     meta, log = history_keys(b"kept-alive")
-    # A TTL of 3 s: each round lets both keys age by 0.5 s, then one publish must renew both.
+    # A TTL of 3 s: each round lets both keys age by 0.6 s, then one publish must renew both.
     # (A short TTL would make this timing: a stall of a loaded machine would expire it.)
     rounds = 4
     for i in range(1, rounds + 1):
