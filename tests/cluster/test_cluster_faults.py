@@ -22,7 +22,7 @@ from redismpx._protocol import encode_command
 from redismpx.cluster import ClusterLink, ClusterMultiplexer
 from redismpx.cluster._topology import Topology
 from redismpx.server import ClusterNode, RedisCluster, key_slot
-from support.clusters import names_on, slot_owners
+from support.clusters import names_on, rejected_calls, slot_owners
 from support.internals import router_of
 from support.logwatch import watch_log
 from support.recorder import Recorder
@@ -62,13 +62,6 @@ def link_to(mpx: ClusterMultiplexer, node: ClusterNode) -> ClusterLink:
 def shard_subscribers(node: ClusterNode, channel: str) -> int:
     reply = node.command("PUBSUB", "SHARDNUMSUB", channel)
     return int(reply[1])
-
-
-def rejected_calls(node: ClusterNode, command: str) -> int:
-    """How often ``node`` refused ``command`` before running it (``MOVED``, say)."""
-    line = node.info("commandstats").get(f"cmdstat_{command}", "")
-    fields = dict(field.split("=", 1) for field in line.split(",") if "=" in field)
-    return int(fields.get("rejected_calls", 0))
 
 
 async def stall_then(

@@ -19,7 +19,7 @@ from redismpx._envelope import envelope_channel, history_keys
 from redismpx.cluster import ClusterMultiplexer
 from redismpx.errors import ServerError
 from redismpx.server import ClusterNode, RedisCluster, key_slot
-from support.clusters import names_on, slot_owners
+from support.clusters import names_on, rejected_calls, slot_owners
 from support.waiting import poll_until as until
 
 pytestmark = pytest.mark.timeout(90)
@@ -253,15 +253,9 @@ async def test_a_slot_move_with_its_history_is_seamless(
     print(f"\nslot move with history: {len(pub.refused)} publish(es) refused ({set(pub.refused)})")
 
 
-async def rejected_scripts(node: ClusterNode) -> int:
+def rejected_scripts(node: ClusterNode) -> int:
     """How many scripts ``node`` refused before running them (TRYAGAIN, say)."""
-    text = (await node.acommand("INFO", "commandstats")).decode()
-    total = 0
-    for line in text.splitlines():
-        if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:")):
-            fields = dict(f.split("=", 1) for f in line.split(":", 1)[1].split(","))
-            total += int(fields.get("rejected_calls", 0))
-    return total
+    return rejected_calls(node, "evalsha") + rejected_calls(node, "eval")
 
 
 async def test_publishing_with_history_while_its_slot_migrates_is_never_refused(
@@ -302,12 +296,12 @@ async def test_publishing_with_history_while_its_slot_migrates_is_never_refused(
         await a.acommand("MIGRATE", b.host, b.port, "", 0, 5000, "KEYS", log)
         # The keys split between A and B: TRYAGAIN, until the migration moves the other one
         # (as a reshard goes on by itself): the publish waits it out.
-        rejected = await rejected_scripts(a)
+        rejected = rejected_scripts(a)
         split = asyncio.create_task(publish())
         # Once A has answered TRYAGAIN, the migration goes on at once (the publish retries
         # for about a second: a fixed sleep here would race it on a loaded machine).
         async with asyncio.timeout(10):
-            while await rejected_scripts(a) == rejected:
+            while rejected_scripts(a) == rejected:
                 await asyncio.sleep(0.005)
         assert not split.done()
         await a.acommand("MIGRATE", b.host, b.port, "", 0, 5000, "KEYS", meta)

@@ -18,6 +18,13 @@ def slot_owners(cluster: RedisCluster, ask: ClusterNode | None = None) -> dict[i
     return owners
 
 
+def rejected_calls(node: ClusterNode, command: str) -> int:
+    """How often ``node`` refused ``command`` before running it (``MOVED``, ``TRYAGAIN``)."""
+    line = node.info("commandstats").get(f"cmdstat_{command}", "")
+    fields = dict(field.split("=", 1) for field in line.split(",") if "=" in field)
+    return int(fields.get("rejected_calls", 0))
+
+
 def names_on(owners: dict[int, ClusterNode], node: ClusterNode, prefix: str, n: int) -> list[str]:
     """``n`` channel names whose slots ``node`` serves (each in a slot of its own)."""
     out: list[str] = []
